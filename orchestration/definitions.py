@@ -1,0 +1,24 @@
+"""The Definitions: every asset, check, job, schedule and sensor of recalign."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets.ingest import defs as ingest
+from orchestration.resources import resources_for
+
+all_assets = [*ingest.assets]
+all_checks = [*ingest.asset_checks]
+
+full_lineage = dg.define_asset_job("full_lineage", selection=dg.AssetSelection.all(),
+                                   description="Rebuild the whole lineage for the configured dataset.")
+ingest_job = dg.define_asset_job("ingest", selection=dg.AssetSelection.groups("ingest", "tables"),
+                                 description="Land the raw dataset and build the validated tables.")
+
+defs = dg.Definitions(
+    assets=all_assets,
+    asset_checks=all_checks,
+    jobs=[full_lineage, ingest_job],
+    resources=resources_for(),
+    executor=dg.in_process_executor,
+)

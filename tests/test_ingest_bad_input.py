@@ -1,0 +1,161 @@
+"""Bad input: a rejected row with its reason, or one clear error naming the file (and line)."""
+
+import gzip
+import json
+import subprocess
+import sys
+
+import pytest
+
+from assets.ingest.errors import SourceError
+from assets.ingest.pipeline import DatasetSpec, build_warehouse, land_raw
+from assets.ingest.warehouse import Warehouse
+
+ITEM = "1|Toy Story (1995)|01-Jan-1995||http://x|0|0|0|1|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0\n" \
+       "2|GoldenEye (1995)|01-Jan-1995||http://x|0|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0|1|0|0\n"
+USERS = "1|24|M|technician|85711\n2|53|F|other|94043\n"
+
+
+def ml100k(tmp_path, data: str | bytes, item: str | bytes = ITEM, extra: dict | None = None):
+    root = tmp_path / "ml"
+    root.mkdir(exist_ok=True)
+    (root / "u.data").write_bytes(data.encode() if isinstance(data, str) else data)
+    (root / "u.item").write_bytes(item.encode("latin-1") if isinstance(item, str) else item)
+    (root / "u.user").write_text(USERS)
+    for name, content in (extra or {}).items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content if isinstance(content, bytes) else content.encode())
+    return root
+
+
+def build(home, source, root):
+    spec = DatasetSpec(source=source, path=str(root))
+    land_raw(home, spec)
+    md = build_warehouse(home, spec)
+    rejected = Warehouse(home.warehouse_path(spec.dataset)).read("SELECT * FROM rejected_rows ORDER BY line_no")
+    assert md["reconciled"], md["reconciliation"]
+    return md, rejected
+
+
+def test_non_numeric_ids_duplicates_and_unknown_items(home, tmp_path):
+    data = ("1\t1\t5\t881250949\n"
+            "abc\t2\t3\t881250950\n"        # non-numeric user id
+            "1\t1\t5\t881250949\n"          # exact duplicate of line 1
+            "2\t999\t4\t881250951\n"        # unknown item
+            "2\t2\tfive\t881250952\n"       # non-numeric rating
+            "2\t1\t4\n"                     # missing field
+            "2\t2\t4\t881250953\n")
+    md, rej = build(home, "movielens-100k", ml100k(tmp_path, data))
+    assert md["interactions"] == 2 and md["rejected"] == 5
+    reasons = dict(zip(rej["line_no"], rej["reason"]))
+    assert "user_id 'abc'" in reasons[2]
+    assert reasons[3] == "duplicate of line 1 (same user_key+item_key+ts)"
+    assert "unknown item '999'" in reasons[4]
+    assert "rating 'five'" in reasons[5]
+    assert "expected 4 fields" in reasons[6]
+    assert set(rej["source_file"]) == {"u.data"}
+    assert rej.loc[rej["line_no"] == 2, "raw"].iloc[0] == "abc\t2\t3\t881250950"
+
+
+def test_wrong_encoding_is_a_rejected_row_with_its_line(home, tmp_path):
+    root = tmp_path / "s3"
+    root.mkdir()
+    (root / "Toy.txt").write_bytes(b"1 1 2 3\n2 2 3 \xff\xfe 4\n3 1 3 4\n")
+    md, rej = build(home, "amazon-s3rec", root)
+    assert md["users"] == 2 and md["interactions"] == 6
+    assert (rej["line_no"] == 2).all() and rej["reason"].str.contains("not valid utf-8").all()
+    assert set(rej["table_name"]) == {"users", "interactions"}
+
+
+def test_wrong_encoding_whole_file_names_file_and_line(home, tmp_path):
+    root = tmp_path / "ml"
+    root.mkdir()
+    (root / "x_pairs.tsv").write_text("1\t1 2 3\n")
+    (root / "x_titles.csv").write_bytes("item,title\n1,caf\xe9\n".encode("latin-1"))
+    with pytest.raises(SourceError) as err:
+        build(home, "microlens", root)
+    assert "x_titles.csv:2" in str(err.value) and "not valid utf-8" in str(err.value)
+
+
+def test_truncated_gzip_names_file_and_line(home, tmp_path):
+    root = tmp_path / "a14"
+    root.mkdir()
+    lines = "".join(json.dumps({"reviewerID": f"U{i % 7}", "asin": f"A{i % 11}", "overall": 5.0,
+                                "unixReviewTime": 1_400_000_000 + i}) + "\n" for i in range(2000))
+    blob = gzip.compress(lines.encode())
+    (root / "reviews_Toy_5.json.gz").write_bytes(blob[: len(blob) // 2])
+    with pytest.raises(SourceError) as err:
+        build(home, "amazon-2014", root)
+    msg = str(err.value)
+    assert "reviews_Toy_5.json.gz" in msg and "truncated" in msg and ":" in msg
+
+
+def test_missing_columns_is_one_clear_error(home, tmp_path):
+    root = tmp_path / "logs"
+    root.mkdir()
+    (root / "interactions.csv").write_text("user,item\nu1,i1\n")
+    with pytest.raises(SourceError) as err:
+        build(home, "csv", root)
+    assert "interactions.csv:1" in str(err.value) and "missing column" in str(err.value) and "timestamp" in str(err.value)
+    root2 = tmp_path / "s3"
+    root2.mkdir()
+    (root2 / "Toy.txt").write_text("1 1 2 3\n")
+    (root2 / "items.tsv").write_text("asin\ttitle\nB1\tx\n")
+    with pytest.raises(SourceError, match=r"items.tsv:1: missing column 'item_id'"):
+        build(home, "amazon-s3rec", root2)
+
+
+def test_empty_file_is_one_clear_error(home, tmp_path):
+    with pytest.raises(SourceError, match=r"u.data: file is empty"):
+        build(home, "movielens-100k", ml100k(tmp_path, ""))
+
+
+def test_poster_that_is_not_an_image_is_rejected(home, tmp_path):
+    from PIL import Image
+    import io
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 12), (1, 2, 3)).save(buf, format="JPEG")
+    mapping = "ml100k_movie_id\tml1m_movie_id\tposter_file\ttitle\n1\t1\tposters_src/1.jpg\tToy\n2\t10\tposters_src/10.jpg\tGolden\n"
+    root = ml100k(tmp_path, "1\t1\t5\t881250949\n", extra={"ml100k_to_ml1m_posters.tsv": mapping})
+    (tmp_path / "posters_src").mkdir()
+    (tmp_path / "posters_src" / "1.jpg").write_bytes(buf.getvalue())
+    (tmp_path / "posters_src" / "10.jpg").write_bytes(b"<html>not found</html>")
+    md, rej = build(home, "movielens-100k", root)
+    assert md["item_images"] == 1
+    row = rej[rej["table_name"] == "item_images"].iloc[0]
+    assert "not a readable image: 10.jpg" in row["reason"] and row["line_no"] == 3
+
+
+def test_amazon_2014_meta_is_parsed_safely(home, tmp_path):
+    root = tmp_path / "a14"
+    root.mkdir()
+    reviews = [{"reviewerID": "U1", "asin": "A1", "overall": 5.0, "unixReviewTime": 1_400_000_000},
+               {"reviewerID": "U1", "asin": "A2", "overall": 4.0, "unixReviewTime": 1_400_000_100},
+               {"reviewerID": "U2", "asin": "A3", "overall": 4.0, "unixReviewTime": 1_400_000_200}]
+    (root / "reviews_Toy_5.json.gz").write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in reviews).encode()))
+    meta = ("{'asin': 'A1', 'title': 'Lipstick', 'categories': [['Beauty', 'Makeup']], 'brand': 'OPI'}\n"
+            "__import__('os').system('touch PWNED')\n"
+            "{'asin': 'A2', 'title': \"Nail 'Polish'\", 'description': 'shiny'}\n"
+            "{'asin': 'Z9', 'title': 'never reviewed'}\n")
+    (root / "meta_Toy.json.gz").write_bytes(gzip.compress(meta.encode()))
+    md, rej = build(home, "amazon-2014", root)
+    assert not (tmp_path / "PWNED").exists()
+    assert "not a Python/JSON literal" in rej.iloc[0]["reason"] and rej.iloc[0]["line_no"] == 2
+    # A3 has no meta row -> unknown item, rejected (the meta file is the catalogue)
+    assert md["interactions"] == 2 and md["items"] == 2
+    items = Warehouse(home.warehouse_path("a14")).read("SELECT * FROM items ORDER BY item_id")
+    assert items["categories"].iloc[0] == "OPI | Beauty | Makeup" and items["title"].iloc[1] == "Nail 'Polish'"
+
+
+def test_cli_reports_bad_input_without_traceback(tmp_path):
+    root = tmp_path / "ml"
+    root.mkdir()
+    (root / "u.data").write_text("")
+    (root / "u.item").write_text(ITEM)
+    proc = subprocess.run([sys.executable, "-m", "recalign.cli", "ingest", "--source", "movielens-100k",
+                           "--path", str(root)], capture_output=True, text=True,
+                          env={"RECALIGN_HOME": str(tmp_path / "h"), "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "u.data: file is empty" in proc.stderr
