@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dagster as dg
 
+from assets.embeddings import defs as embeddings
 from assets.ingest import defs as ingest
 from orchestration.resources import resources_for
 
-all_assets = [*ingest.assets]
-all_checks = [*ingest.asset_checks]
+all_assets = [*ingest.assets, *embeddings.assets]
+all_checks = [*ingest.asset_checks, *embeddings.asset_checks]
 
 full_lineage = dg.define_asset_job("full_lineage", selection=dg.AssetSelection.all(),
                                    description="Rebuild the whole lineage for the configured dataset.")

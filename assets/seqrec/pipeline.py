@@ -1,0 +1,140 @@
+"""Plain functions behind the sequential-track assets: data in, trained + evaluated model out."""
+
+from __future__ import annotations
+
+import copy
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from assets.embeddings.pipeline import feature_matrix
+from assets.evaluation.store import MetricsStore
+from assets.ingest.warehouse import SequenceData, Warehouse, load_sequences
+from recalign.registry import Registry
+from recalign.settings import Settings
+from training.seqrec.checkpoint import load_model, save_model
+from training.seqrec.data import EvalSet, training_windows
+from training.seqrec.evaluate import full_ranking_ranks
+from training.seqrec.model import MultimodalSASRec, SeqRecConfig
+from training.seqrec.trainer import SeqRecTrainConfig, SeqRecTrainer
+from training.metrics import metrics_from_ranks
+
+FAMILY = "seqrec"
+
+
+@dataclass
+class SeqRecData:
+    seq: SequenceData
+    train_inputs: torch.Tensor
+    train_targets: torch.Tensor
+    valid: EvalSet
+    test: EvalSet
+    text: torch.Tensor | None
+    image: torch.Tensor | None
+
+
+def load_data(settings: Settings, dataset: str, max_len: int = 50, modalities: list[str] | None = None) -> SeqRecData:
+    wh = Warehouse(settings.warehouse_path(dataset))
+    seq = load_sequences(wh)
+    x, y = training_windows(seq.train, max_len)
+    mods = modalities or ["id"]
+    text = feature_matrix(settings, dataset, "item_text", seq.n_items) if "text" in mods else None
+    image = feature_matrix(settings, dataset, "item_image", seq.n_items) if "image" in mods else None
+    return SeqRecData(seq, x, y, EvalSet.build(seq.history("valid"), seq.valid, seq.user_ids, max_len),
+                      EvalSet.build(seq.history("test"), seq.test, seq.user_ids, max_len),
+                      None if text is None else torch.from_numpy(text), None if image is None else torch.from_numpy(image))
+
+
+def available_modalities(data: SeqRecData, wanted: list[str]) -> list[str]:
+    """A missing modality (no text or no image vectors) simply drops its term."""
+    have = {"id": True, "text": data.text is not None, "image": data.image is not None}
+    mods = [m for m in wanted if have.get(m)]
+    return mods or ["id"]
+
+
+def evaluate_and_log(model, data: SeqRecData, store: MetricsStore, run_id: str) -> dict:
+    out = {}
+    for split, es in (("valid", data.valid), ("test", data.test)):
+        t0 = time.perf_counter()
+        ranks = full_ranking_ranks(model, es)
+        metrics = metrics_from_ranks(ranks)
+        store.log_metrics(run_id, split, metrics, protocol="full_ranking")
+        store.log_ranks(run_id, split, es.user_ids, ranks, np.array([len(h) for h in es.histories]))
+        out[split] = metrics | {"eval_seconds": round(time.perf_counter() - t0, 2), "users": len(ranks)}
+    return out
+
+
+@torch.no_grad()
+def score_samples(model, data: SeqRecData, sampler: str = "stochastic_topk", k: int = 50, n: int = 2000,
+                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Logits of positives and of sampled hard negatives on test contexts (RoDPO Fig. 4)."""
+    from training.seqrec.samplers import SAMPLERS
+
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(len(data.test.targets), generator=g)[:n]
+    model.eval()
+    scores = model.full_sort_predict(data.test.inputs[idx])
+    tgt = data.test.targets[idx]
+    neg = SAMPLERS[sampler](scores, tgt, k=k, generator=g)
+    return scores.gather(1, tgt[:, None]).squeeze(1).numpy(), scores.gather(1, neg[:, None]).squeeze(1).numpy()
+
+
+def train_stage(settings: Settings, dataset: str, model_cfg: dict, train_cfg: SeqRecTrainConfig,
+                variant: str, reference: tuple[str, str] | None = None, data: SeqRecData | None = None,
+                upstream: dict | None = None, log=print) -> dict:
+    """Train one stage, register the model, write metrics; returns a summary for asset metadata.
+
+    reference: (registry name, version) of the stage-1 model (policy init + frozen reference) for DPO.
+    """
+    t0 = time.perf_counter()
+    registry = Registry(settings.registry_dir(dataset))
+    store = MetricsStore(settings.metrics_path)
+    wanted = list(model_cfg.get("modalities", ["id"]))
+    data = data or load_data(settings, dataset, model_cfg.get("max_len", 50), wanted)
+    ref_model, ref_meta = None, None
+    if reference is not None:
+        ref_mv = registry.get(*reference)
+        ref_model, ref_meta = load_model(ref_mv.path)
+        model = copy.deepcopy(ref_model)
+        model_cfg = ref_model.cfg.to_dict()
+    else:
+        mods = available_modalities(data, wanted)
+        cfg = SeqRecConfig(**{**model_cfg, "n_items": data.seq.n_items, "modalities": mods,
+                              "text_dim": data.text.shape[1] if "text" in mods else 0,
+                              "image_dim": data.image.shape[1] if "image" in mods else 0})
+        model = MultimodalSASRec(cfg, text=data.text if "text" in mods else None,
+                                 image=data.image if "image" in mods else None)
+        model_cfg = cfg.to_dict()
+    config = {"model": model_cfg, "train": asdict(train_cfg),
+              "reference": None if reference is None else f"{reference[0]}/{reference[1]}"}
+    run_id = store.new_run(FAMILY, variant, dataset, config, upstream)
+    log(f"run {run_id}: {variant} with modalities {model_cfg['modalities']}, {len(data.train_inputs)} windows")
+    with tempfile.TemporaryDirectory(dir=settings.cache_dir) as tmp:
+        trainer = SeqRecTrainer(model, train_cfg, data.train_inputs, data.train_targets, data.valid,
+                                reference=ref_model, checkpoint_dir=Path(tmp),
+                                on_epoch=lambda r: log(json.dumps({k: round(v, 4) if isinstance(v, float) else v
+                                                                   for k, v in r.items()})))
+        fit = trainer.fit()
+    store.log_curve(run_id, train_cfg.stage, fit["history"])
+    metrics = evaluate_and_log(trainer.model, data, store, run_id)
+    pos, neg = score_samples(trainer.model, data, k=train_cfg.topk)
+    store.log_scores(run_id, "positive", pos)
+    store.log_scores(run_id, "negative", neg)
+    version, staging = registry.new_version_dir(variant)
+    save_model(trainer.model, staging, {"train": asdict(train_cfg), "run_id": run_id, "dataset": dataset})
+    mv = registry.commit(variant, version, staging, {
+        "family": FAMILY, "run_id": run_id, "dataset": dataset, "valid": metrics["valid"], "test": metrics["test"],
+        "best_epoch": fit["best"]["epoch"], "epochs_run": fit["epochs_run"], "config": config})
+    store.finish_run(run_id, str(mv.path))
+    seconds = time.perf_counter() - t0
+    train_secs = [r["train_seconds"] for r in fit["history"]]
+    return {"run_id": run_id, "variant": variant, "name": mv.name, "version": mv.version, "path": str(mv.path),
+            "valid": metrics["valid"], "test": metrics["test"], "epochs_run": fit["epochs_run"],
+            "best_epoch": fit["best"]["epoch"], "seconds": round(seconds, 1),
+            "seconds_per_epoch": round(float(np.mean(train_secs)), 2) if train_secs else 0.0,
+            "modalities": model_cfg["modalities"], "history": fit["history"]}

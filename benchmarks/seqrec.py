@@ -1,0 +1,96 @@
+"""Sequential-track benchmark: SFT (CE warm-up) then DPO with a negative sampler; one JSON line.
+
+    python benchmarks/seqrec.py --dataset amazon-beauty
+    python benchmarks/seqrec.py --dataset amazon-beauty --samplers random,argmax,stochastic_topk --modalities id,text
+Targets (2 cores): both stages under 15 min, one full evaluation of all users under 10 s, peak RSS under 4 GB.
+"""
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+PRESETS = {"amazon-beauty": ("amazon-s3rec", "amazon_beauty"), "amazon-sports": ("amazon-s3rec", "amazon_sports"),
+           "movielens-100k": ("movielens-100k", "movielens_100k"), "microlens-50k": ("microlens", "microlens_50k"),
+           "synthetic": ("synthetic", None)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--dataset", default="amazon-beauty", choices=sorted(PRESETS))
+    ap.add_argument("--path", default=None, help="dataset folder (default: ../shared/data/<preset>)")
+    ap.add_argument("--home", default=os.environ.get("RECALIGN_HOME"), help="reuse a RECALIGN_HOME (tables, vectors)")
+    ap.add_argument("--modalities", default="id")
+    ap.add_argument("--moe", action="store_true")
+    ap.add_argument("--samplers", default="stochastic_topk")
+    ap.add_argument("--sft-epochs", type=int, default=15)
+    ap.add_argument("--dpo-epochs", type=int, default=5)
+    ap.add_argument("--dropout", type=float, default=0.3)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--dpo-lr", type=float, default=1e-3)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--lam", type=float, default=1.0)
+    ap.add_argument("--beta", type=float, default=1.0)
+    ap.add_argument("--topk", type=int, default=50)
+    ap.add_argument("--patience", type=int, default=5)
+    ap.add_argument("--quiet", action="store_true")
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(os.cpu_count() or 2)
+    from assets.embeddings.pipeline import embed_text_table
+    from assets.ingest.pipeline import DatasetSpec, build_sequences, build_warehouse, land_raw, peak_rss_mb
+    from assets.seqrec.pipeline import load_data, train_stage
+    from recalign.settings import Settings, shared_data_dir
+    from training.seqrec.trainer import SeqRecTrainConfig
+
+    source, folder = PRESETS[args.dataset]
+    path = args.path or (str(shared_data_dir() / folder) if folder and shared_data_dir() else None)
+    settings = Settings.from_env(args.home or tempfile.mkdtemp(prefix="recalign-bench-"))
+    spec = DatasetSpec(source=source, path=path, name=args.dataset)
+    t0 = time.perf_counter()
+    if not settings.warehouse_path(spec.dataset).exists():
+        land_raw(settings, spec)
+        build_warehouse(settings, spec)
+        build_sequences(settings, spec)
+    mods = args.modalities.split(",")
+    if "text" in mods:
+        embed_text_table(settings, spec.dataset, "item_text")
+    log = (lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
+    data = load_data(settings, spec.dataset, 50, mods)
+    model_cfg = {"d": 64, "max_len": 50, "dropout": args.dropout, "attn_dropout": args.dropout,
+                 "modalities": mods, "moe": args.moe}
+    t_sft = time.perf_counter()
+    sft = train_stage(settings, spec.dataset, model_cfg,
+                      SeqRecTrainConfig(stage="sft", epochs=args.sft_epochs, lr=args.lr, batch_size=args.batch_size,
+                                        patience=args.patience, show_progress=False),
+                      variant="seqrec_sft" + ("_moe" if args.moe else "") + ("_" + "_".join(mods) if mods != ["id"] else ""),
+                      data=data, log=log)
+    sft_seconds = time.perf_counter() - t_sft
+    out = {"benchmark": "seqrec", "dataset": args.dataset, "modalities": sft["modalities"], "moe": args.moe,
+           "sft": {"test": sft["test"], "valid_ndcg@10": sft["valid"]["ndcg@10"], "epochs": sft["epochs_run"],
+                   "seconds_per_epoch": sft["seconds_per_epoch"], "seconds": round(sft_seconds, 1)},
+           "full_eval_seconds": sft["test"]["eval_seconds"], "eval_users": sft["test"]["users"]}
+    for sampler in args.samplers.split(","):
+        t_dpo = time.perf_counter()
+        dpo = train_stage(settings, spec.dataset, {},
+                          SeqRecTrainConfig(stage="dpo", epochs=args.dpo_epochs, lr=args.dpo_lr, batch_size=args.batch_size,
+                                            sampler=sampler, topk=args.topk, beta=args.beta, lam=args.lam,
+                                            patience=args.patience, show_progress=False),
+                          variant=f"seqrec_dpo_{sampler}", reference=(sft["name"], sft["version"]), data=data, log=log)
+        out[f"dpo_{sampler}"] = {"test": dpo["test"], "valid_ndcg@10": dpo["valid"]["ndcg@10"],
+                                 "epochs": dpo["epochs_run"], "seconds_per_epoch": dpo["seconds_per_epoch"],
+                                 "seconds": round(time.perf_counter() - t_dpo, 1)}
+    out["total_seconds"] = round(time.perf_counter() - t0, 1)
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()

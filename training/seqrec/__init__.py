@@ -1,0 +1,1 @@
+"""Sequential track: multimodal SASRec-style encoder, CE warm-up, DPO with RoDPO negatives."""

@@ -1,0 +1,80 @@
+"""Checkpoints as safetensors + JSON config: no pickle, nothing executable in a model file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .model import MultimodalSASRec, SeqRecConfig
+
+FORMAT = "recalign.seqrec/1"
+
+
+def _atomic_write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=float))
+    os.replace(tmp, path)
+
+
+def save_model(model: MultimodalSASRec, directory: str | Path, extra: dict | None = None) -> Path:
+    """model.safetensors + config.json in directory (written to temp names, then renamed)."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(d / "model.safetensors.tmp"), metadata={"format": FORMAT})
+    os.replace(d / "model.safetensors.tmp", d / "model.safetensors")
+    _atomic_write_json(d / "config.json", {"format": FORMAT, "model": model.cfg.to_dict(), **(extra or {})})
+    return d
+
+
+def load_model(directory: str | Path, map_location: str = "cpu") -> tuple[MultimodalSASRec, dict]:
+    """Load and check a saved model; raises ValueError on anything inconsistent."""
+    d = Path(directory)
+    meta = json.loads((d / "config.json").read_text())
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{d}: not a recalign sequential model (format {meta.get('format')!r})")
+    cfg = SeqRecConfig(**meta["model"])
+    state = load_file(str(d / "model.safetensors"), device=map_location)
+    model = MultimodalSASRec(cfg, text=state.get("text_feats"), image=state.get("image_feats"))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{d}: incompatible weights (missing {missing[:5]}, unexpected {unexpected[:5]})")
+    if any(not torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+        raise ValueError(f"{d}: weights contain NaN or inf")
+    model.eval()
+    return model, meta
+
+
+def save_training_state(directory: Path, model, optimizer, state: dict) -> None:
+    """Everything needed to resume after an interruption: weights, optimizer moments, counters."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    opt = optimizer.state_dict()
+    for pid, pstate in opt["state"].items():
+        for name, value in pstate.items():
+            if torch.is_tensor(value):
+                tensors[f"opt.{pid}.{name}"] = value.detach().cpu().contiguous().reshape(value.shape)
+    tensors["rng.torch"] = torch.get_rng_state()
+    save_file(tensors, str(directory / "state.safetensors.tmp"))
+    os.replace(directory / "state.safetensors.tmp", directory / "state.safetensors")
+    _atomic_write_json(directory / "state.json", {**state, "param_groups": opt["param_groups"]})
+
+
+def load_training_state(directory: Path, model, optimizer) -> dict | None:
+    if not (directory / "state.json").exists() or not (directory / "state.safetensors").exists():
+        return None
+    meta = json.loads((directory / "state.json").read_text())
+    tensors = load_file(str(directory / "state.safetensors"))
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    opt_state: dict = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, pid, name = key.split(".", 2)
+            opt_state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": opt_state, "param_groups": meta["param_groups"]})
+    torch.set_rng_state(tensors["rng.torch"])
+    return meta

@@ -1,0 +1,38 @@
+"""Negative samplers for DPO: the losing item y_l for each (context, y_w) pair."""
+
+from __future__ import annotations
+
+import torch
+
+NEG_INF = float("-inf")
+
+
+def _exclude_target(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    masked = scores.detach().clone()
+    masked[:, 0] = NEG_INF  # padding id
+    masked.scatter_(1, target.view(-1, 1), NEG_INF)
+    return masked
+
+
+def random_negatives(scores: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None,
+                     **_) -> torch.Tensor:
+    """Uniform over all items except padding and y_w."""
+    n = scores.shape[1]
+    neg = torch.randint(1, n - 1, target.shape, generator=generator, device=scores.device)
+    return neg + (neg >= target).long()  # skip the target without rejection sampling
+
+
+def argmax_negatives(scores: torch.Tensor, target: torch.Tensor, **_) -> torch.Tensor:
+    """The hardest non-target item: argmax over I \\ {y_w}."""
+    return _exclude_target(scores, target).argmax(1)
+
+
+def stochastic_topk_negatives(scores: torch.Tensor, target: torch.Tensor, k: int = 50,
+                              generator: torch.Generator | None = None, **_) -> torch.Tensor:
+    """y_l ~ U(C_K(x)), C_K(x) = TopK({s(x,i) | i != y_w}, K)  (RoDPO Eq. 4)."""
+    pool = _exclude_target(scores, target).topk(k, dim=1).indices
+    pick = torch.randint(0, k, (len(target), 1), generator=generator, device=scores.device)
+    return pool.gather(1, pick).squeeze(1)
+
+
+SAMPLERS = {"random": random_negatives, "argmax": argmax_negatives, "stochastic_topk": stochastic_topk_negatives}
