@@ -5,11 +5,13 @@ from __future__ import annotations
 import dagster as dg
 
 from assets.embeddings import defs as embeddings
+from assets.evaluation import defs as evaluation
 from assets.ingest import defs as ingest
+from assets.seqrec import defs as seqrec
 from orchestration.resources import resources_for
 
-all_assets = [*ingest.assets, *embeddings.assets]
-all_checks = [*ingest.asset_checks, *embeddings.asset_checks]
+all_assets = [*ingest.assets, *embeddings.assets, *seqrec.assets, *evaluation.assets]
+all_checks = [*ingest.asset_checks, *embeddings.asset_checks, *seqrec.asset_checks]
 
 full_lineage = dg.define_asset_job("full_lineage", selection=dg.AssetSelection.all(),
                                    description="Rebuild the whole lineage for the configured dataset.")

@@ -26,11 +26,14 @@ class DatasetResource(dg.ConfigurableResource):
     path: Optional[str] = os.environ.get("RECALIGN_DATASET_PATH") or None
     name: Optional[str] = os.environ.get("RECALIGN_DATASET_NAME") or None
     kcore: Optional[int] = None
+    synthetic_items: Optional[int] = None  # size of the synthetic catalogue (tests, quick demos)
+    synthetic_users: Optional[int] = None
 
     def spec(self):
         from assets.ingest.pipeline import DatasetSpec
 
-        return DatasetSpec(source=self.source, path=self.path, name=self.name, kcore=self.kcore)
+        options = {k: v for k, v in (("n_items", self.synthetic_items), ("n_users", self.synthetic_users)) if v}
+        return DatasetSpec(source=self.source, path=self.path, name=self.name, kcore=self.kcore, options=options)
 
 
 def deployment() -> str:

@@ -65,6 +65,31 @@ def cmd_fetch(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    """Compare two runs from the metrics table."""
+    from assets.evaluation.report import compare_runs
+    from assets.evaluation.store import MetricsStore
+    from recalign.settings import Settings
+
+    table = compare_runs(MetricsStore(Settings.from_env().metrics_path), args.run_a, args.run_b)
+    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from pathlib import Path
+
+    from assets.evaluation.report import build_report, write_report
+    from assets.evaluation.store import MetricsStore
+    from recalign.settings import Settings
+
+    settings = Settings.from_env()
+    out = write_report(build_report(MetricsStore(settings.metrics_path), args.dataset),
+                       Path(args.out) if args.out else settings.reports_dir(args.dataset) / "latest")
+    print(json.dumps(out))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="recalign", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -83,6 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("source")
     p.add_argument("dest")
     p.set_defaults(fn=cmd_fetch)
+    p = sub.add_parser("compare", help="compare two runs from the metrics table")
+    p.add_argument("run_a")
+    p.add_argument("run_b")
+    p.set_defaults(fn=cmd_compare)
+    p = sub.add_parser("report", help="write the evaluation report of a dataset")
+    p.add_argument("dataset")
+    p.add_argument("--out", default=None)
+    p.set_defaults(fn=cmd_report)
     args = parser.parse_args(argv)
     from assets.ingest.errors import SourceError
 

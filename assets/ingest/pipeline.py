@@ -29,7 +29,10 @@ class DatasetSpec:
 
     @property
     def dataset(self) -> str:
-        return safe_name(self.name or (Path(self.path).name if self.path else self.source), "dataset")
+        default = Path(self.path).name if self.path else self.source
+        if not self.name and self.options.get("n_items"):
+            default += f"-{self.options['n_items']}x{self.options.get('n_users', 'd')}"
+        return safe_name(self.name or default, "dataset")
 
     @property
     def k(self) -> int:

@@ -22,6 +22,7 @@ from training.seqrec.data import EvalSet, training_windows
 from training.seqrec.evaluate import full_ranking_ranks
 from training.seqrec.model import MultimodalSASRec, SeqRecConfig
 from training.seqrec.trainer import SeqRecTrainConfig, SeqRecTrainer
+from training.seqrec.warmstart import warm_start_ids
 from training.metrics import metrics_from_ranks
 
 FAMILY = "seqrec"
@@ -109,6 +110,7 @@ def train_stage(settings: Settings, dataset: str, model_cfg: dict, train_cfg: Se
                               "image_dim": data.image.shape[1] if "image" in mods else 0})
         model = MultimodalSASRec(cfg, text=data.text if "text" in mods else None,
                                  image=data.image if "image" in mods else None)
+        warm_start_ids(model, data.seq.train)
         model_cfg = cfg.to_dict()
     config = {"model": model_cfg, "train": asdict(train_cfg),
               "reference": None if reference is None else f"{reference[0]}/{reference[1]}"}

@@ -36,6 +36,7 @@ class SeqRecConfig:
     moe_top_k: int = 2
     moe_noise: float = 1.0
     moe_aux_weight: float = 0.01
+    id_init: str = "cooccurrence"  # or "random"; see warmstart.py (training split only)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,0 +1,214 @@
+"""recalign's HTTP API over the published model, the DuckDB catalogue and the LanceDB item vectors.
+
+Unknown users get the documented fallback: popularity, flagged in the response (`fallback`).
+Unknown item ids in a history are a 422 naming them. Limits: k <= 100, history <= 200 items.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import BaseModel, Field
+
+from recalign.settings import Settings
+
+from .catalogue import Catalogue
+from .model_holder import ModelHolder
+
+MAX_K = 100
+MAX_HISTORY = 200
+log = logging.getLogger("recalign.serving")
+
+
+@dataclass
+class ServiceConfig:
+    home: str
+    dataset: str
+    api_key: str | None = None
+    poll_seconds: float = 2.0
+
+    @classmethod
+    def from_env(cls) -> "ServiceConfig":
+        return cls(home=os.environ.get("RECALIGN_HOME", "./.recalign"),
+                   dataset=os.environ.get("RECALIGN_DATASET", "synthetic"),
+                   api_key=os.environ.get("RECALIGN_API_KEY") or None,
+                   poll_seconds=float(os.environ.get("RECALIGN_POLL_SECONDS", "2")))
+
+
+class RecommendRequest(BaseModel):
+    user_id: int | None = Field(None, description="a known user: their history is looked up")
+    history: list[int] | None = Field(None, max_length=MAX_HISTORY, description="or an ad-hoc history of item ids, oldest first")
+    k: int = Field(10, ge=1, le=MAX_K)
+    exclude_seen: bool = True
+    category: str | None = Field(None, max_length=200, description="only items whose category path contains this")
+
+
+class ScoredItem(BaseModel):
+    item_id: int
+    title: str | None
+    score: float
+
+
+class RecommendResponse(BaseModel):
+    items: list[ScoredItem]
+    model_version: str | None
+    fallback: str | None = Field(None, description="'popularity' when the user is unknown (documented fallback)")
+
+
+class ItemDetails(BaseModel):
+    item_id: int
+    title: str | None
+    categories: str | None
+
+
+class SimilarResponse(BaseModel):
+    item_id: int
+    items: list[ScoredItem]
+
+
+def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
+    cfg = cfg or ServiceConfig.from_env()
+    settings = Settings.from_env(cfg.home)
+    state: dict = {}
+    metrics = CollectorRegistry()
+    requests = Counter("recalign_requests_total", "requests", ["endpoint", "status"], registry=metrics)
+    latency = Histogram("recalign_request_seconds", "latency", ["endpoint"], registry=metrics,
+                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+    switches = Counter("recalign_model_checks_total", "model pointer checks", registry=metrics)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        torch.set_num_threads(1)  # many small requests: one thread each scales better on 2 cores
+        cat = Catalogue.load(settings.warehouse_path(cfg.dataset))
+        holder = ModelHolder(settings.registry_dir(cfg.dataset), cat.n_items, cfg.poll_seconds)
+        holder.start()
+        state.update(catalogue=cat, holder=holder, categories={})
+        yield
+        holder.stop()
+
+    app = FastAPI(title="recalign", version="1", lifespan=lifespan,
+                  description="Recommendations from the published recalign model.")
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        requests.labels(path, str(response.status_code)).inc()
+        latency.labels(path).observe(time.perf_counter() - t0)
+        return response
+
+    def require_key(request: Request):
+        if cfg.api_key and request.headers.get("x-api-key") != cfg.api_key:
+            raise HTTPException(401, "missing or wrong X-API-Key")
+
+    def cat() -> Catalogue:
+        return state["catalogue"]
+
+    def holder() -> ModelHolder:
+        return state["holder"]
+
+    @app.get("/healthz")
+    def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    def readyz():
+        h = holder()
+        cur = h.current
+        body = {"ready": cur is not None, "model": None if cur is None else {"name": cur.name, "version": cur.version,
+                                                                             "loaded_at": cur.loaded_at},
+                "switches": h.switches, "refused": h.refusals, "last_error": h.last_error}
+        return JSONResponse(body, status_code=200 if cur is not None else 503)
+
+    @app.get("/metrics")
+    def prometheus():
+        switches.inc(0)
+        return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
+
+    def _recommend(history: np.ndarray, k: int, exclude_seen: bool, category: str | None, user_known: bool) -> RecommendResponse:
+        c, h = cat(), holder()
+        if not user_known or h.current is None:
+            pool = c.popular
+            if exclude_seen and len(history):
+                pool = pool[~np.isin(pool, history)]
+            if category:
+                mask = state["categories"].setdefault(category, c.category_mask(category))
+                pool = pool[mask[pool]]
+            top = pool[:k]
+            n = len(c.popular)
+            return RecommendResponse(items=[ScoredItem(item_id=int(i), title=c.titles.get(int(i)), score=float(1 - r / n))
+                                            for r, i in enumerate(top)],
+                                     model_version=None, fallback="popularity")
+        scores, loaded = h.scores(history)
+        scores = scores.copy()
+        scores[0] = -np.inf
+        if exclude_seen:
+            scores[history] = -np.inf
+        if category:
+            mask = state["categories"].setdefault(category, c.category_mask(category))
+            scores[~mask] = -np.inf
+        k_eff = min(k, int(np.isfinite(scores).sum()))
+        top = np.argpartition(-scores, k_eff - 1)[:k_eff] if k_eff > 0 else np.zeros(0, dtype=np.int64)
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return RecommendResponse(items=[ScoredItem(item_id=int(i), title=c.titles.get(int(i)), score=float(scores[i]))
+                                        for i in top], model_version=f"{loaded.name}/{loaded.version}", fallback=None)
+
+    @app.post("/v1/recommend", response_model=RecommendResponse, dependencies=[Depends(require_key)])
+    def recommend(req: RecommendRequest):
+        c = cat()
+        if (req.user_id is None) == (req.history is None):
+            raise HTTPException(422, "give exactly one of user_id or history")
+        if req.history is not None:
+            unknown = sorted({i for i in req.history if i not in c.titles})
+            if unknown:
+                raise HTTPException(422, f"unknown item ids: {unknown[:20]}")
+            if not req.history:
+                return _recommend(np.zeros(0, np.int64), req.k, req.exclude_seen, req.category, user_known=False)
+            return _recommend(np.asarray(req.history, np.int64), req.k, req.exclude_seen, req.category, user_known=True)
+        hist = c.histories.get(req.user_id)
+        if hist is None:
+            return _recommend(np.zeros(0, np.int64), req.k, req.exclude_seen, req.category, user_known=False)
+        return _recommend(hist, req.k, req.exclude_seen, req.category, user_known=True)
+
+    @app.get("/v1/users/{user_id}/recommendations", response_model=RecommendResponse, dependencies=[Depends(require_key)])
+    def recommend_user(user_id: int, k: int = Query(10, ge=1, le=MAX_K), exclude_seen: bool = True,
+                       category: str | None = Query(None, max_length=200)):
+        return recommend(RecommendRequest(user_id=user_id, k=k, exclude_seen=exclude_seen, category=category))
+
+    @app.get("/v1/items/{item_id}", response_model=ItemDetails, dependencies=[Depends(require_key)])
+    def item(item_id: int):
+        c = cat()
+        if item_id not in c.titles:
+            raise HTTPException(404, f"unknown item id {item_id}")
+        return ItemDetails(item_id=item_id, title=c.titles[item_id], categories=c.categories.get(item_id))
+
+    @app.get("/v1/items/{item_id}/similar", response_model=SimilarResponse, dependencies=[Depends(require_key)])
+    def similar(item_id: int, k: int = Query(10, ge=1, le=MAX_K)):
+        c = cat()
+        if item_id not in c.titles:
+            raise HTTPException(404, f"unknown item id {item_id}")
+        from assets.embeddings.store import VectorStore
+
+        store = state.setdefault("vectors", VectorStore(settings.lancedb_dir(cfg.dataset)))
+        if not store.has("item_text"):
+            raise HTTPException(503, "no item_text vectors: materialise the embeddings first")
+        try:
+            res = store.nearest("item_text", item_id, k=k, exclude_self=True)
+        except KeyError:
+            raise HTTPException(404, f"item {item_id} has no text vector") from None
+        return SimilarResponse(item_id=item_id, items=[ScoredItem(item_id=int(r.id), title=c.titles.get(int(r.id)),
+                                                                  score=float(r.score)) for r in res.itertuples()])
+
+    return app

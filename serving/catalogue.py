@@ -1,0 +1,42 @@
+"""What the service knows besides the model: items, user histories, popularity (read once from DuckDB)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+import numpy as np
+
+
+@dataclass
+class Catalogue:
+    titles: dict[int, str | None]
+    categories: dict[int, str | None]
+    histories: dict[int, np.ndarray]
+    popular: np.ndarray  # item ids, most popular first (training interactions)
+    n_items: int
+
+    @classmethod
+    def load(cls, warehouse: Path) -> "Catalogue":
+        con = duckdb.connect(str(warehouse), read_only=True)
+        try:
+            items = con.execute("SELECT item_id, title, categories FROM items ORDER BY item_id").df()
+            seq = con.execute("SELECT user_id, list(item_id ORDER BY position) AS items FROM sequences GROUP BY user_id").df()
+            pop = con.execute("""SELECT item_id FROM sequences WHERE split = 'train' GROUP BY item_id
+                                 ORDER BY count(*) DESC, item_id""").df()
+        finally:
+            con.close()
+        return cls(titles=dict(zip(items["item_id"].tolist(), items["title"].tolist())),
+                   categories=dict(zip(items["item_id"].tolist(), items["categories"].tolist())),
+                   histories={int(u): np.asarray(s, dtype=np.int64) for u, s in zip(seq["user_id"], seq["items"])},
+                   popular=pop["item_id"].to_numpy(dtype=np.int64), n_items=int(items["item_id"].max()))
+
+    def category_mask(self, category: str) -> np.ndarray:
+        """Items whose category path contains `category` (case-insensitive)."""
+        needle = category.lower()
+        mask = np.zeros(self.n_items + 1, dtype=bool)
+        for item, cats in self.categories.items():
+            if cats and needle in cats.lower():
+                mask[item] = True
+        return mask
