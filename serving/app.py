@@ -74,6 +74,7 @@ class ItemDetails(BaseModel):
 class SimilarResponse(BaseModel):
     item_id: int
     items: list[ScoredItem]
+    source: str = Field(description="'item_text' (LanceDB text vectors) or 'model' (the served model's item embeddings)")
 
 
 def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
@@ -202,13 +203,24 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
         from assets.embeddings.store import VectorStore
 
         store = state.setdefault("vectors", VectorStore(settings.lancedb_dir(cfg.dataset)))
-        if not store.has("item_text"):
-            raise HTTPException(503, "no item_text vectors: materialise the embeddings first")
-        try:
-            res = store.nearest("item_text", item_id, k=k, exclude_self=True)
-        except KeyError:
-            raise HTTPException(404, f"item {item_id} has no text vector") from None
-        return SimilarResponse(item_id=item_id, items=[ScoredItem(item_id=int(r.id), title=c.titles.get(int(r.id)),
-                                                                  score=float(r.score)) for r in res.itertuples()])
+        if store.has("item_text"):
+            try:
+                res = store.nearest("item_text", item_id, k=k, exclude_self=True)
+                return SimilarResponse(item_id=item_id, source="item_text", items=[
+                    ScoredItem(item_id=int(r.id), title=c.titles.get(int(r.id)), score=float(r.score))
+                    for r in res.itertuples()])
+            except KeyError:
+                pass  # no text vector for this item: fall back to the model's item embeddings
+        loaded = holder().current
+        if loaded is None:
+            raise HTTPException(404, f"no similar items for {item_id}: no text vectors and no model loaded")
+        with torch.no_grad():
+            table = loaded.model.item_table(loaded.model.cfg.modalities[0])
+            table = torch.nn.functional.normalize(table, dim=1)
+            sims = (table @ table[item_id]).numpy()
+        sims[[0, item_id]] = -np.inf
+        top = np.argsort(-sims, kind="stable")[:k]
+        return SimilarResponse(item_id=item_id, source="model", items=[
+            ScoredItem(item_id=int(i), title=c.titles.get(int(i)), score=float(sims[i])) for i in top])
 
     return app

@@ -1,0 +1,133 @@
+"""The real API over HTTP: offline-equal recommendations, hot switch, refusal of a corrupt model, fuzzing."""
+
+import json
+import subprocess
+import sys
+import threading
+import time
+
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from assets.ingest.pipeline import DatasetSpec, build_sequences, build_warehouse, land_raw
+from assets.seqrec.pipeline import train_stage
+from recalign.registry import Registry
+from recalign.settings import Settings
+from training.seqrec.checkpoint import load_model
+from training.seqrec.trainer import SeqRecTrainConfig
+
+from .service_utils import serving
+
+pytestmark = pytest.mark.service
+TINY = {"d": 16, "n_layers": 1, "dropout": 0.2, "attn_dropout": 0.2, "modalities": ["id"]}
+
+
+def tiny_model(home, dataset, seed=1, epochs=1):
+    out = train_stage(home, dataset, TINY, SeqRecTrainConfig(epochs=epochs, batch_size=256, lr=3e-3, seed=seed,
+                                                             show_progress=False), "seqrec_sft", log=lambda *_: None)
+    reg = Registry(home.registry_dir(dataset))
+    return reg, reg.get(out["name"], out["version"])
+
+
+@pytest.fixture(scope="module")
+def beauty(tmp_path_factory, request):
+    from recalign.settings import shared_data_dir
+
+    if shared_data_dir() is None:
+        pytest.skip("needs ../shared/data (the team's real datasets), absent in this clone")
+    home = Settings.from_env(tmp_path_factory.mktemp("serve"))
+    spec = DatasetSpec("amazon-s3rec", str(shared_data_dir() / "amazon_beauty"), name="beauty")
+    land_raw(home, spec)
+    build_warehouse(home, spec)
+    build_sequences(home, spec)
+    reg, mv = tiny_model(home, "beauty")
+    reg.publish(mv)
+    svc = serving(home.home, "beauty", tmp_path_factory.mktemp("logs") / "serve.log")
+    yield home, svc, reg, mv
+    svc.stop()
+
+
+def test_recommendations_equal_offline_topk(beauty):
+    home, svc, reg, mv = beauty
+    model, _ = load_model(mv.path)
+    from serving.catalogue import Catalogue
+
+    cat = Catalogue.load(home.warehouse_path("beauty"))
+    for user in (1, 77, 4242):
+        hist = cat.histories[user]
+        with torch.no_grad():
+            scores = model.full_sort_predict(torch.from_numpy(hist[-50:]).view(1, -1))[0].numpy()
+        scores[hist] = -np.inf
+        scores[0] = -np.inf
+        offline = np.argsort(-scores, kind="stable")[:10].tolist()
+        r = httpx.post(svc.url + "/v1/recommend", json={"user_id": user, "k": 10}).json()
+        assert [i["item_id"] for i in r["items"]] == offline
+        assert r["model_version"] == f"{mv.name}/{mv.version}" and r["fallback"] is None
+        assert r["items"][0]["title"]
+
+
+def test_bad_requests_are_4xx_or_documented_fallback(beauty):
+    _, svc, _, _ = beauty
+    unknown_user = httpx.post(svc.url + "/v1/recommend", json={"user_id": 10**9, "k": 5}).json()
+    assert unknown_user["fallback"] == "popularity" and len(unknown_user["items"]) == 5
+    r = httpx.post(svc.url + "/v1/recommend", json={"history": [1, 2, 999999], "k": 5})
+    assert r.status_code == 422 and "999999" in r.text
+    assert httpx.post(svc.url + "/v1/recommend", json={"user_id": 1, "k": 10_000}).status_code == 422
+    assert httpx.post(svc.url + "/v1/recommend", json={"history": list(range(1, 400))}).status_code == 422
+    assert httpx.get(svc.url + "/v1/items/999999").status_code == 404
+    ok = httpx.post(svc.url + "/v1/recommend", json={"history": [1, 2, 3], "k": 5, "category": "Nail"}).json()
+    assert all("nail" in (httpx.get(f"{svc.url}/v1/items/{i['item_id']}").json()["categories"] or "").lower()
+               for i in ok["items"])
+    metrics = httpx.get(svc.url + "/metrics").text
+    assert "recalign_requests_total" in metrics and 'status="422"' in metrics
+
+
+def test_hot_switch_without_dropping_requests_and_corrupt_model_refused(beauty):
+    home, svc, reg, mv = beauty
+    errors, stop = [], threading.Event()
+
+    def hammer():
+        with httpx.Client() as c:
+            while not stop.is_set():
+                r = c.post(svc.url + "/v1/recommend", json={"user_id": 5, "k": 5})
+                if r.status_code != 200:
+                    errors.append(r.status_code)
+
+    t = threading.Thread(target=hammer)
+    t.start()
+    try:
+        _, mv2 = tiny_model(home, "beauty", seed=2)
+        reg.publish(mv2)
+        deadline = time.time() + 30
+        while time.time() < deadline and httpx.get(svc.url + "/readyz").json()["model"]["version"] != mv2.version:
+            time.sleep(0.3)
+        assert httpx.get(svc.url + "/readyz").json()["model"]["version"] == mv2.version
+        # a corrupt version: valid registry entry, garbage weights
+        version, staging = reg.new_version_dir("seqrec_sft")
+        staging.mkdir(parents=True)
+        (staging / "config.json").write_text((mv2.path / "config.json").read_text())
+        (staging / "model.safetensors").write_bytes(b"\x00" * 64)
+        bad = reg.commit("seqrec_sft", version, staging, {"valid": {"ndcg@10": 1.0}})
+        reg.publish(bad)
+        deadline = time.time() + 30
+        while time.time() < deadline and not httpx.get(svc.url + "/readyz").json()["last_error"]:
+            time.sleep(0.3)
+        ready = httpx.get(svc.url + "/readyz").json()
+        assert ready["model"]["version"] == mv2.version and ready["refused"] >= 1
+        assert "model.safetensors" in ready["last_error"]["error"] or "Error" in ready["last_error"]["error"]
+        r = httpx.post(svc.url + "/v1/recommend", json={"user_id": 5, "k": 5}).json()
+        assert r["model_version"] == f"{mv2.name}/{mv2.version}"
+    finally:
+        stop.set()
+        t.join()
+    assert errors == []
+
+
+def test_schemathesis_finds_no_server_errors(beauty):
+    _, svc, _, _ = beauty
+    proc = subprocess.run([sys.executable, "-m", "schemathesis.cli", "run", svc.url + "/openapi.json",
+                           "--checks", "not_a_server_error", "--max-examples", "25", "--generation-deterministic",
+                           "--request-timeout", "10"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
