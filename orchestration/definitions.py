@@ -8,20 +8,23 @@ from assets.embeddings import defs as embeddings
 from assets.evaluation import defs as evaluation
 from assets.ingest import defs as ingest
 from assets.seqrec import defs as seqrec
+from orchestration.automation import ingest_logs, landing_sensor, nightly_retrain, retrain
 from orchestration.resources import resources_for
 
 all_assets = [*ingest.assets, *embeddings.assets, *seqrec.assets, *evaluation.assets]
 all_checks = [*ingest.asset_checks, *embeddings.asset_checks, *seqrec.asset_checks]
 
-full_lineage = dg.define_asset_job("full_lineage", selection=dg.AssetSelection.all(),
+full_lineage = dg.define_asset_job("full_lineage", selection=dg.AssetSelection.all() - dg.AssetSelection.assets("interaction_log_batch"),
                                    description="Rebuild the whole lineage for the configured dataset.")
-ingest_job = dg.define_asset_job("ingest", selection=dg.AssetSelection.groups("ingest", "tables"),
+ingest_job = dg.define_asset_job("ingest", selection=dg.AssetSelection.groups("ingest", "tables") - dg.AssetSelection.assets("interaction_log_batch"),
                                  description="Land the raw dataset and build the validated tables.")
 
 defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
-    jobs=[full_lineage, ingest_job],
+    jobs=[full_lineage, ingest_job, ingest_logs, retrain],
+    sensors=[landing_sensor],
+    schedules=[nightly_retrain],
     resources=resources_for(),
     executor=dg.in_process_executor,
 )

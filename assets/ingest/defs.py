@@ -97,3 +97,39 @@ def sequences_valid(recalign: RecalignHome, dataset: DatasetResource) -> dg.Asse
 
 assets = [raw_dataset, base_tables, sequences]
 asset_checks = [rows_reconcile, referential_integrity, sequences_valid]
+
+
+# --- incremental interaction logs: one dynamic partition per landed file ---------------------------
+
+from .landing import ingest_batch, scan  # noqa: E402
+from .pipeline import build_sequences as _rebuild_sequences  # noqa: E402
+
+landing_files = dg.DynamicPartitionsDefinition(name="landing_files")
+
+
+@dg.asset(partitions_def=landing_files, deps=["interactions"], group_name="ingest", owners=OWNERS, kinds={"duckdb"},
+          description="One interaction-log file from $RECALIGN_HOME/landing/interactions/ (partition = name@sha256), "
+                      "validated and appended; the sequences are rebuilt after it.")
+def interaction_log_batch(context: dg.AssetExecutionContext, recalign: RecalignHome, dataset: DatasetResource) -> dg.MaterializeResult:
+    settings, spec = recalign.settings(), dataset.spec()
+    key = context.partition_key
+    files = scan(settings.landing_dir)
+    if key not in files:
+        raise dg.Failure(f"landed file for partition {key!r} is gone or changed; drop it again to ingest it")
+    stats = ingest_batch(Warehouse(settings.warehouse_path(spec.dataset)), files[key], key)
+    seq = _rebuild_sequences(settings, spec)
+    context.log.info(f"batch {key}: {stats}; sequences: {seq}")
+    return dg.MaterializeResult(metadata={**to_metadata(stats), "users_after": seq["users"],
+                                          "interactions_after": seq["interactions_kept"]})
+
+
+@dg.asset_check(asset=interaction_log_batch, blocking=True, description="raw rows = accepted + rejected for the batch.")
+def batch_reconciles(context: dg.AssetCheckExecutionContext, recalign: RecalignHome, dataset: DatasetResource) -> dg.AssetCheckResult:
+    wh = _wh(recalign, dataset)
+    row = wh.read("SELECT * FROM log_batches ORDER BY ingested_at DESC LIMIT 1")
+    ok = bool(len(row)) and bool(row["reconciled"].iloc[0])
+    return dg.AssetCheckResult(passed=ok, metadata={"batch": str(row["batch"].iloc[0]) if len(row) else ""})
+
+
+assets.append(interaction_log_batch)
+asset_checks.append(batch_reconciles)

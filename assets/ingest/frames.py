@@ -54,6 +54,8 @@ class Rejects:
 
     def frame(self) -> pd.DataFrame:
         df = frame(self.rows, REJECT_COLUMNS)
+        for col in ("table_name", "source_file", "raw", "reason"):
+            df[col] = df[col].astype("string")  # typed even when empty (DuckDB would store NULL type)
         df["line_no"] = pd.array(df["line_no"], dtype="Int64")
         return df
 

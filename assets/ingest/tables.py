@@ -96,6 +96,7 @@ def build_tables(data: SourceData) -> Tables:
     # interactions
     inter = data.interactions.copy()
     inter["row_order"] = np.arange(len(inter), dtype="int64")
+    inter["batch"] = "base"
     inter["ts"] = pd.to_numeric(inter["ts"], errors="coerce").astype("int64")
     inter["rating"] = pd.to_numeric(inter["rating"], errors="coerce").astype("float64")
     for col in ("user_key", "item_key"):

@@ -57,6 +57,11 @@ def load_table(path: Path) -> tuple[pd.DataFrame, pd.Series]:
     return df.reset_index(drop=True), lines
 
 
+def _row_text(df: pd.DataFrame) -> pd.Series:
+    """Each row as comma-joined text (missing cells empty), kept with rejected rows."""
+    return df.astype("string").fillna("").agg(",".join, axis=1)
+
+
 def _pick(df: pd.DataFrame, aliases: tuple[str, ...], path: Path, required: bool = True) -> str | None:
     for name in aliases:
         if name in df.columns:
@@ -70,7 +75,7 @@ def parse_interactions(path: Path, rejects: Rejects) -> tuple[pd.DataFrame, int]
     """user, item, timestamp (int seconds or ISO date), optional rating -> normalised frame."""
     df, lines = load_table(path)
     n_raw = len(df)
-    raw_text = df.astype(str).agg(",".join, axis=1) if len(df.columns) else pd.Series([""] * len(df))
+    raw_text = _row_text(df) if len(df.columns) else pd.Series([""] * len(df))
     if "__bad__" in df.columns:
         bad = df["__bad__"].notna()
         rejects.add_frame("interactions", pd.DataFrame({"source_file": path.name, "line_no": lines[bad],
@@ -116,7 +121,7 @@ def read_csvlogs(root: Path, options: dict) -> SourceData:
         get = lambda c: df[c] if c in df.columns else None  # noqa: E731
         items = frame({"item_key": df[key].str.strip(), "title": get("title"), "categories": get("categories"),
                        "description": get("description"), "source_file": items_path.name,
-                       "line_no": lines.values, "raw": df.astype(str).agg(",".join, axis=1)}, ITEM_COLUMNS)
+                       "line_no": lines.values, "raw": _row_text(df)}, ITEM_COLUMNS)
         raw_items = len(items)
         if "image" in df.columns:
             has = df["image"].fillna("") != ""
@@ -134,7 +139,7 @@ def read_csvlogs(root: Path, options: dict) -> SourceData:
         if "age" in df.columns:
             cols["age"] = pd.to_numeric(df["age"], errors="coerce")
         users = frame({"user_key": df[key].str.strip(), **cols, "source_file": users_path.name,
-                       "line_no": lines.values, "raw": df.astype(str).agg(",".join, axis=1)}, USER_COLUMNS)
+                       "line_no": lines.values, "raw": _row_text(df)}, USER_COLUMNS)
         raw_users = len(users)
     return SourceData(
         items=items, users=users, interactions=inter, item_images=images, rejects=rejects,

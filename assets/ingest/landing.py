@@ -1,0 +1,87 @@
+"""New interaction logs dropped into $RECALIGN_HOME/landing/interactions/: each file is one batch,
+keyed by name + sha256, validated like the base tables and appended (re-running a batch replaces it)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .frames import Rejects
+from .raw import sha256_file
+from .schemas import InteractionsIn, validate_rows
+from .sources.csvlogs import parse_interactions
+from .warehouse import Warehouse
+
+SUFFIXES = (".csv", ".parquet", ".jsonl", ".json", ".ndjson")
+
+
+def batch_key(path: Path) -> str:
+    """The partition key of a landed file: its name and the first 12 hex digits of its sha256."""
+    return f"{path.name}@{sha256_file(path)[:12]}"
+
+
+def scan(landing: Path) -> dict[str, Path]:
+    return {batch_key(p): p for p in sorted(landing.iterdir()) if p.is_file() and p.suffix in SUFFIXES}
+
+
+def ingest_batch(wh: Warehouse, path: Path, key: str) -> dict:
+    """Validate one log file and append it; unknown items rejected, new users added, counts reconciled."""
+    t0 = time.perf_counter()
+    rejects = Rejects()
+    df, raw = parse_interactions(path, rejects)
+    df = df.copy()
+    df["ts"] = df["ts"].astype("int64")
+    df["rating"] = pd.to_numeric(df["rating"], errors="coerce").astype("float64")
+    df = validate_rows(InteractionsIn, df, "interactions", rejects, path.name)
+    with wh.connect() as con:
+        con.execute("BEGIN TRANSACTION")
+        con.execute("DELETE FROM interactions WHERE batch = ?", [key])  # re-running a batch replaces it
+        con.execute("DELETE FROM rejected_rows WHERE batch = ?", [key])
+        con.execute("CREATE TABLE IF NOT EXISTS log_batches (batch VARCHAR, file VARCHAR, raw_rows BIGINT, accepted BIGINT, "
+                    "rejected BIGINT, new_users BIGINT, reconciled BOOLEAN, ingested_at DOUBLE)")
+        con.execute("DELETE FROM log_batches WHERE batch = ?", [key])
+        ids = con.execute("SELECT kind, source_key, id FROM id_map").df()
+        items = ids[ids["kind"] == "item"].set_index("source_key")["id"]
+        users = ids[ids["kind"] == "user"].set_index("source_key")["id"]
+        unknown = ~df["item_key"].isin(items.index)
+        rejects.add_frame("interactions", df[unknown],
+                          "unknown item " + df.loc[unknown, "item_key"].map(repr) + " (not in the items table)")
+        df = df[~unknown]
+        new_keys = sorted(set(df["user_key"]) - set(users.index))
+        if new_keys:
+            start = int(users.max()) + 1 if len(users) else 1
+            new = pd.DataFrame({"kind": "user", "source_key": new_keys, "id": np.arange(start, start + len(new_keys))})
+            con.execute("INSERT INTO id_map SELECT * FROM new")
+            add = pd.DataFrame({"user_id": new["id"], "user_key": new_keys, "source_file": path.name})
+            con.execute(f"INSERT INTO users ({', '.join(add.columns)}) SELECT * FROM add")
+            users = pd.concat([users, new.set_index("source_key")["id"]])
+        df["user_id"] = df["user_key"].map(users).astype("int64")
+        df["item_id"] = df["item_key"].map(items).astype("int64")
+        existing = con.execute("SELECT user_id, item_id, ts FROM interactions").df()
+        stored = df.merge(existing, on=["user_id", "item_id", "ts"], how="left", indicator=True)["_merge"].eq("both")
+        dup = stored.to_numpy() | df.duplicated(["user_id", "item_id", "ts"]).to_numpy()
+        rejects.add_frame("interactions", df[dup], "duplicate of an interaction already stored (same user+item+ts)")
+        df = df[~dup]
+        base = con.execute("SELECT coalesce(max(row_order), -1) + 1 FROM interactions").fetchone()[0]
+        out = pd.DataFrame({"user_id": df["user_id"], "item_id": df["item_id"], "ts": df["ts"], "rating": df["rating"],
+                            "source_file": path.name, "line_no": df["line_no"].astype("int64"),
+                            "row_order": np.arange(base, base + len(df), dtype="int64"), "batch": key})
+        con.execute(f"INSERT INTO interactions ({', '.join(out.columns)}) SELECT * FROM out")
+        rej = rejects.frame().assign(batch=key)
+        con.execute("INSERT INTO rejected_rows SELECT * FROM rej")
+        n_rej = rejects.count("interactions")
+        stats = {"batch": key, "file": path.name, "raw_rows": raw, "accepted": len(out), "rejected": n_rej,
+                 "new_users": len(new_keys), "reconciled": raw == len(out) + n_rej, "ingested_at": time.time()}
+        con.execute("INSERT INTO log_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)", list(stats.values()))
+        con.execute("COMMIT")
+    return stats | {"seconds": round(time.perf_counter() - t0, 2)}
+
+
+def last_ingest_time(wh: Warehouse) -> float | None:
+    if not wh.has_table("log_batches"):
+        return None
+    v = wh.read("SELECT max(ingested_at) AS t FROM log_batches")["t"].iloc[0]
+    return None if pd.isna(v) else float(v)

@@ -1,0 +1,114 @@
+"""Serving benchmark: the real server on 127.0.0.1, a bounded load from a second process; one JSON line.
+
+    python benchmarks/serving.py --home /tmp/bh --dataset amazon-beauty --requests 2000 --concurrency 16
+Targets (2 cores, 16 clients): /v1/recommend p99 under 50 ms; at least 30% of /healthz's requests/s; 0 errors.
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def load(url: str, n: int, concurrency: int, body_fn) -> dict:
+    """Drive n requests with `concurrency` clients (runs in its own process)."""
+    import httpx
+
+    async def run():
+        lat, errors = [], 0
+        queue = asyncio.Queue()
+        for i in range(n):
+            queue.put_nowait(i)
+
+        async def worker(client):
+            nonlocal errors
+            while True:
+                try:
+                    i = queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    return
+                t0 = time.perf_counter()
+                try:
+                    body = body_fn(i)
+                    r = await (client.post(url, json=body) if body is not None else client.get(url))
+                    if r.status_code != 200:
+                        errors += 1
+                except httpx.HTTPError:
+                    errors += 1
+                lat.append(time.perf_counter() - t0)
+
+        limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
+            t0 = time.perf_counter()
+            await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+            wall = time.perf_counter() - t0
+        lat.sort()
+        q = lambda p: 1000 * lat[min(len(lat) - 1, int(p * len(lat)))]  # noqa: E731
+        return {"requests": n, "rps": round(n / wall, 1), "p50_ms": round(q(0.5), 2), "p99_ms": round(q(0.99), 2),
+                "errors": errors}
+
+    return asyncio.run(run())
+
+
+def client_main(args) -> None:
+    users = json.loads(args.users)
+    body = (lambda i: {"user_id": users[i % len(users)], "k": 10}) if args.endpoint == "recommend" else (lambda i: None)
+    path = "/v1/recommend" if args.endpoint == "recommend" else "/healthz"
+    print(json.dumps(load(args.url + path, args.requests, args.concurrency, body)))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--home", required=False, default=os.environ.get("RECALIGN_HOME"))
+    ap.add_argument("--dataset", default="amazon-beauty")
+    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--url", help=argparse.SUPPRESS)
+    ap.add_argument("--endpoint", help=argparse.SUPPRESS)
+    ap.add_argument("--users", default="[]", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.client:
+        return client_main(args)
+    from recalign.registry import Registry
+    from recalign.settings import Settings
+    from tests.service_utils import serving
+
+    settings = Settings.from_env(args.home)
+    reg = Registry(settings.registry_dir(args.dataset))
+    if reg.published() is None:
+        latest = reg.latest("seqrec_dpo") or reg.latest("seqrec_sft")
+        if latest is None:
+            sys.exit(f"no model in {reg.root}: run benchmarks/seqrec.py --home {args.home} first")
+        reg.publish(latest)
+    log = Path(settings.cache_dir) / "serving-bench.log"
+    svc = serving(settings.home, args.dataset, log)
+    try:
+        import duckdb
+
+        con = duckdb.connect(str(settings.warehouse_path(args.dataset)), read_only=True)
+        users = [int(u) for (u,) in con.execute("SELECT DISTINCT user_id FROM sequences USING SAMPLE 500 ROWS").fetchall()]
+        con.close()
+        out = {"benchmark": "serving", "dataset": args.dataset, "concurrency": args.concurrency}
+        for endpoint in ("healthz", "recommend"):
+            cmd = [sys.executable, __file__, "--client", "--url", svc.url, "--endpoint", endpoint, "--users",
+                   json.dumps(users), "--requests", str(args.requests), "--concurrency", str(args.concurrency)]
+            subprocess.run(cmd[:-4] + ["--requests", "200", "--concurrency", str(args.concurrency)], capture_output=True)  # warm-up
+            res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+            out[endpoint] = res
+        out["recommend_to_healthz_rps"] = round(out["recommend"]["rps"] / out["healthz"]["rps"], 3)
+        out["errors"] = out["recommend"]["errors"] + out["healthz"]["errors"]
+        print(json.dumps(out))
+    finally:
+        svc.stop()
+
+
+if __name__ == "__main__":
+    main()

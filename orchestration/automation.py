@@ -1,0 +1,61 @@
+"""Sensors and schedules: new logs are ingested once each; the nightly retrain runs only when they arrived."""
+
+import json
+import time
+
+import dagster as dg
+
+from assets.ingest.defs import landing_files
+from assets.ingest.landing import last_ingest_time, scan
+from assets.ingest.warehouse import Warehouse
+from recalign.registry import Registry
+
+from .resources import DatasetResource, RecalignHome
+
+ingest_logs = dg.define_asset_job("ingest_logs", selection=dg.AssetSelection.assets("interaction_log_batch"),
+                                  partitions_def=landing_files,
+                                  description="Validate and append one landed interaction-log file.")
+retrain = dg.define_asset_job(
+    "retrain", selection=dg.AssetSelection.assets("user_text", "seqrec_sft", "seqrec_dpo", "publish_candidate_model",
+                                                  "published_model", "evaluation_report"),
+    description="Retrain, re-evaluate and publish through the gate.")
+
+
+@dg.sensor(job=ingest_logs, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
+           description="Each file in landing/interactions/ once, keyed by name + sha256 (a changed file is a new batch).")
+def landing_sensor(context: dg.SensorEvaluationContext, recalign: RecalignHome):
+    seen = set(json.loads(context.cursor)) if context.cursor else set()
+    files = scan(recalign.settings().landing_dir)
+    new = [k for k in files if k not in seen]
+    if not new:
+        return dg.SkipReason(f"no new files ({len(files)} landed, all ingested)")
+    return dg.SensorResult(
+        run_requests=[dg.RunRequest(partition_key=k, run_key=k) for k in new],
+        dynamic_partitions_requests=[landing_files.build_add_request(new)],
+        cursor=json.dumps(sorted(seen | set(new))),
+    )
+
+
+def retrain_decision(recalign: RecalignHome, dataset: DatasetResource) -> tuple[bool, str]:
+    """Retrain only when interactions arrived after the newest trained model."""
+    settings, name = recalign.settings(), dataset.spec().dataset
+    wh = Warehouse(settings.warehouse_path(name))
+    if not wh.path.exists():
+        return False, f"no warehouse for {name!r} yet: run the full lineage first"
+    latest = Registry(settings.registry_dir(name)).latest("seqrec_sft")
+    arrived = last_ingest_time(wh)
+    if latest is None:
+        return True, "no trained model yet"
+    trained_at = (latest.path / "card.json").stat().st_mtime
+    if arrived is None or arrived <= trained_at:
+        return False, f"no new interactions since {latest.name}/{latest.version} was trained"
+    return True, f"new interactions at {time.strftime('%Y-%m-%d %H:%M', time.gmtime(arrived))} after {latest.version}"
+
+
+@dg.schedule(job=retrain, cron_schedule="0 2 * * *", default_status=dg.DefaultScheduleStatus.RUNNING,
+             description="Nightly: retrain, re-evaluate and publish when new interactions arrived, else skip with the reason.")
+def nightly_retrain(context: dg.ScheduleEvaluationContext, recalign: RecalignHome, dataset: DatasetResource):
+    go, reason = retrain_decision(recalign, dataset)
+    if not go:
+        return dg.SkipReason(reason)
+    return dg.RunRequest(run_key=f"retrain-{context.scheduled_execution_time:%Y%m%dT%H%M}", tags={"reason": reason[:200]})
