@@ -187,9 +187,12 @@ def uncertainty(store: MetricsStore, runs: pd.DataFrame, seq_table: pd.DataFrame
         rows.append({"run_id": rid, "model": label(runs.set_index("run_id").loc[rid]), "ndcg@10": mean,
                      "ci95_low": lo, "ci95_high": hi, "users": len(vals)})
     ci = pd.DataFrame(rows)
-    best = seq_table.loc[seq_table["ndcg@10"].idxmax(), "run_id"]
-    cfg = json.loads(runs.set_index("run_id").loc[best, "config"])
-    ref = cfg.get("reference")
+    by_run = runs.set_index("run_id")
+    aligned = seq_table[[bool(json.loads(by_run.loc[r, "config"]).get("reference")) for r in seq_table["run_id"]]]
+    if aligned.empty:
+        return ci, None
+    best = aligned.loc[aligned["ndcg@10"].idxmax(), "run_id"]  # the best aligned (DPO) model vs its SFT reference
+    ref = json.loads(by_run.loc[best, "config"]).get("reference")
     ref_run = None
     if ref:
         cand = runs[runs["model_path"].fillna("").str.endswith(ref.split("/", 1)[1])]
@@ -234,7 +237,7 @@ def build_report(store: MetricsStore, dataset: str) -> Report:
     ci, paired = uncertainty(store, seq_runs, seq_test)
     rep.tables["bootstrap 95% intervals over users (test NDCG@10)"] = ci
     if paired:
-        rep.tables["paired test: best model vs its SFT reference"] = pd.DataFrame([paired])
+        rep.tables["paired test: best DPO model vs its SFT reference"] = pd.DataFrame([paired])
     for name, png in (("training curves", plot_curves(store, seq_runs)),
                       ("score distributions before and after DPO", plot_scores(store, seq_runs)),
                       ("metric by history length", plot_buckets(buckets))):
