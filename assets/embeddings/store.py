@@ -48,6 +48,7 @@ class VectorStore:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.db = lancedb.connect(str(self.path))
+        self._handles: dict = {}
 
     def tables(self) -> list[str]:
         res = self.db.list_tables()
@@ -60,6 +61,15 @@ class VectorStore:
         if not self.has(name):
             raise KeyError(f"vector table {name!r} does not exist in {self.path}")
         return self.db.open_table(name)
+
+    def _search_handle(self, name: str):
+        """A cached handle for queries (opening a table costs more than a search); refreshed on change."""
+        tbl = self._handles.get(name)
+        if tbl is None:
+            tbl = self._handles[name] = self.open(name)
+        else:
+            tbl.checkout_latest()
+        return tbl
 
     def keys(self, name: str) -> pd.DataFrame:
         if not self.has(name):
@@ -151,7 +161,7 @@ class VectorStore:
     def nearest(self, name: str, query: int | Sequence[float] | np.ndarray, k: int = 10,
                 filter: str | None = None, exact: bool = False, exclude_self: bool = False) -> pd.DataFrame:
         """The k nearest rows (cosine) to a vector, or to the stored vector of an id."""
-        tbl = self.open(name)
+        tbl = self._search_handle(name)
         self_id = None
         if isinstance(query, (int, np.integer)):
             self_id = int(query)
@@ -166,9 +176,9 @@ class VectorStore:
         if exact:
             q = q.bypass_vector_index()
         else:
-            q = q.nprobes(20).refine_factor(2)
+            q = q.nprobes(20)
         if where:
             q = q.where(where, prefilter=True)
-        res = q.select(["id", "content"]).to_pandas()
+        res = q.select(["id", "content", "_distance"]).to_pandas()
         res["score"] = 1.0 - res["_distance"]
         return res.rename(columns={"_distance": "distance"})[["id", "score", "distance", "content"]]
