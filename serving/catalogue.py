@@ -27,8 +27,11 @@ class Catalogue:
                                  ORDER BY count(*) DESC, item_id""").df()
         finally:
             con.close()
-        return cls(titles=dict(zip(items["item_id"].tolist(), items["title"].tolist())),
-                   categories=dict(zip(items["item_id"].tolist(), items["categories"].tolist())),
+        def text(col):  # missing text is None (NaN would break the JSON responses)
+            return [None if v is None or v != v else str(v) for v in items[col].tolist()]
+
+        return cls(titles=dict(zip(items["item_id"].tolist(), text("title"))),
+                   categories=dict(zip(items["item_id"].tolist(), text("categories"))),
                    histories={int(u): np.asarray(s, dtype=np.int64) for u, s in zip(seq["user_id"], seq["items"])},
                    popular=pop["item_id"].to_numpy(dtype=np.int64), n_items=int(items["item_id"].max()))
 

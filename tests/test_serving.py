@@ -77,6 +77,9 @@ def test_bad_requests_are_4xx_or_documented_fallback(beauty):
     assert httpx.post(svc.url + "/v1/recommend", json={"user_id": 1, "k": 10_000}).status_code == 422
     assert httpx.post(svc.url + "/v1/recommend", json={"history": list(range(1, 400))}).status_code == 422
     assert httpx.get(svc.url + "/v1/items/999999").status_code == 404
+    untitled = httpx.get(svc.url + "/v1/items/495")  # one of Beauty's 7 items without a title
+    assert untitled.status_code == 200 and untitled.json()["title"] is None
+    assert httpx.post(svc.url + "/v1/recommend", json={"history": [495, 1454], "k": 3}).status_code == 200
     ok = httpx.post(svc.url + "/v1/recommend", json={"history": [1, 2, 3], "k": 5, "category": "Nail"}).json()
     assert all("nail" in (httpx.get(f"{svc.url}/v1/items/{i['item_id']}").json()["categories"] or "").lower()
                for i in ok["items"])
