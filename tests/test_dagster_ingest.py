@@ -14,3 +14,16 @@ def test_ingest_job_materialises_with_checks(home):
     assert checks == {"rows_reconcile": True, "referential_integrity": True, "sequences_valid": True}
     md = result.asset_materializations_for_node("base_tables")[2].metadata
     assert md["reconciled"].value is True and md["rows"].value > 10000
+
+
+def test_example_run_configs_validate_against_the_jobs():
+    from pathlib import Path
+
+    import yaml
+
+    job = defs.resolve_job_def("full_lineage")
+    files = sorted((Path(__file__).resolve().parents[1] / "orchestration" / "run_configs").glob("*.yaml"))
+    assert {f.stem for f in files} == {"amazon_beauty", "movielens_100k", "microlens_50k"}
+    for f in files:
+        result = dg.validate_run_config(job, yaml.safe_load(f.read_text()))
+        assert result["ops"]["seqrec_dpo"]["config"]["sampler"] == "stochastic_topk", f.name

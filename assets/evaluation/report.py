@@ -41,6 +41,7 @@ def latest_runs(store: MetricsStore, dataset: str) -> pd.DataFrame:
     return store.read("""
         SELECT * FROM runs WHERE dataset = ? AND finished_at IS NOT NULL
         QUALIFY row_number() OVER (PARTITION BY family, variant, config->>'$.train.sampler',
+                                   config->>'$.train.topk', config->>'$.train.beta',
                                    config->>'$.model.moe', config->>'$.model.modalities'
                                    ORDER BY finished_at DESC) = 1
         ORDER BY started_at""", [dataset])
@@ -205,6 +206,31 @@ def uncertainty(store: MetricsStore, runs: pd.DataFrame, seq_table: pd.DataFrame
                 "metric": "ndcg@10", **test}
 
 
+def plot_sensitivity(runs: pd.DataFrame, seq_table: pd.DataFrame) -> bytes | None:
+    """Test NDCG@10 against the DPO's K and beta, when a sweep was run (more than one value)."""
+    if seq_table.empty:
+        return None
+    by_run = runs.set_index("run_id")
+    rows = []
+    for rid, ndcg in zip(seq_table["run_id"], seq_table.get("ndcg@10", [])):
+        train = json.loads(by_run.loc[rid, "config"]).get("train", {})
+        if train.get("stage") == "dpo" and train.get("sampler") == "stochastic_topk":
+            rows.append({"K": train.get("topk"), "beta": train.get("beta"), "ndcg@10": ndcg})
+    df = pd.DataFrame(rows)
+    swept = [p for p in ("K", "beta") if len(df) and df[p].nunique() > 1]
+    if not swept:
+        return None
+    fig, axes = plt.subplots(1, len(swept), figsize=(5 * len(swept), 3.2), squeeze=False)
+    for ax, p in zip(axes[0], swept):
+        g = df.groupby(p)["ndcg@10"].max().sort_index()
+        ax.plot(g.index, g.values, marker="o")
+        ax.set_xlabel(p)
+        ax.set_ylabel("test NDCG@10")
+        ax.grid(alpha=0.3)
+    fig.suptitle("RoDPO sensitivity (stochastic top-K runs)", fontsize=9)
+    return _png(fig)
+
+
 def ablations(seq_table: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """The paper's ablations from the runs present: samplers, MoE on/off, modalities, SFT vs DPO."""
     if seq_table.empty:
@@ -240,7 +266,8 @@ def build_report(store: MetricsStore, dataset: str) -> Report:
         rep.tables["paired test: best DPO model vs its SFT reference"] = pd.DataFrame([paired])
     for name, png in (("training curves", plot_curves(store, seq_runs)),
                       ("score distributions before and after DPO", plot_scores(store, seq_runs)),
-                      ("metric by history length", plot_buckets(buckets))):
+                      ("metric by history length", plot_buckets(buckets)),
+                      ("K and beta sensitivity", plot_sensitivity(seq_runs, seq_test))):
         if png:
             rep.plots[name] = png
     return rep
