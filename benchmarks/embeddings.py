@@ -31,7 +31,13 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 2)
     from assets.embeddings.pipeline import embed_text_table, image_encoder, store_for, text_encoder
     from assets.embeddings.texts import item_metadata_text
-    from assets.ingest.pipeline import DatasetSpec, build_sequences, build_warehouse, land_raw, peak_rss_mb
+    from assets.ingest.pipeline import (
+        DatasetSpec,
+        build_sequences,
+        build_warehouse,
+        land_raw,
+        peak_rss_mb,
+    )
     from assets.ingest.warehouse import Warehouse
     from recalign.settings import Settings, shared_data_dir
 

@@ -22,7 +22,13 @@ def main() -> None:
     ap.add_argument("--kcore", type=int, default=None)
     args = ap.parse_args()
     home = os.environ.get("RECALIGN_HOME") or tempfile.mkdtemp(prefix="recalign-bench-")
-    from assets.ingest.pipeline import DatasetSpec, build_sequences, build_warehouse, land_raw, peak_rss_mb
+    from assets.ingest.pipeline import (
+        DatasetSpec,
+        build_sequences,
+        build_warehouse,
+        land_raw,
+        peak_rss_mb,
+    )
     from recalign.settings import Settings
 
     settings = Settings.from_env(home)

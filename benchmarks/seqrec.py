@@ -45,7 +45,13 @@ def main() -> None:
 
     torch.set_num_threads(os.cpu_count() or 2)
     from assets.embeddings.pipeline import embed_text_table
-    from assets.ingest.pipeline import DatasetSpec, build_sequences, build_warehouse, land_raw, peak_rss_mb
+    from assets.ingest.pipeline import (
+        DatasetSpec,
+        build_sequences,
+        build_warehouse,
+        land_raw,
+        peak_rss_mb,
+    )
     from assets.seqrec.pipeline import load_data, train_stage
     from recalign.settings import Settings, shared_data_dir
     from training.seqrec.trainer import SeqRecTrainConfig

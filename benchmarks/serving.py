@@ -50,7 +50,7 @@ def load(url: str, n: int, concurrency: int, body_fn) -> dict:
             await asyncio.gather(*(worker(client) for _ in range(concurrency)))
             wall = time.perf_counter() - t0
         lat.sort()
-        q = lambda p: 1000 * lat[min(len(lat) - 1, int(p * len(lat)))]  # noqa: E731
+        q = lambda p: 1000 * lat[min(len(lat) - 1, int(p * len(lat)))]
         return {"requests": n, "rps": round(n / wall, 1), "p50_ms": round(q(0.5), 2), "p99_ms": round(q(0.99), 2),
                 "errors": errors}
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from typing import Optional
 
 import dagster as dg
 
@@ -23,11 +22,11 @@ class DatasetResource(dg.ConfigurableResource):
     """Which dataset this run builds: a source reader, its folder, k-core (run configuration)."""
 
     source: str = os.environ.get("RECALIGN_DATASET_SOURCE", "synthetic")
-    path: Optional[str] = os.environ.get("RECALIGN_DATASET_PATH") or None
-    name: Optional[str] = os.environ.get("RECALIGN_DATASET_NAME") or None
-    kcore: Optional[int] = None
-    synthetic_items: Optional[int] = None  # size of the synthetic catalogue (tests, quick demos)
-    synthetic_users: Optional[int] = None
+    path: str | None = os.environ.get("RECALIGN_DATASET_PATH") or None
+    name: str | None = os.environ.get("RECALIGN_DATASET_NAME") or None
+    kcore: int | None = None
+    synthetic_items: int | None = None  # size of the synthetic catalogue (tests, quick demos)
+    synthetic_users: int | None = None
 
     def spec(self):
         from assets.ingest.pipeline import DatasetSpec

@@ -23,7 +23,7 @@ class ModelVersion:
     card: dict
 
     def as_dict(self) -> dict:
-        return {"name": self.name, "version": self.version, "path": str(self.path), **{"card": self.card}}
+        return {"name": self.name, "version": self.version, "path": str(self.path), "card": self.card}
 
 
 class Registry:

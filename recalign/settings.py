@@ -22,7 +22,7 @@ class Settings:
     home: Path
 
     @classmethod
-    def from_env(cls, home: str | os.PathLike | None = None) -> "Settings":
+    def from_env(cls, home: str | os.PathLike | None = None) -> Settings:
         root = home or os.environ.get("RECALIGN_HOME") or "./.recalign"
         return cls(home=Path(root).expanduser().resolve())
 

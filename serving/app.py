@@ -11,13 +11,18 @@ import os
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+)
 from pydantic import BaseModel, Field
 
 from recalign.settings import Settings
@@ -38,7 +43,7 @@ class ServiceConfig:
     poll_seconds: float = 2.0
 
     @classmethod
-    def from_env(cls) -> "ServiceConfig":
+    def from_env(cls) -> ServiceConfig:
         return cls(home=os.environ.get("RECALIGN_HOME", "./.recalign"),
                    dataset=os.environ.get("RECALIGN_DATASET", "synthetic"),
                    api_key=os.environ.get("RECALIGN_API_KEY") or None,

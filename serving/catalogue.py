@@ -18,7 +18,7 @@ class Catalogue:
     n_items: int
 
     @classmethod
-    def load(cls, warehouse: Path) -> "Catalogue":
+    def load(cls, warehouse: Path) -> Catalogue:
         con = duckdb.connect(str(warehouse), read_only=True)
         try:
             items = con.execute("SELECT item_id, title, categories FROM items ORDER BY item_id").df()

@@ -8,7 +8,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from recalign.settings import shared_data_dir  # noqa: E402
+from recalign.settings import shared_data_dir
 
 SHARED = shared_data_dir()
 

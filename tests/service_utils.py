@@ -56,7 +56,7 @@ def serving(home, dataset: str, log_path, **env) -> Service:
                    f"http://127.0.0.1:{port}", "/readyz", log_path)
 
 
-def dagster_services(home, dagster_home, log_dir, env: dict | None = None) -> tuple[Service, "subprocess.Popen"]:
+def dagster_services(home, dagster_home, log_dir, env: dict | None = None) -> tuple[Service, subprocess.Popen]:
     """dagster-webserver + dagster-daemon for orchestration.definitions, on 127.0.0.1."""
     port = free_port()
     bin_dir = os.path.dirname(sys.executable)

@@ -19,7 +19,7 @@ REPOS = """{ repositoriesOrError { ... on RepositoryConnection { nodes { name lo
 def test_run_launched_over_graphql_succeeds_and_lineage_renders(tmp_path):
     web, daemon = dagster_services(tmp_path / "home", tmp_path / "dagster_home", str(tmp_path))
     try:
-        gql = lambda q, v=None: httpx.post(web.url + "/graphql", json={"query": q, "variables": v or {}}, timeout=60).json()  # noqa: E731
+        gql = lambda q, v=None: httpx.post(web.url + "/graphql", json={"query": q, "variables": v or {}}, timeout=60).json()
         repo = gql(REPOS)["data"]["repositoriesOrError"]["nodes"][0]
         params = {"selector": {"repositoryLocationName": repo["location"]["name"], "repositoryName": repo["name"],
                                "jobName": "ingest"},

@@ -75,7 +75,7 @@ def test_store_rebuilds_when_the_model_changes(tmp_path):
     store = VectorStore(tmp_path / "l")
     rows = pd.DataFrame({"id": [1, 2], "content": ["a", "b"]})
     rows["content_hash"] = rows["content"].map(content_hash)
-    enc = lambda batch: np.eye(4, dtype=np.float32)[: len(batch)]  # noqa: E731
+    enc = lambda batch: np.eye(4, dtype=np.float32)[: len(batch)]
     assert store.upsert("t", rows, "m1", 4, enc).new == 2
     assert store.upsert("t", rows, "m1", 4, enc).new == 0
     assert store.upsert("t", rows, "m2", 4, enc).new == 2

@@ -54,7 +54,7 @@ def test_everything_the_stack_refers_to_exists():
         for port in svc.get("ports", []):
             assert str(port["target"]) in ("3000", "8000"), f"{name}: unexpected port {port}"
     docker_text = "\n".join(d.read_text() for d in DOCKERFILES)
-    for src in re.findall(r"^COPY\s+(.+?)\s+\S+$", docker_text, flags=re.M):
+    for src in re.findall(r"^COPY\s+(.+?)\s+\S+$", docker_text, flags=re.MULTILINE):
         for part in src.split():
             assert (ROOT / part).exists(), f"COPY source missing: {part}"
     assert re.search(r"EXPOSE .*3000.*8000", docker_text)

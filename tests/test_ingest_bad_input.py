@@ -112,8 +112,9 @@ def test_empty_file_is_one_clear_error(home, tmp_path):
 
 
 def test_poster_that_is_not_an_image_is_rejected(home, tmp_path):
-    from PIL import Image
     import io
+
+    from PIL import Image
 
     buf = io.BytesIO()
     Image.new("RGB", (8, 12), (1, 2, 3)).save(buf, format="JPEG")

@@ -77,7 +77,7 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
     payload = b""
     fail_after = None
 
-    def do_GET(self):  # noqa: N802
+    def do_GET(self):
         start = 0
         if rng := self.headers.get("Range"):
             start = int(rng.split("=")[1].split("-")[0])

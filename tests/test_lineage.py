@@ -61,9 +61,9 @@ def test_landing_logs_ingested_once_then_retrain_then_skip(lineage):
     import datetime
     import time as _time
 
+    from assets.ingest.warehouse import Warehouse
     from orchestration.automation import landing_sensor, nightly_retrain
     from orchestration.resources import DatasetResource, RecalignHome
-    from assets.ingest.warehouse import Warehouse
     from recalign.settings import Settings
 
     result, home = lineage
@@ -95,7 +95,7 @@ def test_landing_logs_ingested_once_then_retrain_then_skip(lineage):
     again = landing_sensor(dg.build_sensor_context(instance=instance, cursor=out.cursor, resources=res))
     assert isinstance(again, dg.SkipReason)
     # the nightly schedule retrains (new data since the model), then skips on the next tick
-    when = datetime.datetime.now(datetime.timezone.utc)
+    when = datetime.datetime.now(datetime.UTC)
     tick = nightly_retrain(dg.build_schedule_context(instance=instance, resources=res, scheduled_execution_time=when))
     assert isinstance(tick, dg.RunRequest)
     _time.sleep(1.1)

@@ -8,13 +8,11 @@ import pytest
 from assets.evaluation.report import build_report, compare_runs, write_report
 from assets.evaluation.stats import bootstrap_ci, paired_test
 from assets.evaluation.store import MetricsStore
-from assets.ingest.pipeline import DatasetSpec, build_sequences, build_warehouse, land_raw
 from assets.seqrec.pipeline import load_data, train_stage
 from training.seqrec.trainer import SeqRecTrainConfig
 
+from .helpers import TINY, real_home
 from .service_utils import chromium_page
-
-TINY = {"d": 16, "n_layers": 1, "dropout": 0.2, "attn_dropout": 0.2, "modalities": ["id"]}
 
 
 class Parsed(HTMLParser):
@@ -52,17 +50,9 @@ class Parsed(HTMLParser):
 
 @pytest.fixture(scope="module")
 def ml_run(tmp_path_factory):
-    from recalign.settings import Settings, shared_data_dir
-
-    if shared_data_dir() is None:
-        pytest.skip("needs ../shared/data (the team's real datasets), absent in this clone")
-    home = Settings.from_env(tmp_path_factory.mktemp("report"))
-    spec = DatasetSpec("movielens-100k", str(shared_data_dir() / "movielens_100k"), name="ml100k")
-    land_raw(home, spec)
-    build_warehouse(home, spec)
-    build_sequences(home, spec)
+    home = real_home(tmp_path_factory, "movielens-100k", "movielens_100k", "ml100k")
     data = load_data(home, "ml100k", 50, ["id"])
-    quiet = lambda *_: None  # noqa: E731
+    quiet = lambda *_: None
     sft = train_stage(home, "ml100k", TINY, SeqRecTrainConfig(epochs=2, batch_size=64, lr=3e-3, show_progress=False),
                       "seqrec_sft", data=data, log=quiet)
     dpo = train_stage(home, "ml100k", {}, SeqRecTrainConfig(stage="dpo", epochs=1, batch_size=64, topk=20, show_progress=False),

@@ -1,6 +1,5 @@
 """The real API over HTTP: offline-equal recommendations, hot switch, refusal of a corrupt model, fuzzing."""
 
-import json
 import subprocess
 import sys
 import threading
@@ -11,17 +10,15 @@ import numpy as np
 import pytest
 import torch
 
-from assets.ingest.pipeline import DatasetSpec, build_sequences, build_warehouse, land_raw
 from assets.seqrec.pipeline import train_stage
 from recalign.registry import Registry
-from recalign.settings import Settings
 from training.seqrec.checkpoint import load_model
 from training.seqrec.trainer import SeqRecTrainConfig
 
+from .helpers import TINY, real_home
 from .service_utils import serving
 
 pytestmark = pytest.mark.service
-TINY = {"d": 16, "n_layers": 1, "dropout": 0.2, "attn_dropout": 0.2, "modalities": ["id"]}
 
 
 def tiny_model(home, dataset, seed=1, epochs=1):
@@ -33,15 +30,7 @@ def tiny_model(home, dataset, seed=1, epochs=1):
 
 @pytest.fixture(scope="module")
 def beauty(tmp_path_factory, request):
-    from recalign.settings import shared_data_dir
-
-    if shared_data_dir() is None:
-        pytest.skip("needs ../shared/data (the team's real datasets), absent in this clone")
-    home = Settings.from_env(tmp_path_factory.mktemp("serve"))
-    spec = DatasetSpec("amazon-s3rec", str(shared_data_dir() / "amazon_beauty"), name="beauty")
-    land_raw(home, spec)
-    build_warehouse(home, spec)
-    build_sequences(home, spec)
+    home = real_home(tmp_path_factory, "amazon-s3rec", "amazon_beauty", "beauty")
     reg, mv = tiny_model(home, "beauty")
     reg.publish(mv)
     svc = serving(home.home, "beauty", tmp_path_factory.mktemp("logs") / "serve.log")
@@ -128,9 +117,10 @@ def test_hot_switch_without_dropping_requests_and_corrupt_model_refused(beauty):
     assert errors == []
 
 
-def test_schemathesis_finds_no_server_errors(beauty):
+def test_schemathesis_finds_no_server_errors(beauty, tmp_path):
     _, svc, _, _ = beauty
     proc = subprocess.run([sys.executable, "-m", "schemathesis.cli", "run", svc.url + "/openapi.json",
                            "--checks", "not_a_server_error", "--max-examples", "25", "--generation-deterministic",
-                           "--request-timeout", "10"], capture_output=True, text=True, timeout=600)
+                           "--request-timeout", "10"], capture_output=True, text=True, timeout=600,
+                          cwd=tmp_path)  # schemathesis writes a cache folder in its working directory
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]

@@ -21,14 +21,19 @@ def _result(stats: dict) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata=to_metadata(stats))
 
 
+def _embed_text(context, table: str, config: TextEmbeddingConfig, recalign: RecalignHome,
+                dataset: DatasetResource) -> dg.MaterializeResult:
+    stats = embed_text_table(recalign.settings(), dataset.spec().dataset, table, config.model, config.device,
+                             config.batch_size)
+    context.log.info(f"{table}: {stats}")
+    return _result(stats)
+
+
 @dg.asset(deps=["items"], group_name="embeddings", owners=OWNERS, kinds={"lancedb"},
           description="Item text vectors (title | attributes | description) in LanceDB, incremental by content hash.")
 def item_text(context: dg.AssetExecutionContext, config: TextEmbeddingConfig, recalign: RecalignHome,
               dataset: DatasetResource) -> dg.MaterializeResult:
-    stats = embed_text_table(recalign.settings(), dataset.spec().dataset, "item_text", config.model,
-                             config.device, config.batch_size)
-    context.log.info(f"item_text: {stats}")
-    return _result(stats)
+    return _embed_text(context, "item_text", config, recalign, dataset)
 
 
 @dg.asset(deps=["item_images"], group_name="embeddings", owners=OWNERS, kinds={"lancedb"},
@@ -43,10 +48,7 @@ def item_image(context: dg.AssetExecutionContext, recalign: RecalignHome, datase
           description="User text vectors: the newest preference summary, else the last training titles.")
 def user_text(context: dg.AssetExecutionContext, config: TextEmbeddingConfig, recalign: RecalignHome,
               dataset: DatasetResource) -> dg.MaterializeResult:
-    stats = embed_text_table(recalign.settings(), dataset.spec().dataset, "user_text", config.model,
-                             config.device, config.batch_size)
-    context.log.info(f"user_text: {stats}")
-    return _result(stats)
+    return _embed_text(context, "user_text", config, recalign, dataset)
 
 
 @dg.asset_check(asset=item_text, blocking=True, description="Every item with text has a text vector.")

@@ -14,14 +14,14 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
 
-from training.metrics import per_user_metrics  # noqa: E402
+from training.metrics import per_user_metrics
 
-from .stats import bootstrap_ci, paired_test  # noqa: E402
-from .store import MetricsStore  # noqa: E402
+from .stats import bootstrap_ci, paired_test
+from .store import MetricsStore
 
 ANCHORS = Path(__file__).with_name("anchors.csv")
 SEQ_COLS = [f"{m}@{k}" for k in (5, 10, 20) for m in ("ndcg", "mrr", "hr")]

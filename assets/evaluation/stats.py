@@ -24,4 +24,4 @@ def paired_test(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0)
     diff = a - b
     mean, lo, hi = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
     p = float(stats.wilcoxon(a, b, zero_method="zsplit").pvalue) if np.any(diff != 0) else 1.0
-    return {"mean_diff": mean, "ci_low": lo, "ci_high": hi, "p_wilcoxon": p, "users": int(len(diff))}
+    return {"mean_diff": mean, "ci_low": lo, "ci_high": hi, "p_wilcoxon": p, "users": len(diff)}

@@ -101,8 +101,8 @@ asset_checks = [rows_reconcile, referential_integrity, sequences_valid]
 
 # --- incremental interaction logs: one dynamic partition per landed file ---------------------------
 
-from .landing import ingest_batch, scan  # noqa: E402
-from .pipeline import build_sequences as _rebuild_sequences  # noqa: E402
+from .landing import ingest_batch, scan
+from .pipeline import build_sequences as _rebuild_sequences
 
 landing_files = dg.DynamicPartitionsDefinition(name="landing_files")
 

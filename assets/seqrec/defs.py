@@ -97,7 +97,7 @@ assets = [seqrec_sft, seqrec_dpo]
 
 # --- publishing: a blocking check on the candidate gates the pointer swap --------------------------
 
-from .publish import evaluate_gate, publish_candidate  # noqa: E402
+from .publish import evaluate_gate, publish_candidate
 
 
 @dg.asset(deps=[seqrec_sft, seqrec_dpo], group_name="serving", owners=OWNERS, kinds={"python"},

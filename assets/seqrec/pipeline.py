@@ -6,7 +6,7 @@ import copy
 import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,13 +17,13 @@ from assets.evaluation.store import MetricsStore
 from assets.ingest.warehouse import SequenceData, Warehouse, load_sequences
 from recalign.registry import Registry
 from recalign.settings import Settings
+from training.metrics import metrics_from_ranks
 from training.seqrec.checkpoint import load_model, save_model
 from training.seqrec.data import EvalSet, training_windows
 from training.seqrec.evaluate import full_ranking_ranks
 from training.seqrec.model import MultimodalSASRec, SeqRecConfig
 from training.seqrec.trainer import SeqRecTrainConfig, SeqRecTrainer
 from training.seqrec.warmstart import warm_start_ids
-from training.metrics import metrics_from_ranks
 
 FAMILY = "seqrec"
 

@@ -44,7 +44,7 @@ class EvalSet:
     user_ids: np.ndarray
 
     @classmethod
-    def build(cls, histories: list[np.ndarray], targets: np.ndarray, user_ids: np.ndarray, max_len: int) -> "EvalSet":
+    def build(cls, histories: list[np.ndarray], targets: np.ndarray, user_ids: np.ndarray, max_len: int) -> EvalSet:
         keep = np.flatnonzero((targets > 0) & np.array([len(h) > 0 for h in histories], dtype=bool))
         hist = [histories[i] for i in keep]
         return cls(inputs=torch.from_numpy(left_pad(hist, max_len)), targets=torch.from_numpy(targets[keep]),

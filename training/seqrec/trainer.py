@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import ast
-import csv
 import json
 from pathlib import Path
 
 from ..errors import SourceError
-from ..frames import (IMAGE_COLUMNS, INTERACTION_COLUMNS, ITEM_COLUMNS, USER_COLUMNS, Rejects,
-                      SourceData, frame)
+from ..frames import (
+    IMAGE_COLUMNS,
+    INTERACTION_COLUMNS,
+    ITEM_COLUMNS,
+    USER_COLUMNS,
+    Rejects,
+    SourceData,
+    frame,
+)
 from .base import FileSpec, SourceReader, bad_encoding, find_one, glob_files, read_lines, register
 
 S3REC_FILES = [

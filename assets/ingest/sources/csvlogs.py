@@ -12,8 +12,15 @@ from pathlib import Path
 import pandas as pd
 
 from ..errors import SourceError
-from ..frames import (IMAGE_COLUMNS, INTERACTION_COLUMNS, ITEM_COLUMNS, USER_COLUMNS, Rejects,
-                      SourceData, frame)
+from ..frames import (
+    IMAGE_COLUMNS,
+    INTERACTION_COLUMNS,
+    ITEM_COLUMNS,
+    USER_COLUMNS,
+    Rejects,
+    SourceData,
+    frame,
+)
 from .base import FileSpec, SourceReader, find_one, glob_files, register
 
 FILES = [FileSpec("interactions.*"), FileSpec("items.csv", required=False),
@@ -118,7 +125,7 @@ def read_csvlogs(root: Path, options: dict) -> SourceData:
     if items_path:
         df, lines = load_table(items_path)
         key = _pick(df, ITEM_ALIASES, items_path)
-        get = lambda c: df[c] if c in df.columns else None  # noqa: E731
+        get = lambda c: df[c] if c in df.columns else None
         items = frame({"item_key": df[key].str.strip(), "title": get("title"), "categories": get("categories"),
                        "description": get("description"), "source_file": items_path.name,
                        "line_no": lines.values, "raw": _row_text(df)}, ITEM_COLUMNS)

@@ -7,8 +7,15 @@ import io
 from pathlib import Path
 
 from ..errors import SourceError
-from ..frames import (IMAGE_COLUMNS, INTERACTION_COLUMNS, ITEM_COLUMNS, USER_COLUMNS, Rejects,
-                      SourceData, frame)
+from ..frames import (
+    IMAGE_COLUMNS,
+    INTERACTION_COLUMNS,
+    ITEM_COLUMNS,
+    USER_COLUMNS,
+    Rejects,
+    SourceData,
+    frame,
+)
 from .base import FileSpec, SourceReader, find_one, glob_files, read_lines, read_text, register
 
 FILES = [FileSpec("*_pairs.tsv"), FileSpec("*_titles.csv", required=False),

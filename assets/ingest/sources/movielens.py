@@ -8,9 +8,25 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..frames import (IMAGE_COLUMNS, INTERACTION_COLUMNS, ITEM_COLUMNS, USER_COLUMNS, Rejects,
-                      SourceData, frame)
-from .base import FileSpec, SourceReader, find_one, glob_files, read_lines, read_text, register, split_lines
+from ..frames import (
+    IMAGE_COLUMNS,
+    INTERACTION_COLUMNS,
+    ITEM_COLUMNS,
+    USER_COLUMNS,
+    Rejects,
+    SourceData,
+    frame,
+)
+from .base import (
+    FileSpec,
+    SourceReader,
+    find_one,
+    glob_files,
+    read_lines,
+    read_text,
+    register,
+    split_lines,
+)
 
 LATIN1 = "latin-1"
 

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import SourceReader, register
+from .base import SourceReader, glob_files, register
 from .csvlogs import FILES, read_csvlogs
-from .base import glob_files
 
 CATEGORIES = [
     ("Trail Running", (196, 78, 52)), ("Green Tea", (70, 140, 60)), ("Sci-Fi Novels", (60, 70, 170)),
