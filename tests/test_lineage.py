@@ -53,6 +53,14 @@ def test_lineage_outputs_are_usable(lineage):
     reg = Registry(settings.registry_dir("synthetic-96x160"))
     pub = reg.published()
     assert pub is not None and pub["name"] in ("seqrec_sft", "seqrec_dpo")
+    import json
+
+    from assets.evaluation.store import MetricsStore
+
+    runs = MetricsStore(settings.metrics_path).read("SELECT upstream FROM runs WHERE family = 'seqrec'")
+    upstream = json.loads(runs["upstream"].iloc[0])
+    assert len(upstream["raw_fingerprint"]) == 64 and upstream["item_text_version"] >= 1
+    assert upstream["sequences"]["users"] == 160
     reports = list(settings.reports_dir("synthetic-96x160").glob("*/report.html"))
     assert reports and "full ranking" in reports[0].read_text()
 

@@ -58,6 +58,22 @@ def available_modalities(data: SeqRecData, wanted: list[str]) -> list[str]:
     return mods or ["id"]
 
 
+def upstream_versions(settings: Settings, dataset: str) -> dict:
+    """What the run was trained on: raw-data fingerprint, sequences build, vector table versions."""
+    from assets.embeddings.pipeline import store_for
+
+    wh = Warehouse(settings.warehouse_path(dataset))
+    info = wh.info()
+    out = {"raw_fingerprint": info.get("raw_fingerprint"), "tables_built_at": info.get("built_at")}
+    if wh.has_table("sequence_stats"):
+        out["sequences"] = wh.read("SELECT * FROM sequence_stats").iloc[0].to_dict()
+    store = store_for(settings, dataset)
+    for table in ("item_text", "item_image"):
+        if store.has(table):
+            out[f"{table}_version"] = int(store.open(table).version)
+    return out
+
+
 def evaluate_and_log(model, data: SeqRecData, store: MetricsStore, run_id: str) -> dict:
     out = {}
     for split, es in (("valid", data.valid), ("test", data.test)):
@@ -114,7 +130,7 @@ def train_stage(settings: Settings, dataset: str, model_cfg: dict, train_cfg: Se
         model_cfg = cfg.to_dict()
     config = {"model": model_cfg, "train": asdict(train_cfg),
               "reference": None if reference is None else f"{reference[0]}/{reference[1]}"}
-    run_id = store.new_run(FAMILY, variant, dataset, config, upstream)
+    run_id = store.new_run(FAMILY, variant, dataset, config, {**upstream_versions(settings, dataset), **(upstream or {})})
     log(f"run {run_id}: {variant} with modalities {model_cfg['modalities']}, {len(data.train_inputs)} windows")
     with tempfile.TemporaryDirectory(dir=settings.cache_dir) as tmp:
         trainer = SeqRecTrainer(model, train_cfg, data.train_inputs, data.train_targets, data.valid,
