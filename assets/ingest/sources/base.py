@@ -6,7 +6,7 @@ import gzip
 import io
 import zlib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import SourceError
@@ -38,7 +38,6 @@ class SourceReader:
     name: str
     read: Callable[[Path, dict], SourceData]
     files: Callable[[Path, dict], list[tuple[Path, str]]] | None = None
-    downloads: list[Download] = field(default_factory=list)
     default_kcore: int = 0
     description: str = ""
 
@@ -144,11 +143,8 @@ def parse_int(value: str) -> int | None:
 
 def split_lines(path: Path, sep: str, n_fields: int, table: str, rejects, encoding: str = "utf-8",
                 exact: bool = True, skip_header: bool = False):
-    """Yield (line_no, fields, text) for well-formed lines; reject the rest with their reason.
-
-    Returns a generator; after exhaustion `.raw` on the generator is not available, so callers
-    count raw rows themselves from what they consume plus rejects (see `RowCounter`).
-    """
+    """Yield (line_no, fields, text) for every line; lines that do not split into n_fields are
+    rejected with their reason and yielded with fields None, so callers count every raw row."""
     first = True
     for line_no, text, raw in read_lines(path, encoding=encoding):
         if skip_header and first:
