@@ -96,7 +96,7 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         torch.set_num_threads(1)  # many small requests: one thread each scales better on 2 cores
         cat = Catalogue.load(settings.warehouse_path(cfg.dataset))
-        holder = ModelHolder(settings.registry_dir(cfg.dataset), cat.n_items, cfg.poll_seconds)
+        holder = ModelHolder(settings.registry_dir(cfg.dataset), cat.n_items, cfg.poll_seconds, cat.histories)
         holder.start()
         state.update(catalogue=cat, holder=holder, categories={})
         yield
@@ -126,7 +126,7 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
         return state["holder"]
 
     @app.get("/healthz")
-    def healthz():
+    async def healthz():
         return {"status": "ok"}
 
     @app.get("/readyz")
@@ -143,7 +143,8 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
         switches.inc(0)
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
-    def _recommend(history: np.ndarray, k: int, exclude_seen: bool, category: str | None, user_known: bool) -> RecommendResponse:
+    def _recommend(history: np.ndarray, k: int, exclude_seen: bool, category: str | None, user_known: bool,
+                   user_id: int | None = None) -> RecommendResponse:
         c, h = cat(), holder()
         if not user_known or h.current is None:
             pool = c.popular
@@ -157,7 +158,7 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
             return RecommendResponse(items=[ScoredItem(item_id=int(i), title=c.titles.get(int(i)), score=float(1 - r / n))
                                             for r, i in enumerate(top)],
                                      model_version=None, fallback="popularity")
-        scores, loaded = h.scores(history)
+        scores, loaded = h.scores(history, user_id)
         scores = scores.copy()
         scores[0] = -np.inf
         if exclude_seen:
@@ -172,7 +173,11 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
                                         for i in top], model_version=f"{loaded.name}/{loaded.version}", fallback=None)
 
     @app.post("/v1/recommend", response_model=RecommendResponse, dependencies=[Depends(require_key)])
-    def recommend(req: RecommendRequest):
+    async def recommend(req: RecommendRequest):
+        # a few ms of CPU: run inline on the event loop (thread-pool hand-offs under the GIL cost more)
+        return recommend_sync(req)
+
+    def recommend_sync(req: RecommendRequest):
         c = cat()
         if (req.user_id is None) == (req.history is None):
             raise HTTPException(422, "give exactly one of user_id or history")
@@ -186,12 +191,12 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
         hist = c.histories.get(req.user_id)
         if hist is None:
             return _recommend(np.zeros(0, np.int64), req.k, req.exclude_seen, req.category, user_known=False)
-        return _recommend(hist, req.k, req.exclude_seen, req.category, user_known=True)
+        return _recommend(hist, req.k, req.exclude_seen, req.category, user_known=True, user_id=req.user_id)
 
     @app.get("/v1/users/{user_id}/recommendations", response_model=RecommendResponse, dependencies=[Depends(require_key)])
-    def recommend_user(user_id: int, k: int = Query(10, ge=1, le=MAX_K), exclude_seen: bool = True,
-                       category: str | None = Query(None, max_length=200)):
-        return recommend(RecommendRequest(user_id=user_id, k=k, exclude_seen=exclude_seen, category=category))
+    async def recommend_user(user_id: int, k: int = Query(10, ge=1, le=MAX_K), exclude_seen: bool = True,
+                             category: str | None = Query(None, max_length=200)):
+        return recommend_sync(RecommendRequest(user_id=user_id, k=k, exclude_seen=exclude_seen, category=category))
 
     @app.get("/v1/items/{item_id}", response_model=ItemDetails, dependencies=[Depends(require_key)])
     def item(item_id: int):

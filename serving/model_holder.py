@@ -24,10 +24,32 @@ class Loaded:
     version: str
     path: str
     loaded_at: float
+    users: dict[int, int] | None = None              # user id -> row of the cached states
+    user_states: dict[str, torch.Tensor] | None = None  # modality -> (U, d) last-position hidden states
+    tables: dict[str, torch.Tensor] | None = None       # modality -> (n_items + 1, d) item tables
+
+
+@torch.no_grad()
+def precompute_users(model, histories: dict[int, np.ndarray], batch_size: int = 1024):
+    """Each known user's last-position hidden state per modality (the encoder part of scoring), so a
+    request for a known user is one product with the item tables. Same length bucketing as evaluation."""
+    from training.seqrec.data import left_pad, length_buckets, trim
+
+    users = sorted(histories)
+    max_len = model.cfg.max_len
+    inputs = torch.from_numpy(left_pad([histories[u] for u in users], max_len))
+    tables = model.item_tables()
+    states = {m: torch.zeros(len(users), model.cfg.d) for m in model.cfg.modalities}
+    for idx in length_buckets(inputs, batch_size):
+        hidden = model.encode(trim(inputs[idx]), tables)
+        for m, h in hidden.items():
+            states[m][idx] = h[:, -1]
+    return {u: i for i, u in enumerate(users)}, states, tables
 
 
 class ModelHolder:
-    def __init__(self, registry_root: Path, n_items: int, poll_seconds: float = 2.0):
+    def __init__(self, registry_root: Path, n_items: int, poll_seconds: float = 2.0,
+                 histories: dict[int, np.ndarray] | None = None):
         self.pointer = Path(registry_root) / "published.json"
         self.n_items = n_items
         self.poll_seconds = poll_seconds
@@ -38,6 +60,7 @@ class ModelHolder:
         self._thread: threading.Thread | None = None
         self.switches = 0
         self.refusals = 0
+        self.histories = histories or {}
 
     def check(self) -> bool:
         """Load the pointer's model if it changed; keep the old one when the new one is bad."""
@@ -63,7 +86,9 @@ class ModelHolder:
             log.error("refused new model: %s (still serving %s)", self.last_error["error"],
                       self.current.version if self.current else None)
             return False
-        self.current = Loaded(model, entry["name"], entry["version"], entry["path"], time.time())  # atomic swap
+        users, states, tables = precompute_users(model, self.histories) if self.histories else (None, None, None)
+        # everything is ready before the swap: one reference assignment, requests never see half a model
+        self.current = Loaded(model, entry["name"], entry["version"], entry["path"], time.time(), users, states, tables)
         self.switches += 1
         log.info("serving model %s/%s", entry["name"], entry["version"])
         return True
@@ -81,10 +106,16 @@ class ModelHolder:
         self._stop.set()
 
     @torch.no_grad()
-    def scores(self, history: np.ndarray) -> tuple[np.ndarray, Loaded]:
+    def scores(self, history: np.ndarray, user_id: int | None = None) -> tuple[np.ndarray, Loaded]:
         loaded = self.current  # one reference for the whole request: a switch never mixes models
         if loaded is None:
             raise RuntimeError("no model loaded")
+        if user_id is not None and loaded.users is not None and user_id in loaded.users:
+            row = loaded.users[user_id]
+            hidden = {m: s[row:row + 1] for m, s in loaded.user_states.items()}
+            scores = loaded.model.fuse(hidden, loaded.tables)[0]
+            scores[0] = float("-inf")
+            return scores.numpy(), loaded
         max_len = loaded.model.cfg.max_len
         seq = torch.from_numpy(np.asarray(history[-max_len:], dtype=np.int64)).view(1, -1)
         return loaded.model.full_sort_predict(seq)[0].numpy(), loaded
