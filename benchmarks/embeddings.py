@@ -31,23 +31,13 @@ def main() -> None:
     torch.set_num_threads(os.cpu_count() or 2)
     from assets.embeddings.pipeline import embed_text_table, image_encoder, store_for, text_encoder
     from assets.embeddings.texts import item_metadata_text
-    from assets.ingest.pipeline import (
-        DatasetSpec,
-        build_sequences,
-        build_warehouse,
-        land_raw,
-        peak_rss_mb,
-    )
+    from assets.ingest.pipeline import DatasetSpec, ingest, peak_rss_mb
     from assets.ingest.warehouse import Warehouse
     from recalign.settings import Settings, shared_data_dir
 
     shared = shared_data_dir()
     settings = Settings.from_env(args.home or tempfile.mkdtemp(prefix="recalign-bench-"))
-    if not settings.warehouse_path(args.dataset).exists():
-        spec = DatasetSpec("amazon-s3rec", str(shared / "amazon_beauty"), name=args.dataset)
-        land_raw(settings, spec)
-        build_warehouse(settings, spec)
-        build_sequences(settings, spec)
+    ingest(settings, DatasetSpec("amazon-s3rec", str(shared / "amazon_beauty"), name=args.dataset), only_if_missing=True)
     wh = Warehouse(settings.warehouse_path(args.dataset))
     texts = item_metadata_text(wh)["content"].tolist()[: args.texts]
     enc = text_encoder()

@@ -45,13 +45,7 @@ def main() -> None:
 
     torch.set_num_threads(os.cpu_count() or 2)
     from assets.embeddings.pipeline import embed_text_table
-    from assets.ingest.pipeline import (
-        DatasetSpec,
-        build_sequences,
-        build_warehouse,
-        land_raw,
-        peak_rss_mb,
-    )
+    from assets.ingest.pipeline import DatasetSpec, ingest, peak_rss_mb
     from assets.seqrec.pipeline import load_data, train_stage
     from recalign.settings import Settings, shared_data_dir
     from training.seqrec.trainer import SeqRecTrainConfig
@@ -61,10 +55,7 @@ def main() -> None:
     settings = Settings.from_env(args.home or tempfile.mkdtemp(prefix="recalign-bench-"))
     spec = DatasetSpec(source=source, path=path, name=args.dataset)
     t0 = time.perf_counter()
-    if not settings.warehouse_path(spec.dataset).exists():
-        land_raw(settings, spec)
-        build_warehouse(settings, spec)
-        build_sequences(settings, spec)
+    ingest(settings, spec, only_if_missing=True)
     mods = args.modalities.split(",")
     if "text" in mods:
         embed_text_table(settings, spec.dataset, "item_text")

@@ -31,8 +31,8 @@ def cmd_demo(args) -> int:
     checks = result.get_asset_check_evaluations()
     print(json.dumps({
         "success": result.success, "job": args.job, "dataset": name,
-        "materialized": sorted({e.asset_key.to_user_string() for e in result.get_asset_materialization_events()
-                                for e in [e.event_specific_data.materialization]}),
+        "materialized": sorted({ev.event_specific_data.materialization.asset_key.to_user_string()
+                                for ev in result.get_asset_materialization_events()}),
         "checks_passed": sum(c.passed for c in checks), "checks_failed": sum(not c.passed for c in checks),
         "warehouse": str(settings.warehouse_path(name)), "recalign_home": str(settings.home),
     }, indent=1))
@@ -44,15 +44,12 @@ def cmd_demo(args) -> int:
 
 
 def cmd_ingest(args) -> int:
-    from assets.ingest.pipeline import DatasetSpec, build_sequences, build_warehouse, land_raw
+    from assets.ingest.pipeline import DatasetSpec, ingest
     from recalign.settings import Settings
 
     spec = DatasetSpec(source=args.source, path=args.path, name=args.name, kcore=args.kcore)
-    settings = Settings.from_env()
-    land_raw(settings, spec)
-    md = build_warehouse(settings, spec)
-    stats = build_sequences(settings, spec)
-    print(json.dumps({k: v for k, v in md.items() if not hasattr(v, "shape")} | {"sequences": stats}))
+    md = ingest(Settings.from_env(), spec)
+    print(json.dumps({k: v for k, v in md.items() if not hasattr(v, "shape")}))
     return 0 if md["reconciled"] else 1
 
 

@@ -98,7 +98,7 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
         cat = Catalogue.load(settings.warehouse_path(cfg.dataset))
         holder = ModelHolder(settings.registry_dir(cfg.dataset), cat.n_items, cfg.poll_seconds, cat.histories)
         holder.start()
-        state.update(catalogue=cat, holder=holder, categories={})
+        state.update(catalogue=cat, holder=holder)
         yield
         holder.stop()
 
@@ -151,7 +151,7 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
             if exclude_seen and len(history):
                 pool = pool[~np.isin(pool, history)]
             if category:
-                mask = state["categories"].setdefault(category, c.category_mask(category))
+                mask = c.category_mask(category)
                 pool = pool[mask[pool]]
             top = pool[:k]
             n = len(c.popular)
@@ -164,7 +164,7 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
         if exclude_seen:
             scores[history] = -np.inf
         if category:
-            mask = state["categories"].setdefault(category, c.category_mask(category))
+            mask = c.category_mask(category)
             scores[~mask] = -np.inf
         k_eff = min(k, int(np.isfinite(scores).sum()))
         top = np.argpartition(-scores, k_eff - 1)[:k_eff] if k_eff > 0 else np.zeros(0, dtype=np.int64)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -16,6 +16,7 @@ class Catalogue:
     histories: dict[int, np.ndarray]
     popular: np.ndarray  # item ids, most popular first (training interactions)
     n_items: int
+    _masks: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, warehouse: Path) -> Catalogue:
@@ -36,10 +37,13 @@ class Catalogue:
                    popular=pop["item_id"].to_numpy(dtype=np.int64), n_items=int(items["item_id"].max()))
 
     def category_mask(self, category: str) -> np.ndarray:
-        """Items whose category path contains `category` (case-insensitive)."""
+        """Items whose category path contains `category` (case-insensitive); computed once per category."""
         needle = category.lower()
+        if needle in self._masks:
+            return self._masks[needle]
         mask = np.zeros(self.n_items + 1, dtype=bool)
         for item, cats in self.categories.items():
             if cats and needle in cats.lower():
                 mask[item] = True
+        self._masks[needle] = mask
         return mask

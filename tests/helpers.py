@@ -2,7 +2,7 @@
 
 import pytest
 
-from assets.ingest.pipeline import DatasetSpec, build_sequences, build_warehouse, land_raw
+from assets.ingest.pipeline import DatasetSpec, ingest
 from recalign.settings import Settings, shared_data_dir
 
 TINY = {"d": 16, "n_layers": 1, "dropout": 0.2, "attn_dropout": 0.2, "modalities": ["id"]}
@@ -14,7 +14,5 @@ def real_home(tmp_path_factory, source: str, folder: str, name: str) -> Settings
         pytest.skip("needs ../shared/data (the team's real datasets), absent in this clone")
     home = Settings.from_env(tmp_path_factory.mktemp(name))
     spec = DatasetSpec(source, str(shared_data_dir() / folder), name=name)
-    land_raw(home, spec)
-    build_warehouse(home, spec)
-    build_sequences(home, spec)
+    ingest(home, spec)
     return home

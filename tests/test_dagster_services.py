@@ -41,10 +41,20 @@ def test_run_launched_over_graphql_succeeds_and_lineage_renders(tmp_path):
         def shoot(page):
             page.goto(web.url + "/asset-groups", wait_until="networkidle", timeout=120_000)
             page.wait_for_timeout(2000)
-            skip = page.get_by_role("button", name="Skip")  # the first-visit community dialog
-            if skip.count():
-                skip.click()
+            def dismiss_dialog(wait_ms: int = 0):
+                """The first-visit community dialog can appear late; its backdrop blocks clicks."""
+                skip = page.get_by_role("button", name="Skip")
+                try:
+                    skip.wait_for(state="visible", timeout=wait_ms) if wait_ms else None
+                except Exception:  # noqa: BLE001 - no dialog this time
+                    return
+                if skip.count() and skip.first.is_visible():
+                    skip.first.click()
+                    page.wait_for_timeout(300)
+
+            dismiss_dialog(wait_ms=8000)
             for group in groups:  # expand each group of the lineage tree beside the graph
+                dismiss_dialog()
                 page.get_by_role("button", name=group, exact=False).first.click()
                 page.wait_for_timeout(300)
                 page.keyboard.press("ArrowRight")

@@ -84,5 +84,14 @@ def build_sequences(settings: Settings, spec: DatasetSpec) -> dict:
     return stats
 
 
+def ingest(settings: Settings, spec: DatasetSpec, only_if_missing: bool = False) -> dict:
+    """Land, build the tables and the sequences: the whole ingest part of the lineage, without Dagster."""
+    if only_if_missing and settings.warehouse_path(spec.dataset).exists():
+        return {"dataset": spec.dataset, "skipped": True}
+    manifest = land_raw(settings, spec)
+    return {**build_warehouse(settings, spec), "sequences": build_sequences(settings, spec),
+            "landed_files": len(manifest["files"])}
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
