@@ -8,10 +8,11 @@ from assets.embeddings import defs as embeddings
 from assets.evaluation import defs as evaluation
 from assets.ingest import defs as ingest
 from assets.seqrec import defs as seqrec
+from assets.summaries import defs as summaries
 from orchestration.automation import ingest_logs, landing_sensor, nightly_retrain, retrain
 from orchestration.resources import resources_for
 
-all_assets = [*ingest.assets, *embeddings.assets, *seqrec.assets, *evaluation.assets]
+all_assets = [*ingest.assets, *summaries.assets, *embeddings.assets, *seqrec.assets, *evaluation.assets]
 all_checks = [*ingest.asset_checks, *embeddings.asset_checks, *seqrec.asset_checks]
 
 full_lineage = dg.define_asset_job("full_lineage", selection=dg.AssetSelection.all() - dg.AssetSelection.assets("interaction_log_batch"),

@@ -59,6 +59,16 @@ class Settings:
         return self._dir("cache")
 
     @property
+    def models_dir(self) -> Path:
+        """Converted model weights (e.g. SmolLM2 from GGUF); RECALIGN_MODEL_CACHE can share it across homes."""
+        env = os.environ.get("RECALIGN_MODEL_CACHE")
+        if env:
+            path = Path(env).expanduser().resolve()
+            path.mkdir(parents=True, exist_ok=True)
+            return path
+        return self._dir("cache", "models")
+
+    @property
     def downloads_dir(self) -> Path:
         return self._dir("downloads")
 

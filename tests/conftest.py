@@ -7,6 +7,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("DAGSTER_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# converted model weights (SmolLM2 from GGUF, tiny test models) are shared by every test home and kept between runs
+os.environ.setdefault("RECALIGN_MODEL_CACHE", str(Path(__file__).resolve().parents[1] / ".recalign" / "models"))
 
 from recalign.settings import shared_data_dir
 
@@ -28,6 +30,13 @@ def home(tmp_path, monkeypatch):
     from recalign.settings import Settings
 
     return Settings.from_env(path)
+
+
+@pytest.fixture(scope="session")
+def models_dir() -> Path:
+    path = Path(os.environ["RECALIGN_MODEL_CACHE"])
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="session")

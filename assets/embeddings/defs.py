@@ -44,7 +44,14 @@ def item_image(context: dg.AssetExecutionContext, recalign: RecalignHome, datase
     return _result(stats)
 
 
-@dg.asset(deps=["sequences", "items"], group_name="embeddings", owners=OWNERS, kinds={"lancedb"},
+@dg.asset(deps=["item_summaries"], group_name="embeddings", owners=OWNERS, kinds={"lancedb"},
+          description="Item summary vectors (the newest MLLM summary of each item), incremental by content hash.")
+def item_summary_text(context: dg.AssetExecutionContext, config: TextEmbeddingConfig, recalign: RecalignHome,
+                      dataset: DatasetResource) -> dg.MaterializeResult:
+    return _embed_text(context, "item_summary_text", config, recalign, dataset)
+
+
+@dg.asset(deps=["sequences", "items", "user_summaries"], group_name="embeddings", owners=OWNERS, kinds={"lancedb"},
           description="User text vectors: the newest preference summary, else the last training titles.")
 def user_text(context: dg.AssetExecutionContext, config: TextEmbeddingConfig, recalign: RecalignHome,
               dataset: DatasetResource) -> dg.MaterializeResult:
@@ -57,5 +64,5 @@ def every_item_with_text_has_a_vector(recalign: RecalignHome, dataset: DatasetRe
     return dg.AssetCheckResult(passed=cov["missing"] == 0, metadata=to_metadata(cov))
 
 
-assets = [item_text, item_image, user_text]
+assets = [item_text, item_image, item_summary_text, user_text]
 asset_checks = [every_item_with_text_has_a_vector]
