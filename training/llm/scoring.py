@@ -1,0 +1,67 @@
+"""Candidate scores without sampling: the mean token log-probability of each title as the answer.
+
+The prompt is run once; its KV cache is repeated for every candidate, so scoring 21 candidates costs one prompt
+plus 21 short titles, not 21 prompts."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from training.metrics import auc_from_candidate_scores, metrics_from_ranks
+
+from .prompt import Example, prompt_text
+
+LLM_KS = (1, 5, 10)
+
+
+@torch.inference_mode()
+def score_titles(model, tok, prompt: str, titles: Sequence[str]) -> np.ndarray:
+    """Mean log p(title tokens | prompt) for each title (Eq.: s_c = 1/|c| sum_t log p(c_t | prompt, c_<t))."""
+    dev = model.device
+    p_ids = tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"].to(dev)
+    out = model(input_ids=p_ids, use_cache=True)
+    first = torch.log_softmax(out.logits[:, -1].float(), -1)  # [1, V]
+    enc = [tok(t, add_special_tokens=False)["input_ids"] or [tok.eos_token_id] for t in titles]
+    n, length = len(enc), max(len(e) for e in enc)
+    ids = torch.full((n, length), tok.pad_token_id or 0, dtype=torch.long)
+    mask = torch.zeros((n, length), dtype=torch.long)
+    for i, e in enumerate(enc):
+        ids[i, :len(e)], mask[i, :len(e)] = torch.tensor(e), 1
+    ids, mask = ids.to(dev), mask.to(dev)
+    logp_first = first[0, ids[:, 0]]
+    if length == 1:
+        return logp_first.cpu().numpy()
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(n)
+    attn = torch.cat([torch.ones((n, p_ids.shape[1]), dtype=torch.long, device=dev), mask[:, :-1]], 1)
+    rest = model(input_ids=ids[:, :-1], past_key_values=cache, attention_mask=attn, use_cache=False)
+    logp = torch.log_softmax(rest.logits.float(), -1).gather(-1, ids[:, 1:, None])[..., 0]
+    total = logp_first + (logp * mask[:, 1:]).sum(1)
+    return (total / mask.sum(1)).cpu().numpy()
+
+
+def candidate_ranks(scores: np.ndarray, target: int) -> int:
+    """1-based rank of the target among the candidates, ties counted pessimistically."""
+    t = scores[target]
+    return int((scores > t).sum() + (scores == t).sum())
+
+
+def evaluate_examples(model, tok, examples: Sequence[Example], desc: str = "scoring") -> dict:
+    """AUC (positive vs the negatives), HR@K and NDCG@K over the candidates; per-user scores kept."""
+    model.eval()
+    ranks, pos, neg, all_scores = [], [], [], []
+    for ex in tqdm(examples, desc=desc, unit="user"):
+        s = score_titles(model, tok, prompt_text(tok, ex), ex.candidates)
+        all_scores.append(s)
+        ranks.append(candidate_ranks(s, ex.target))
+        pos.append(s[ex.target])
+        neg.append(np.delete(s, ex.target))
+    ranks = np.asarray(ranks)
+    metrics = metrics_from_ranks(ranks, LLM_KS)
+    metrics = {k: v for k, v in metrics.items() if not k.startswith("mrr")}
+    metrics["auc"] = auc_from_candidate_scores(np.asarray(pos), np.asarray(neg))
+    return {"metrics": metrics, "ranks": ranks, "scores": all_scores}

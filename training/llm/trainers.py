@@ -1,0 +1,164 @@
+"""LLM track stages on trl: LoRA SFT (completion-only), then DPO / HaNoRec / GRPO with the SFT adapter as reference.
+
+Every stage takes plain rows (dicts) and paths, and writes a peft adapter (safetensors + JSON config). On a GPU the
+same entry points run under DeepSpeed ZeRO (infra/deepspeed/*.json) with bf16; on a CPU without DeepSpeed."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .rewards import RewardWeights, mspa_rewards
+
+
+@dataclass
+class LoRAConfig:
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    target_modules: str | list[str] = "all-linear"
+
+    def peft(self):
+        from peft import LoraConfig
+
+        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+                          target_modules=self.target_modules, task_type="CAUSAL_LM")
+
+
+@dataclass
+class StageConfig:
+    """What every stage shares: optimisation, batch, precision, DeepSpeed on GPUs."""
+
+    epochs: float = 1.0
+    lr: float = 2e-4
+    batch_size: int = 4
+    grad_accum: int = 1
+    max_length: int = 1024
+    seed: int = 42
+    max_steps: int = -1
+    deepspeed: str | None = None  # a ZeRO config under infra/deepspeed; used only where CUDA exists
+    logging_steps: int = 5
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+
+    def trainer_kwargs(self, out_dir: Path) -> dict:
+        cuda = torch.cuda.is_available()
+        return dict(output_dir=str(out_dir), num_train_epochs=self.epochs, learning_rate=self.lr,
+                    per_device_train_batch_size=self.batch_size, gradient_accumulation_steps=self.grad_accum,
+                    max_steps=self.max_steps, seed=self.seed, data_seed=self.seed, logging_steps=self.logging_steps,
+                    save_strategy="no", report_to=[], bf16=cuda and torch.cuda.is_bf16_supported(),
+                    use_cpu=not cuda, deepspeed=self.deepspeed if cuda else None, dataloader_num_workers=0,
+                    lr_scheduler_type="cosine", warmup_steps=0, remove_unused_columns=True)
+
+
+@dataclass
+class SFTStageConfig(StageConfig):
+    lr: float = 5e-4
+
+
+@dataclass
+class PreferenceStageConfig(StageConfig):
+    """Stage 2 on pairs: `dpo` (trl sigmoid loss) or `hanorec` (HaRS beta + NoDO noise)."""
+
+    method: str = "dpo"
+    beta: float = 0.1
+    lr: float = 5e-5
+    hardness_gamma: float = 0.5
+    responsiveness_alpha: float = 0.5
+    noise_sigma: float = 0.05
+
+
+@dataclass
+class GRPOStageConfig(StageConfig):
+    lr: float = 2e-5
+    num_generations: int = 4
+    max_completion_length: int = 24
+    temperature: float = 1.0
+    weights: RewardWeights = field(default_factory=RewardWeights)
+
+
+def load_base(model_path: str, dtype=torch.float32):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(model_path, trust_remote_code=False, dtype=dtype)
+
+
+def load_adapter(model_path: str, adapter: str | Path, trainable: bool = False):
+    """The base model with a saved LoRA adapter (trainable: stage 2 continues from it; trl keeps a frozen copy)."""
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(load_base(model_path), str(adapter), is_trainable=trainable)
+
+
+def _dataset(rows: Sequence[dict]):
+    from datasets import Dataset
+
+    return Dataset.from_list(list(rows))
+
+
+def _finish(trainer, out_dir: Path, extra: dict) -> dict:
+    t0 = time.perf_counter()
+    result = trainer.train()
+    seconds = time.perf_counter() - t0
+    trainer.save_model(str(out_dir))  # the adapter only: adapter_model.safetensors + adapter_config.json
+    history = [h for h in trainer.state.log_history if "loss" in h]
+    summary = {**extra, "seconds": round(seconds, 2), "steps": trainer.state.global_step,
+               "train_loss": result.training_loss, "history": history,
+               "train_tokens": int(getattr(trainer, "_total_train_tokens", 0) or 0)}
+    (Path(out_dir) / "training.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary
+
+
+def run_sft(model_path: str, tok, rows: Sequence[dict], out_dir: Path, cfg: SFTStageConfig) -> dict:
+    """Stage 1: LoRA SFT on {prompt, completion} rows; the loss is on the completion (the title) only."""
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(**cfg.trainer_kwargs(out_dir), completion_only_loss=True, max_length=cfg.max_length,
+                     packing=False)
+    trainer = SFTTrainer(model=load_base(model_path), args=args, train_dataset=_dataset(rows),
+                         processing_class=tok, peft_config=cfg.lora.peft())
+    return _finish(trainer, out_dir, {"stage": "sft", "examples": len(rows), "config": asdict(cfg)})
+
+
+def run_preference(model_path: str, tok, sft_adapter: Path, rows: Sequence[dict], out_dir: Path,
+                   cfg: PreferenceStageConfig) -> dict:
+    """Stage 2 on {prompt, chosen, rejected[, hardness]} rows; policy and reference both start from the SFT adapter."""
+    from trl import DPOConfig, DPOTrainer
+
+    from .hanorec import HaNoRecConfig, HaNoRecTrainer
+
+    common = dict(**cfg.trainer_kwargs(out_dir), beta=cfg.beta, max_length=cfg.max_length,
+                  precompute_ref_log_probs=False)
+    policy = load_adapter(model_path, sft_adapter, trainable=True)
+    if cfg.method == "dpo":
+        trainer = DPOTrainer(model=policy, args=DPOConfig(**common), train_dataset=_dataset(rows),
+                             processing_class=tok)
+    elif cfg.method == "hanorec":
+        args = HaNoRecConfig(**common, hardness_gamma=cfg.hardness_gamma,
+                             responsiveness_alpha=cfg.responsiveness_alpha, noise_sigma=cfg.noise_sigma)
+        trainer = HaNoRecTrainer(model=policy, args=args, train_dataset=_dataset(rows), processing_class=tok)
+    else:
+        raise ValueError(f"unknown preference method {cfg.method!r}: dpo or hanorec")
+    return _finish(trainer, out_dir, {"stage": cfg.method, "pairs": len(rows), "config": asdict(cfg)})
+
+
+def run_grpo(model_path: str, tok, sft_adapter: Path, rows: Sequence[dict], out_dir: Path, cfg: GRPOStageConfig,
+             encode: Callable[[list[str]], np.ndarray]) -> dict:
+    """Stage 2 with trl's GRPOTrainer and MSPA's hybrid reward (accuracy + format + similarity).
+
+    rows: {prompt, answer, candidates, answer_vec}; `encode` embeds generated answers for the similarity term."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    args = GRPOConfig(**cfg.trainer_kwargs(out_dir), num_generations=cfg.num_generations,
+                      max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
+                      reward_weights=cfg.weights.as_list(), beta=0.0)
+    args.per_device_train_batch_size = max(cfg.batch_size, cfg.num_generations)
+    args.remove_unused_columns = False  # the reward functions read answer, candidates and answer_vec
+    trainer = GRPOTrainer(model=load_adapter(model_path, sft_adapter, trainable=True), args=args,
+                          reward_funcs=mspa_rewards(encode), train_dataset=_dataset(rows), processing_class=tok)
+    return _finish(trainer, out_dir, {"stage": "grpo", "prompts": len(rows), "config": asdict(cfg)})
