@@ -7,23 +7,28 @@ import dagster as dg
 from assets.embeddings import defs as embeddings
 from assets.evaluation import defs as evaluation
 from assets.ingest import defs as ingest
+from assets.llmrec import defs as llmrec
 from assets.seqrec import defs as seqrec
 from assets.summaries import defs as summaries
 from orchestration.automation import ingest_logs, landing_sensor, nightly_retrain, retrain
 from orchestration.resources import resources_for
 
-all_assets = [*ingest.assets, *summaries.assets, *embeddings.assets, *seqrec.assets, *evaluation.assets]
+all_assets = [*ingest.assets, *summaries.assets, *embeddings.assets, *seqrec.assets, *llmrec.assets, *evaluation.assets]
 all_checks = [*ingest.asset_checks, *embeddings.asset_checks, *seqrec.asset_checks]
 
-full_lineage = dg.define_asset_job("full_lineage", selection=dg.AssetSelection.all() - dg.AssetSelection.assets("interaction_log_batch"),
-                                   description="Rebuild the whole lineage for the configured dataset.")
+full_lineage = dg.define_asset_job(
+    "full_lineage", selection=dg.AssetSelection.all() - dg.AssetSelection.assets("interaction_log_batch")
+    - dg.AssetSelection.groups("llm"),
+    description="Rebuild the whole lineage for the configured dataset (the LLM track is its own job: llm_track).")
+llm_track = dg.define_asset_job("llm_track", selection=dg.AssetSelection.groups("llm"),
+                                description="LoRA SFT, then DPO / HaNoRec / GRPO, then the 1+20 candidate evaluation.")
 ingest_job = dg.define_asset_job("ingest", selection=dg.AssetSelection.groups("ingest", "tables") - dg.AssetSelection.assets("interaction_log_batch"),
                                  description="Land the raw dataset and build the validated tables.")
 
 defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
-    jobs=[full_lineage, ingest_job, ingest_logs, retrain],
+    jobs=[full_lineage, ingest_job, llm_track, ingest_logs, retrain],
     sensors=[landing_sensor],
     schedules=[nightly_retrain],
     resources=resources_for(),

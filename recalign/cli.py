@@ -87,6 +87,36 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_llm(args) -> int:
+    """One LLM-track stage outside Dagster: the entry point `accelerate launch` / `deepspeed` start on GPUs.
+
+    accelerate launch --num_processes 8 -m recalign.cli llm sft --dataset amazon-beauty \
+        --base-model Qwen/Qwen2.5-3B-Instruct --deepspeed infra/deepspeed/zero3.json
+    On a CPU the same command runs without DeepSpeed."""
+    from assets.llmrec import pipeline as llm
+    from recalign.settings import Settings
+    from training.llm.trainers import LoRAConfig, PreferenceStageConfig, StageConfig
+
+    stage = StageConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
+                        max_steps=args.max_steps, deepspeed=args.deepspeed, lora=LoRAConfig(r=args.lora_r))
+    track = llm.TrackConfig(base_model=args.base_model, n_users=args.users, stage=stage, eval_users=args.eval_users)
+    settings = Settings.from_env()
+    if args.stage == "sft":
+        out = llm.sft_stage(settings, args.dataset, track)
+    elif args.stage in ("dpo", "hanorec"):
+        track.stage = PreferenceStageConfig(**vars(stage), method=args.stage, beta=args.beta)
+        out = llm.preference_stage(settings, args.dataset, track, args.stage, args.sampler)
+    elif args.stage == "grpo":
+        from training.llm.trainers import GRPOStageConfig
+
+        track.stage = GRPOStageConfig(**vars(stage))
+        out = llm.grpo_stage(settings, args.dataset, track)
+    else:
+        out = llm.evaluate_track(settings, args.dataset, track)
+    print(json.dumps(out, default=str))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="recalign", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -113,6 +143,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("dataset")
     p.add_argument("--out", default=None)
     p.set_defaults(fn=cmd_report)
+    p = sub.add_parser("llm", help="run one LLM-track stage (the multi-GPU launch path)")
+    p.add_argument("stage", choices=["sft", "dpo", "hanorec", "grpo", "eval"])
+    p.add_argument("--dataset", required=True)
+    p.add_argument("--base-model", default="smollm2")
+    p.add_argument("--users", type=int, default=300)
+    p.add_argument("--eval-users", type=int, default=None)
+    p.add_argument("--epochs", type=float, default=1.0)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--grad-accum", type=int, default=1)
+    p.add_argument("--max-steps", type=int, default=-1)
+    p.add_argument("--lora-r", type=int, default=8)
+    p.add_argument("--beta", type=float, default=0.1)
+    p.add_argument("--sampler", default="stochastic_topk")
+    p.add_argument("--deepspeed", default=None, help="infra/deepspeed/zero2.json or zero3.json (GPUs only)")
+    p.set_defaults(fn=cmd_llm)
     args = parser.parse_args(argv)
     from assets.ingest.errors import SourceError
 

@@ -16,8 +16,16 @@ from recalign.settings import Settings
 from training.llm.base import resolve_model
 from training.llm.prompt import Example, prompt_text
 from training.llm.scoring import evaluate_examples, score_titles
-from training.llm.trainers import (GRPOStageConfig, PreferenceStageConfig, SFTStageConfig,
-                                   StageConfig, load_adapter, load_base, run_grpo, run_preference, run_sft)
+from training.llm.trainers import (
+    GRPOStageConfig,
+    PreferenceStageConfig,
+    StageConfig,
+    load_adapter,
+    load_base,
+    run_grpo,
+    run_preference,
+    run_sft,
+)
 
 from .data import LLMData, eval_examples, train_examples
 
@@ -36,6 +44,7 @@ class TrackConfig:
     targets_per_user: int = 2
     history_len: int = 5
     item_notes: bool = False  # candidate item summaries in the prompt (longer prompts; on by default on GPUs)
+    eval_users: int | None = None  # evaluate on the first n sampled users (None: all of them)
     stage: StageConfig = field(default_factory=StageConfig)
 
     def example_kw(self) -> dict:
@@ -69,7 +78,7 @@ def sft_stage(settings: Settings, dataset: str, cfg: TrackConfig) -> dict:
     exs = train_examples(data, cfg.train_negatives, cfg.targets_per_user, cfg.seed, **cfg.example_kw())
     rows = [{"prompt": prompt_text(tok, e), "completion": e.answer} for e in exs]
     with tempfile.TemporaryDirectory() as tmp:
-        stats = run_sft(path, tok, rows, Path(tmp), _as(SFTStageConfig, cfg.stage))
+        stats = run_sft(path, tok, rows, Path(tmp), cfg.stage)
         v = _register(settings, dataset, "llm_sft", Path(tmp), {"base_model": model_id, "users": len(data.users),
                                                                  **_card(stats)})
     return {**_card(stats), "version": v.version, "path": str(v.path)}
@@ -130,14 +139,15 @@ def preference_stage(settings: Settings, dataset: str, cfg: TrackConfig, method:
     path, model_id, tok, data = _context(settings, dataset, cfg)
     sft = _latest(settings, dataset, "llm_sft")
     rows = preference_rows(settings, dataset, cfg, method, sampler, topk, hardness_k, tok, data, path, sft.path)
-    pcfg = _as(PreferenceStageConfig, cfg.stage, method=method)
+    pcfg = cfg.stage if isinstance(cfg.stage, PreferenceStageConfig) else _as(PreferenceStageConfig, cfg.stage)
+    pcfg.method = method
+    hard = [r["hardness"] for r in rows if "hardness" in r]
+    info = {"sampler": sampler, "mean_hardness": round(float(np.mean(hard)), 4) if hard else None}
     with tempfile.TemporaryDirectory() as tmp:
         stats = run_preference(path, tok, sft.path, rows, Path(tmp), pcfg)
         v = _register(settings, dataset, f"llm_{method}", Path(tmp),
-                      {"base_model": model_id, "sft_version": sft.version, "sampler": sampler, **_card(stats)})
-    hard = [r["hardness"] for r in rows if "hardness" in r]
-    return {**_card(stats), "version": v.version, "sampler": sampler,
-            "mean_hardness": round(float(np.mean(hard)), 4) if hard else None}
+                      {"base_model": model_id, "sft_version": sft.version, **info, **_card(stats)})
+    return {**_card(stats), "version": v.version, **info}
 
 
 def grpo_stage(settings: Settings, dataset: str, cfg: TrackConfig, weights=None) -> dict:
@@ -150,7 +160,7 @@ def grpo_stage(settings: Settings, dataset: str, cfg: TrackConfig, weights=None)
     answer_vecs = enc.encode([e.answer for e in exs])
     rows = [{"prompt": prompt_text(tok, e), "answer": e.answer, "candidates": e.candidates,
              "answer_vec": v.tolist()} for e, v in zip(exs, answer_vecs)]
-    gcfg = _as(GRPOStageConfig, cfg.stage)
+    gcfg = cfg.stage if isinstance(cfg.stage, GRPOStageConfig) else _as(GRPOStageConfig, cfg.stage)
     if weights is not None:
         gcfg.weights = weights
     with tempfile.TemporaryDirectory() as tmp:
@@ -164,7 +174,7 @@ def evaluate_track(settings: Settings, dataset: str, cfg: TrackConfig, split: st
                    variants: tuple[str, ...] = ("zero_shot", *STAGES)) -> dict:
     """Score 1 + 20 candidates per user for the base model and every trained stage; metrics into the store."""
     path, model_id, tok, data = _context(settings, dataset, cfg)
-    exs = eval_examples(data, split, cfg.seed, **cfg.example_kw())
+    exs = eval_examples(data, split, cfg.seed, **cfg.example_kw())[: cfg.eval_users]
     reg, store, out = Registry(settings.registry_dir(dataset)), MetricsStore(settings.metrics_path), {}
     for variant in variants:
         version = None if variant == "zero_shot" else reg.latest(variant)

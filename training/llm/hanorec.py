@@ -79,8 +79,7 @@ def lora_noise(model: torch.nn.Module, sigma: float, adapter: str = "default") -
         return F.linear(inputs[0], w + sigma * torch.randn_like(w), module.bias)
 
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and (name.endswith(f"lora_A.{adapter}")
-                                                    or name.endswith(f"lora_B.{adapter}")):
+        if isinstance(module, torch.nn.Linear) and (name.endswith((f"lora_A.{adapter}", f"lora_B.{adapter}"))):
             handles.append(module.register_forward_hook(hook))
     if not handles:
         raise ValueError(f"no LoRA A/B modules of adapter {adapter!r} found for NoDO")

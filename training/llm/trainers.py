@@ -48,12 +48,12 @@ class StageConfig:
 
     def trainer_kwargs(self, out_dir: Path) -> dict:
         cuda = torch.cuda.is_available()
-        return dict(output_dir=str(out_dir), num_train_epochs=self.epochs, learning_rate=self.lr,
-                    per_device_train_batch_size=self.batch_size, gradient_accumulation_steps=self.grad_accum,
-                    max_steps=self.max_steps, seed=self.seed, data_seed=self.seed, logging_steps=self.logging_steps,
-                    save_strategy="no", report_to=[], bf16=cuda and torch.cuda.is_bf16_supported(),
-                    use_cpu=not cuda, deepspeed=self.deepspeed if cuda else None, dataloader_num_workers=0,
-                    lr_scheduler_type="cosine", warmup_steps=0, remove_unused_columns=True)
+        return {"output_dir": str(out_dir), "num_train_epochs": self.epochs, "learning_rate": self.lr,
+                    "per_device_train_batch_size": self.batch_size, "gradient_accumulation_steps": self.grad_accum,
+                    "max_steps": self.max_steps, "seed": self.seed, "data_seed": self.seed, "logging_steps": self.logging_steps,
+                    "save_strategy": "no", "report_to": [], "bf16": cuda and torch.cuda.is_bf16_supported(),
+                    "use_cpu": not cuda, "deepspeed": self.deepspeed if cuda else None, "dataloader_num_workers": 0,
+                    "lr_scheduler_type": "cosine", "warmup_steps": 0, "remove_unused_columns": True}
 
 
 @dataclass
@@ -106,6 +106,8 @@ def _finish(trainer, out_dir: Path, extra: dict) -> dict:
     result = trainer.train()
     seconds = time.perf_counter() - t0
     trainer.save_model(str(out_dir))  # the adapter only: adapter_model.safetensors + adapter_config.json
+    (Path(out_dir) / "training_args.bin").unlink(missing_ok=True)  # a pickle: never an artifact here; JSON instead
+    (Path(out_dir) / "training_args.json").write_text(trainer.args.to_json_string())
     history = [h for h in trainer.state.log_history if "loss" in h]
     summary = {**extra, "seconds": round(seconds, 2), "steps": trainer.state.global_step,
                "train_loss": result.training_loss, "history": history,
