@@ -101,7 +101,29 @@ def _dataset(rows: Sequence[dict]):
     return Dataset.from_list(list(rows))
 
 
+class StepTimer:
+    """A trainer callback recording each optimisation step's wall time (median reported)."""
+
+    def __new__(cls):
+        from transformers import TrainerCallback
+
+        class _Timer(TrainerCallback):
+            def __init__(self):
+                self.times: list[float] = []
+                self._t = 0.0
+
+            def on_step_begin(self, args, state, control, **kw):
+                self._t = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kw):
+                self.times.append(time.perf_counter() - self._t)
+
+        return _Timer()
+
+
 def _finish(trainer, out_dir: Path, extra: dict) -> dict:
+    timer = StepTimer()
+    trainer.add_callback(timer)
     t0 = time.perf_counter()
     result = trainer.train()
     seconds = time.perf_counter() - t0
@@ -111,7 +133,8 @@ def _finish(trainer, out_dir: Path, extra: dict) -> dict:
     history = [h for h in trainer.state.log_history if "loss" in h]
     summary = {**extra, "seconds": round(seconds, 2), "steps": trainer.state.global_step,
                "train_loss": result.training_loss, "history": history,
-               "train_tokens": int(getattr(trainer, "_total_train_tokens", 0) or 0)}
+               "train_tokens": int(getattr(trainer, "_total_train_tokens", 0) or 0),
+               "step_seconds_median": round(float(np.median(timer.times[1:] or timer.times)), 3) if timer.times else None}
     (Path(out_dir) / "training.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 
