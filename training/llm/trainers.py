@@ -44,6 +44,7 @@ class StageConfig:
     max_steps: int = -1
     deepspeed: str | None = None  # a ZeRO config under infra/deepspeed; used only where CUDA exists
     logging_steps: int = 5
+    gradient_checkpointing: bool = False  # trl turns it on by default; on small models it only costs time
     lora: LoRAConfig = field(default_factory=LoRAConfig)
 
     def trainer_kwargs(self, out_dir: Path) -> dict:
@@ -53,7 +54,7 @@ class StageConfig:
                     "max_steps": self.max_steps, "seed": self.seed, "data_seed": self.seed, "logging_steps": self.logging_steps,
                     "save_strategy": "no", "report_to": [], "bf16": cuda and torch.cuda.is_bf16_supported(),
                     "use_cpu": not cuda, "deepspeed": self.deepspeed if cuda else None, "dataloader_num_workers": 0,
-                    "lr_scheduler_type": "cosine", "warmup_steps": 0, "remove_unused_columns": True}
+                    "lr_scheduler_type": "cosine", "gradient_checkpointing": self.gradient_checkpointing, "warmup_steps": 0, "remove_unused_columns": True}
 
 
 @dataclass
