@@ -240,7 +240,7 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
         store = state.setdefault("vectors", VectorStore(settings.lancedb_dir(cfg.dataset)))
         if store.has("item_text"):
             try:
-                res = store.nearest("item_text", item_id, k=k, exclude_self=True)
+                res = store.nearest("item_text", item_id, k=k, exclude_self=True, with_content=False)
                 return SimilarResponse(item_id=item_id, source="item_text", items=[
                     ScoredItem(item_id=int(r.id), title=c.titles.get(int(r.id)), score=float(r.score))
                     for r in res.itertuples()])
