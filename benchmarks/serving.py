@@ -1,6 +1,6 @@
 """Serving benchmark: the real server on 127.0.0.1, a bounded load from a second process; one JSON line.
 
-    python benchmarks/serving.py --home /tmp/bh --dataset amazon-beauty --requests 2000 --concurrency 16
+    python benchmarks/serving.py --home /tmp/bh --dataset amazon-beauty --seconds 15 --concurrency 16
 Targets (2 cores, 16 clients): /v1/recommend p99 under 50 ms; at least 30% of /healthz's requests/s; 0 errors.
 """
 
@@ -59,33 +59,30 @@ def load(url: str, n: int, concurrency: int, body_fn) -> dict:
 
 WRK_SCRIPT = """
 local users = {%s}
-local n, limit = 0, %d
 local i = 0
 request = function()
   i = i + 1
   %s
 end
-response = function(status, headers, body)
-  n = n + 1
-  if n >= limit then wrk.thread:stop() end
-end
 """
 
 
 def wrk_load(url: str, n: int, concurrency: int, endpoint: str, users: list[int]) -> dict:
-    """The same bounded load from wrk (C, one thread): far less client CPU than a Python client on 2 cores."""
+    """A bounded load (n seconds, `concurrency` connections) from wrk: C, one thread, far less client CPU than a
+    Python client on 2 cores."""
     import re
     import tempfile
 
     if endpoint == "recommend":
-        req = ('local body = string.format(\'{"user_id": %%d, "k": 10}\', users[(i %% #users) + 1])\n'
+        req = ('local body = string.format(\'{"user_id": %d, "k": 10}\', users[(i % #users) + 1])\n'
                '  return wrk.format("POST", "/v1/recommend", {["Content-Type"] = "application/json"}, body)')
     else:
         req = 'return wrk.format("GET", "/healthz")'
-    script = WRK_SCRIPT % (", ".join(map(str, users)), n, req)
+    script = WRK_SCRIPT % (", ".join(map(str, users)), req)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
         fh.write(script)
-    proc = subprocess.run(["wrk", "-t1", f"-c{concurrency}", "-d120s", "--latency", "-s", fh.name, url],
+    # wrk bounds by time: the duration that gives about n requests at the warm-up's rate (at least 5 s)
+    proc = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(5, n)}s", "--latency", "-s", fh.name, url],
                           capture_output=True, text=True, check=True)
     text = proc.stdout
 
@@ -115,6 +112,7 @@ def main() -> None:
     ap.add_argument("--dataset", default="amazon-beauty")
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--seconds", type=int, default=15, help="wrk: load duration per endpoint")
     ap.add_argument("--python-client", action="store_true", help="use the httpx client even where wrk exists")
     ap.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
@@ -147,8 +145,8 @@ def main() -> None:
 
         for endpoint in ("healthz", "recommend"):
             if shutil.which("wrk") and not args.python_client:
-                wrk_load(svc.url, 200, args.concurrency, endpoint, users)  # warm-up
-                out[endpoint] = wrk_load(svc.url, args.requests, args.concurrency, endpoint, users)
+                wrk_load(svc.url, 3, args.concurrency, endpoint, users)  # warm-up
+                out[endpoint] = wrk_load(svc.url, args.seconds, args.concurrency, endpoint, users)
                 continue
             cmd = [sys.executable, __file__, "--client", "--url", svc.url, "--endpoint", endpoint, "--users",
                    json.dumps(users), "--requests", str(args.requests), "--concurrency", str(args.concurrency)]
