@@ -17,6 +17,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def main() -> None:
+    import contextlib
+
+    with contextlib.redirect_stdout(sys.stderr):  # trainer logs to stderr: stdout is the one JSON line
+        out = run()
+    print(json.dumps(out))
+
+
+def run() -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--home", default=os.environ.get("RECALIGN_HOME"))
     ap.add_argument("--model", default="smollm2")
@@ -61,13 +69,13 @@ def main() -> None:
     t0 = time.perf_counter()
     evaluate_examples(model, tok, exs)
     cand_rate = len(exs) * len(exs[0].candidates) / (time.perf_counter() - t0)
-    print(json.dumps({
+    return ({
         "benchmark": "llm", "model": model_id, "dataset": ds,
         "sft_train_tokens_per_s": round(sft["train_tokens"] / sft["seconds"], 1),
         "eval_candidates_per_s": round(cand_rate, 2),
         "dpo_step_s": dpo["step_seconds_median"], "hanorec_step_s": han["step_seconds_median"],
         "hanorec_to_dpo_step_ratio": round(han["step_seconds_median"] / dpo["step_seconds_median"], 3),
-        "peak_rss_mb": round(peak_rss_mb(), 1), "targets": {"hanorec_to_dpo_step_ratio": 1.2}}))
+        "peak_rss_mb": round(peak_rss_mb(), 1), "targets": {"hanorec_to_dpo_step_ratio": 1.2}})
 
 
 if __name__ == "__main__":
