@@ -104,12 +104,12 @@ def cmd_llm(args) -> int:
     if args.stage == "sft":
         out = llm.sft_stage(settings, args.dataset, track)
     elif args.stage in ("dpo", "hanorec"):
-        track.stage = PreferenceStageConfig(**vars(stage), method=args.stage, beta=args.beta)
+        track.stage = llm.stage_as(PreferenceStageConfig, stage, method=args.stage, beta=args.beta)
         out = llm.preference_stage(settings, args.dataset, track, args.stage, args.sampler)
     elif args.stage == "grpo":
         from training.llm.trainers import GRPOStageConfig
 
-        track.stage = GRPOStageConfig(**vars(stage))
+        track.stage = llm.stage_as(GRPOStageConfig, stage)
         out = llm.grpo_stage(settings, args.dataset, track)
     else:
         out = llm.evaluate_track(settings, args.dataset, track)

@@ -7,7 +7,7 @@ from orchestration.resources import DatasetResource, RecalignHome
 from training.llm.rewards import RewardWeights
 from training.llm.trainers import LoRAConfig, StageConfig
 
-from .pipeline import TrackConfig, evaluate_track, grpo_stage, preference_stage, sft_stage
+from .pipeline import TrackConfig, evaluate_track, grpo_stage, preference_stage, sft_stage, stage_as
 
 OWNERS = ["team:recalign"]
 
@@ -93,14 +93,11 @@ def llm_sft(context: dg.AssetExecutionContext, config: LLMSFTConfig, recalign: R
 
 
 def _preference(config, recalign, dataset, method: str, **extra) -> dg.MaterializeResult:
-    track = config.track()
-    track.stage.lr = config.lr
-    settings, name = _home(recalign, dataset)
     from training.llm.trainers import PreferenceStageConfig
 
-    stage = PreferenceStageConfig(**{k: getattr(track.stage, k) for k in StageConfig.__dataclass_fields__},
-                                  method=method, beta=config.beta, **extra)
-    track.stage = stage
+    track = config.track()
+    settings, name = _home(recalign, dataset)
+    track.stage = stage_as(PreferenceStageConfig, track.stage, method=method, beta=config.beta, **extra)
     return _result(preference_stage(settings, name, track, method, config.sampler, config.topk,
                                     getattr(config, "hardness_topk", 10)))
 
@@ -127,9 +124,8 @@ def llm_grpo(context: dg.AssetExecutionContext, config: LLMGRPOConfig, recalign:
     track = config.track()
     from training.llm.trainers import GRPOStageConfig
 
-    track.stage = GRPOStageConfig(**{k: getattr(track.stage, k) for k in StageConfig.__dataclass_fields__},
-                                  num_generations=config.num_generations,
-                                  max_completion_length=config.max_completion_length)
+    track.stage = stage_as(GRPOStageConfig, track.stage, num_generations=config.num_generations,
+                           max_completion_length=config.max_completion_length)
     weights = RewardWeights(config.accuracy_weight, config.format_weight, config.similarity_weight)
     return _result(grpo_stage(*_home(recalign, dataset), track, weights))
 

@@ -139,7 +139,7 @@ def preference_stage(settings: Settings, dataset: str, cfg: TrackConfig, method:
     path, model_id, tok, data = _context(settings, dataset, cfg)
     sft = _latest(settings, dataset, "llm_sft")
     rows = preference_rows(settings, dataset, cfg, method, sampler, topk, hardness_k, tok, data, path, sft.path)
-    pcfg = cfg.stage if isinstance(cfg.stage, PreferenceStageConfig) else _as(PreferenceStageConfig, cfg.stage)
+    pcfg = cfg.stage if isinstance(cfg.stage, PreferenceStageConfig) else stage_as(PreferenceStageConfig, cfg.stage)
     pcfg.method = method
     hard = [r["hardness"] for r in rows if "hardness" in r]
     info = {"sampler": sampler, "mean_hardness": round(float(np.mean(hard)), 4) if hard else None}
@@ -160,7 +160,7 @@ def grpo_stage(settings: Settings, dataset: str, cfg: TrackConfig, weights=None)
     answer_vecs = enc.encode([e.answer for e in exs])
     rows = [{"prompt": prompt_text(tok, e), "answer": e.answer, "candidates": e.candidates,
              "answer_vec": v.tolist()} for e, v in zip(exs, answer_vecs)]
-    gcfg = cfg.stage if isinstance(cfg.stage, GRPOStageConfig) else _as(GRPOStageConfig, cfg.stage)
+    gcfg = cfg.stage if isinstance(cfg.stage, GRPOStageConfig) else stage_as(GRPOStageConfig, cfg.stage)
     if weights is not None:
         gcfg.weights = weights
     with tempfile.TemporaryDirectory() as tmp:
@@ -194,7 +194,7 @@ def evaluate_track(settings: Settings, dataset: str, cfg: TrackConfig, split: st
     return out
 
 
-def _as(cls, stage: StageConfig, **over):
+def stage_as(cls, stage: StageConfig, **over):
     """A stage-specific config carrying the shared settings the user gave."""
     base = {k: getattr(stage, k) for k in StageConfig.__dataclass_fields__}
     return cls(**{**base, **over})

@@ -111,9 +111,8 @@ class HardnessCollator(DataCollatorForPreference):
 class HaNoRecTrainer(DPOTrainer):
     """trl's DPOTrainer with a per-pair HaRS beta and NoDO noise on the policy's LoRA weights."""
 
-    def __init__(self, *args, args_hanorec: HaNoRecConfig | None = None, **kwargs):
-        cfg = kwargs.get("args") or args_hanorec
-        tok = kwargs.get("processing_class")
+    def __init__(self, *args, **kwargs):
+        cfg, tok = kwargs["args"], kwargs["processing_class"]
         kwargs.setdefault("data_collator", HardnessCollator(pad_token_id=tok.pad_token_id,
                                                             max_length=cfg.max_length))
         super().__init__(*args, **kwargs)
