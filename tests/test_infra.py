@@ -114,11 +114,14 @@ def test_stack_smoke_where_an_engine_runs(tmp_path):
     have = lambda image: subprocess.run([docker, "image", "inspect", image], capture_output=True).returncode == 0
     if not have("recalign-base:bookworm"):
         pytest.skip("no local base image: debootstrap bookworm (with postgresql) | docker import - recalign-base:bookworm")
-    env = ROOT / ".env.example"
-    cmd = [str(BIN / "docker-compose"), "--env-file", str(env), "-p", "recalign-smoke", "-f", str(COMPOSE),
+    cmd = [str(BIN / "docker-compose"), "--env-file", str(ROOT / ".env.example"), "-p", "recalign-smoke", "-f", str(COMPOSE),
            "-f", str(OVERRIDE)]
-    run = lambda *a, t=1800: subprocess.run([*cmd, *a], capture_output=True, text=True, cwd=ROOT, timeout=t,
-                                            env={**__import__("os").environ, "DOCKER_BUILDKIT": "0"})
+    import os
+
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    socket = host.removeprefix("unix://") if host.startswith("unix://") else "/var/run/docker.sock"
+    env = {**os.environ, "DOCKER_BUILDKIT": "0", "DOCKER_SOCKET": socket}  # the engine the daemon launches runs on
+    run = lambda *a, t=1800: subprocess.run([*cmd, *a], capture_output=True, text=True, cwd=ROOT, timeout=t, env=env)
     if not have("recalign:cpu"):
         built = run("build", "api", t=3600)
         assert built.returncode == 0, built.stderr[-3000:]
