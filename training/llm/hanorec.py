@@ -91,12 +91,11 @@ def lora_noise(model: torch.nn.Module, sigma: float, adapter: str = "default") -
 
 @dataclass
 class HaNoRecConfig(DPOConfig):
-    """DPOConfig plus HaNoRec's knobs (defaults from the paper: beta0 0.1, Top-K 10, sigma 0.05-0.1)."""
+    """DPOConfig plus HaNoRec's knobs (paper: beta0 0.1, sigma 0.05-0.1; Top-K 10 is used where hardness is computed)."""
 
     hardness_gamma: float = 0.5
     responsiveness_alpha: float = 0.5
     noise_sigma: float = 0.05
-    hardness_topk: int = 10
 
 
 class HardnessCollator(DataCollatorForPreference):

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import TrainerCallback
 
 from .rewards import RewardWeights, mspa_rewards
 
@@ -102,24 +103,18 @@ def _dataset(rows: Sequence[dict]):
     return Dataset.from_list(list(rows))
 
 
-class StepTimer:
-    """A trainer callback recording each optimisation step's wall time (median reported)."""
+class StepTimer(TrainerCallback):
+    """Records each optimisation step's wall time (the median goes into the stage summary)."""
 
-    def __new__(cls):
-        from transformers import TrainerCallback
+    def __init__(self):
+        self.times: list[float] = []
+        self._t = 0.0
 
-        class _Timer(TrainerCallback):
-            def __init__(self):
-                self.times: list[float] = []
-                self._t = 0.0
+    def on_step_begin(self, args, state, control, **kw):
+        self._t = time.perf_counter()
 
-            def on_step_begin(self, args, state, control, **kw):
-                self._t = time.perf_counter()
-
-            def on_step_end(self, args, state, control, **kw):
-                self.times.append(time.perf_counter() - self._t)
-
-        return _Timer()
+    def on_step_end(self, args, state, control, **kw):
+        self.times.append(time.perf_counter() - self._t)
 
 
 def _finish(trainer, out_dir: Path, extra: dict) -> dict:
