@@ -39,11 +39,12 @@ def main() -> None:
     ap.add_argument("--topk", type=int, default=50)
     ap.add_argument("--patience", type=int, default=5)
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="torch threads (default: all cores)")
     args = ap.parse_args()
 
     import torch
 
-    torch.set_num_threads(os.cpu_count() or 2)
+    torch.set_num_threads(args.threads)
     from assets.embeddings.pipeline import embed_text_table
     from assets.ingest.pipeline import DatasetSpec, ingest, peak_rss_mb
     from assets.seqrec.pipeline import load_data, train_stage

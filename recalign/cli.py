@@ -98,8 +98,10 @@ def cmd_llm(args) -> int:
     from training.llm.trainers import LoRAConfig, PreferenceStageConfig, StageConfig
 
     stage = StageConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
-                        max_steps=args.max_steps, deepspeed=args.deepspeed, lora=LoRAConfig(r=args.lora_r))
-    track = llm.TrackConfig(base_model=args.base_model, n_users=args.users, stage=stage, eval_users=args.eval_users)
+                        max_steps=args.max_steps, deepspeed=args.deepspeed,
+                        lora=LoRAConfig(r=args.lora_r, alpha=2 * args.lora_r))
+    track = llm.TrackConfig(base_model=args.base_model, n_users=args.users, stage=stage, eval_users=args.eval_users,
+                            targets_per_user=args.targets_per_user, train_negatives=args.train_negatives)
     settings = Settings.from_env()
     if args.stage == "sft":
         out = llm.sft_stage(settings, args.dataset, track)
@@ -112,7 +114,8 @@ def cmd_llm(args) -> int:
         track.stage = llm.stage_as(GRPOStageConfig, stage)
         out = llm.grpo_stage(settings, args.dataset, track)
     else:
-        out = llm.evaluate_track(settings, args.dataset, track)
+        variants = tuple(args.variants.split(",")) if args.variants else ("zero_shot", *llm.STAGES)
+        out = llm.evaluate_track(settings, args.dataset, track, variants=variants)
     print(json.dumps(out, default=str))
     return 0
 
@@ -149,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-model", default="smollm2")
     p.add_argument("--users", type=int, default=300)
     p.add_argument("--eval-users", type=int, default=None)
+    p.add_argument("--variants", default=None, help="eval: comma-separated, e.g. zero_shot,llm_sft (default: all)")
+    p.add_argument("--targets-per-user", type=int, default=2, help="training questions per user (last n train items)")
+    p.add_argument("--train-negatives", type=int, default=4, help="negatives in each training candidate list")
     p.add_argument("--epochs", type=float, default=1.0)
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--batch-size", type=int, default=4)

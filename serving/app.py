@@ -99,7 +99,7 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         torch.set_num_threads(1)  # many small requests: one thread each scales better on 2 cores
         cat = Catalogue.load(settings.warehouse_path(cfg.dataset))
-        holder = ModelHolder(settings.registry_dir(cfg.dataset), cat.n_items, cfg.poll_seconds, cat.histories)
+        holder = ModelHolder(settings.registry_dir(cfg.dataset), cat.n_items, cfg.poll_seconds, cat.histories, MAX_K)
         holder.start()
         state.update(catalogue=cat, holder=holder)
         # the catalogue and model are long-lived: keep the cyclic GC from rescanning them under load (p99)
@@ -177,6 +177,12 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
             top = pool[:k]
             n = len(c.popular)
             return _response([(int(i), float(1 - r / n)) for r, i in enumerate(top)], None, "popularity")
+        cached = h.top(user_id) if user_id is not None and not category else None
+        if cached is not None:  # a known user: precomputed best items, history removed here
+            ids, vals, loaded = cached
+            keep = ~np.isin(ids, history) if exclude_seen else slice(None)
+            return _response(list(zip(ids[keep][:k].tolist(), vals[keep][:k].tolist())),
+                             f"{loaded.name}/{loaded.version}", None)
         scores, loaded = h.scores(history, user_id)
         scores = scores.copy()
         scores[0] = -np.inf

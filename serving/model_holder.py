@@ -27,6 +27,7 @@ class Loaded:
     users: dict[int, int] | None = None              # user id -> row of the cached states
     user_states: dict[str, torch.Tensor] | None = None  # modality -> (U, d) last-position hidden states
     tables: dict[str, torch.Tensor] | None = None       # modality -> (n_items + 1, d) item tables
+    top: list[tuple[np.ndarray, np.ndarray]] | None = None  # per cached user: best items and scores, best first
 
 
 @torch.no_grad()
@@ -47,9 +48,27 @@ def precompute_users(model, histories: dict[int, np.ndarray], batch_size: int = 
     return {u: i for i, u in enumerate(users)}, states, tables
 
 
+@torch.no_grad()
+def precompute_top(model, states: dict[str, torch.Tensor], tables: dict[str, torch.Tensor],
+                   history_lengths: np.ndarray, depth: int, batch_size: int = 1024) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each cached user's best `depth + len(history)` items (history not removed, so any k <= depth survives
+    excluding it) with their scores: a known user's request is then a lookup and a filter, no scoring."""
+    n = len(history_lengths)
+    out: list[tuple[np.ndarray, np.ndarray]] = []
+    for lo in range(0, n, batch_size):
+        rows = slice(lo, min(n, lo + batch_size))
+        scores = model.fuse({m: s[rows] for m, s in states.items()}, tables)
+        scores[:, 0] = float("-inf")
+        want = depth + history_lengths[rows]
+        vals, idx = torch.topk(scores, min(scores.shape[1] - 1, int(want.max())), dim=1)
+        vals, idx = vals.numpy(), idx.numpy()
+        out.extend((idx[r, :w].copy(), vals[r, :w].copy()) for r, w in enumerate(want))
+    return out
+
+
 class ModelHolder:
     def __init__(self, registry_root: Path, n_items: int, poll_seconds: float = 2.0,
-                 histories: dict[int, np.ndarray] | None = None):
+                 histories: dict[int, np.ndarray] | None = None, top_depth: int = 100):
         self.pointer = Path(registry_root) / "published.json"
         self.n_items = n_items
         self.poll_seconds = poll_seconds
@@ -61,6 +80,7 @@ class ModelHolder:
         self.switches = 0
         self.refusals = 0
         self.histories = histories or {}
+        self.top_depth = top_depth
 
     def check(self) -> bool:
         """Load the pointer's model if it changed; keep the old one when the new one is bad."""
@@ -86,9 +106,14 @@ class ModelHolder:
             log.error("refused new model: %s (still serving %s)", self.last_error["error"],
                       self.current.version if self.current else None)
             return False
-        users, states, tables = precompute_users(model, self.histories) if self.histories else (None, None, None)
+        users, states, tables, top = None, None, None, None
+        if self.histories:
+            users, states, tables = precompute_users(model, self.histories)
+            lengths = np.array([len(self.histories[u]) for u in users], dtype=np.int64)
+            top = precompute_top(model, states, tables, lengths, self.top_depth)
         # everything is ready before the swap: one reference assignment, requests never see half a model
-        self.current = Loaded(model, entry["name"], entry["version"], entry["path"], time.time(), users, states, tables)
+        self.current = Loaded(model, entry["name"], entry["version"], entry["path"], time.time(), users, states, tables,
+                              top)
         self.switches += 1
         log.info("serving model %s/%s", entry["name"], entry["version"])
         return True
@@ -104,6 +129,14 @@ class ModelHolder:
 
     def stop(self) -> None:
         self._stop.set()
+
+    def top(self, user_id: int) -> tuple[np.ndarray, np.ndarray, Loaded] | None:
+        """A known user's precomputed best items and scores (best first), or None when not cached."""
+        loaded = self.current
+        if loaded is None or loaded.top is None or user_id not in loaded.users:
+            return None
+        ids, scores = loaded.top[loaded.users[user_id]]
+        return ids, scores, loaded
 
     @torch.no_grad()
     def scores(self, history: np.ndarray, user_id: int | None = None) -> tuple[np.ndarray, Loaded]:

@@ -47,7 +47,8 @@ def test_recommendations_equal_offline_topk(beauty):
     for user in (1, 77, 4242):
         hist = cat.histories[user]
         with torch.no_grad():
-            scores = model.full_sort_predict(torch.from_numpy(hist[-50:]).view(1, -1))[0].numpy()
+            raw = model.full_sort_predict(torch.from_numpy(hist[-50:]).view(1, -1))[0].numpy()
+        scores = raw.copy()
         scores[hist] = -np.inf
         scores[0] = -np.inf
         offline = np.argsort(-scores, kind="stable")[:10].tolist()
@@ -55,6 +56,11 @@ def test_recommendations_equal_offline_topk(beauty):
         assert [i["item_id"] for i in r["items"]] == offline
         assert r["model_version"] == f"{mv.name}/{mv.version}" and r["fallback"] is None
         assert r["items"][0]["title"]
+        # the deepest list and the history kept in: still the model's own ranking (precomputed lists cover both)
+        scores = raw.copy()
+        scores[0] = -np.inf
+        r = httpx.post(svc.url + "/v1/recommend", json={"user_id": user, "k": 100, "exclude_seen": False}).json()
+        assert [i["item_id"] for i in r["items"]] == np.argsort(-scores, kind="stable")[:100].tolist()
 
 
 def test_bad_requests_are_4xx_or_documented_fallback(beauty):
