@@ -44,8 +44,9 @@ class UpsertStats:
 
 
 class VectorStore:
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, refresh_seconds: float = 1.0):
         self.path = Path(path)
+        self.refresh_seconds = refresh_seconds
         self.path.mkdir(parents=True, exist_ok=True)
         self.db = lancedb.connect(str(self.path))
         self._handles: dict = {}
@@ -63,12 +64,17 @@ class VectorStore:
         return self.db.open_table(name)
 
     def _search_handle(self, name: str):
-        """A cached handle for queries (opening a table costs more than a search); refreshed on change."""
-        tbl = self._handles.get(name)
+        """A cached handle for queries (opening a table costs more than a search); it picks up a newer
+        version of the table at most every `refresh_seconds` (checking on every query costs milliseconds)."""
+        tbl, checked = self._handles.get(name, (None, 0.0))
+        now = time.monotonic()
         if tbl is None:
-            tbl = self._handles[name] = self.open(name)
-        else:
+            tbl = self.open(name)
+        elif now - checked >= self.refresh_seconds:
             tbl.checkout_latest()
+        else:
+            return tbl
+        self._handles[name] = (tbl, now)
         return tbl
 
     def keys(self, name: str) -> pd.DataFrame:
@@ -86,6 +92,7 @@ class VectorStore:
         changed or disappeared are deleted. `payload` maps a chunk of rows to encoder input (default:
         the content column).
         """
+        self._handles.pop(name, None)  # our own writes are visible to the next query
         t0 = time.perf_counter()
         rows = rows.drop_duplicates("id").reset_index(drop=True)
         have = self.keys(name)
@@ -128,6 +135,7 @@ class VectorStore:
 
     def ensure_index(self, name: str, min_rows: int = INDEX_MIN_ROWS) -> bool:
         """IVF-HNSW-SQ (cosine) once the table is large enough; new rows folded in by optimize()."""
+        self._handles.pop(name, None)
         tbl = self.open(name)
         n = tbl.count_rows()
         if n < min_rows:
@@ -184,7 +192,9 @@ class VectorStore:
         if where:
             q = q.where(where, prefilter=True)
         cols = ["id", "content", "_distance"] if with_content else ["id", "_distance"]
-        res = q.select(cols).to_pandas()
-        res["score"] = 1.0 - res["_distance"]
-        res = res.rename(columns={"_distance": "distance"})
-        return res[["id", "score", "distance", *(["content"] if with_content else [])]]
+        got = q.select(cols).to_arrow()  # columns straight from Arrow: to_pandas() costs several ms per query
+        dist = got.column("_distance").to_numpy()
+        res = {"id": got.column("id").to_numpy(), "score": 1.0 - dist, "distance": dist}
+        if with_content:
+            res["content"] = got.column("content").to_pylist()
+        return pd.DataFrame(res)
