@@ -39,6 +39,7 @@ def main() -> None:
     ap.add_argument("--topk", type=int, default=50)
     ap.add_argument("--patience", type=int, default=5)
     ap.add_argument("--quiet", action="store_true")
+    ap.add_argument("--sft-init", default=None, help="name/version of a registered model to continue SFT from")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="torch threads (default: all cores)")
     args = ap.parse_args()
 
@@ -69,7 +70,7 @@ def main() -> None:
                       SeqRecTrainConfig(stage="sft", epochs=args.sft_epochs, lr=args.lr, batch_size=args.batch_size,
                                         patience=args.patience, show_progress=False),
                       variant="seqrec_sft" + ("_moe" if args.moe else "") + ("_" + "_".join(mods) if mods != ["id"] else ""),
-                      data=data, log=log)
+                      data=data, log=log, init=tuple(args.sft_init.split("/")) if args.sft_init else None)
     sft_seconds = time.perf_counter() - t_sft
     out = {"benchmark": "seqrec", "dataset": args.dataset, "modalities": sft["modalities"], "moe": args.moe,
            "sft": {"test": sft["test"], "valid_ndcg@10": sft["valid"]["ndcg@10"], "epochs": sft["epochs_run"],

@@ -118,3 +118,14 @@ def test_report_renders_in_a_real_browser(ml_run):
 
     loaded = chromium_page(render)
     assert len(loaded) == len(rep.plots) and all(loaded)
+
+
+def test_sft_continues_from_a_registered_model(ml_run):
+    home, store, _, _, sft, _ = ml_run
+    # lr 0: the continued run must be exactly the model it starts from (same valid metrics, same architecture)
+    cont = train_stage(home, "ml100k", {}, SeqRecTrainConfig(epochs=1, batch_size=64, lr=0.0, show_progress=False),
+                       "seqrec_sft_continued", init=(sft["name"], sft["version"]), log=lambda *_: None)
+    quality = lambda m: {k: v for k, v in m.items() if "@" in k}
+    assert quality(cont["valid"]) == pytest.approx(quality(sft["valid"]), abs=1e-12)
+    cfg = store.read("SELECT config FROM runs WHERE run_id = ?", [cont["run_id"]])["config"].iloc[0]
+    assert f'"init": "{sft["name"]}/{sft["version"]}"' in cfg

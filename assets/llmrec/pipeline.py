@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from assets.evaluation.store import MetricsStore
 from assets.ingest.warehouse import Warehouse
@@ -119,7 +120,8 @@ def preference_rows(settings: Settings, dataset: str, cfg: TrackConfig, method: 
     rng = np.random.default_rng(cfg.seed)
     if sampler == "stochastic_topk":
         sft = load_adapter(path, sft_path).eval()
-        rejected = [stochastic_topk_rejected(sft, tok, e, topk, rng) for e in exs]
+        rejected = [stochastic_topk_rejected(sft, tok, e, topk, rng)
+                    for e in tqdm(exs, desc="stochastic top-K negatives (SFT scores)", unit="question")]
         del sft
     elif sampler == "random":
         rejected = [random_rejected(e, rng) for e in exs]

@@ -103,10 +103,11 @@ def score_samples(model, data: SeqRecData, sampler: str = "stochastic_topk", k: 
 
 def train_stage(settings: Settings, dataset: str, model_cfg: dict, train_cfg: SeqRecTrainConfig,
                 variant: str, reference: tuple[str, str] | None = None, data: SeqRecData | None = None,
-                upstream: dict | None = None, log=print) -> dict:
+                upstream: dict | None = None, log=print, init: tuple[str, str] | None = None) -> dict:
     """Train one stage, register the model, write metrics; returns a summary for asset metadata.
 
     reference: (registry name, version) of the stage-1 model (policy init + frozen reference) for DPO.
+    init: (registry name, version) of a model to continue training from (same architecture), no reference.
     """
     t0 = time.perf_counter()
     registry = Registry(settings.registry_dir(dataset))
@@ -119,6 +120,9 @@ def train_stage(settings: Settings, dataset: str, model_cfg: dict, train_cfg: Se
         ref_model, ref_meta = load_model(ref_mv.path)
         model = copy.deepcopy(ref_model)
         model_cfg = ref_model.cfg.to_dict()
+    elif init is not None:
+        model, _ = load_model(registry.get(*init).path)
+        model_cfg = model.cfg.to_dict()
     else:
         mods = available_modalities(data, wanted)
         cfg = SeqRecConfig(**{**model_cfg, "n_items": data.seq.n_items, "modalities": mods,
@@ -129,7 +133,8 @@ def train_stage(settings: Settings, dataset: str, model_cfg: dict, train_cfg: Se
         warm_start_ids(model, data.seq.train)
         model_cfg = cfg.to_dict()
     config = {"model": model_cfg, "train": asdict(train_cfg),
-              "reference": None if reference is None else f"{reference[0]}/{reference[1]}"}
+              "reference": None if reference is None else f"{reference[0]}/{reference[1]}",
+              "init": None if init is None else f"{init[0]}/{init[1]}"}
     run_id = store.new_run(FAMILY, variant, dataset, config, {**upstream_versions(settings, dataset), **(upstream or {})})
     log(f"run {run_id}: {variant} with modalities {model_cfg['modalities']}, {len(data.train_inputs)} windows")
     with tempfile.TemporaryDirectory(dir=settings.cache_dir) as tmp:
