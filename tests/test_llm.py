@@ -197,3 +197,6 @@ def test_llm_track_end_to_end_through_dagster(tmp_path, models_dir, monkeypatch)
     assert set(m["variant"]) == {"zero_shot", "sft", "dpo", "hanorec", "grpo"}
     auc = m[m["metric"] == "auc"]["value"]
     assert len(auc) == 5 and auc.between(0, 1).all()
+    ranks = MetricsStore(home.metrics_path).read(
+        "SELECT r.run_id, r.rank FROM user_ranks r JOIN runs USING (run_id) WHERE runs.family = 'llm'")
+    assert len(ranks) == 5 * 6 and ranks["rank"].between(1, 21).all()  # per-user ranks kept for paired tests

@@ -178,6 +178,8 @@ def evaluate_track(settings: Settings, dataset: str, cfg: TrackConfig, split: st
     path, model_id, tok, data = _context(settings, dataset, cfg)
     exs = eval_examples(data, split, cfg.seed, **cfg.example_kw())[: cfg.eval_users]
     reg, store, out = Registry(settings.registry_dir(dataset)), MetricsStore(settings.metrics_path), {}
+    n_train = data.seqs[data.seqs["split"] == "train"].groupby("user_id").size()
+    lengths = np.array([int(n_train.get(e.user_id, 0)) for e in exs])  # per-user ranks for paired tests
     for variant in variants:
         version = None if variant == "zero_shot" else reg.latest(variant)
         if variant != "zero_shot" and version is None:
@@ -190,6 +192,7 @@ def evaluate_track(settings: Settings, dataset: str, cfg: TrackConfig, split: st
                             {"base_model": model_id, "users": len(exs), "split": split,
                              "adapter_version": version.version if version else None})
         store.log_metrics(run, split, res["metrics"], PROTOCOL)
+        store.log_ranks(run, split, np.array([e.user_id for e in exs]), res["ranks"], lengths)
         store.finish_run(run, str(version.path) if version else None)
         out[variant] = {**{k: round(v, 4) for k, v in res["metrics"].items()}, "seconds": round(secs, 1),
                         "candidates_per_s": round(len(exs) * len(exs[0].candidates) / secs, 2), "run_id": run}
