@@ -114,7 +114,7 @@ def cmd_llm(args) -> int:
         track.stage = llm.stage_as(GRPOStageConfig, stage)
         out = llm.grpo_stage(settings, args.dataset, track)
     else:
-        variants = tuple(args.variants.split(",")) if args.variants else ("zero_shot", *llm.STAGES)
+        variants = tuple(args.variants.split(",")) if args.variants else ("popularity", "zero_shot", *llm.STAGES)
         out = llm.evaluate_track(settings, args.dataset, track, variants=variants)
     print(json.dumps(out, default=str))
     return 0
@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-model", default="smollm2")
     p.add_argument("--users", type=int, default=300)
     p.add_argument("--eval-users", type=int, default=None)
-    p.add_argument("--variants", default=None, help="eval: comma-separated, e.g. zero_shot,llm_sft (default: all)")
+    p.add_argument("--variants", default=None, help="eval: comma-separated, e.g. popularity,zero_shot,llm_sft (default: all)")
     p.add_argument("--targets-per-user", type=int, default=2, help="training questions per user (last n train items)")
     p.add_argument("--train-negatives", type=int, default=4, help="negatives in each training candidate list")
     p.add_argument("--epochs", type=float, default=1.0)

@@ -16,7 +16,8 @@ from training.llm.hanorec import (
     responsiveness,
 )
 from training.llm.rewards import accuracy_reward, format_reward, similarity_reward_fn
-from training.llm.scoring import candidate_ranks, score_titles
+from training.llm.prompt import Example
+from training.llm.scoring import candidate_ranks, metrics_from_scores, score_titles
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -102,6 +103,16 @@ def test_candidate_ranks_pessimistic_ties():
     assert candidate_ranks(np.array([0.1, 0.5, 0.3]), target=2) == 2
     assert candidate_ranks(np.array([0.3, 0.5, 0.3]), target=2) == 3  # a tie counts against the target
     assert candidate_ranks(np.array([0.9, 0.5, 0.3]), target=0) == 1
+
+
+def test_metrics_from_scores_on_a_hand_made_case():
+    exs = [Example(1, None, [], ["a", "b", "c"], target=0), Example(2, None, [], ["a", "b", "c"], target=2)]
+    res = metrics_from_scores(exs, [np.array([0.9, 0.5, 0.3]), np.array([0.3, 0.5, 0.3])])
+    assert res["ranks"].tolist() == [1, 3]
+    m = res["metrics"]
+    assert m["hr@1"] == 0.5 and m["hr@5"] == 1.0
+    assert m["ndcg@5"] == pytest.approx((1 + 1 / np.log2(4)) / 2)
+    assert m["auc"] == pytest.approx((1.0 + 0.25) / 2)  # user 2: one tie (1/2) and one loss out of 2
 
 
 def test_kv_cached_scores_equal_full_sequence_scores(models_dir, tmp_path):
@@ -194,9 +205,9 @@ def test_llm_track_end_to_end_through_dagster(tmp_path, models_dir, monkeypatch)
     assert reg.latest("llm_hanorec").card["mean_hardness"] is not None
     m = MetricsStore(home.metrics_path).read(
         "SELECT variant, metric, k, value FROM metrics WHERE family = 'llm' AND protocol = 'sampled_21'")
-    assert set(m["variant"]) == {"zero_shot", "sft", "dpo", "hanorec", "grpo"}
+    assert set(m["variant"]) == {"popularity", "zero_shot", "sft", "dpo", "hanorec", "grpo"}
     auc = m[m["metric"] == "auc"]["value"]
-    assert len(auc) == 5 and auc.between(0, 1).all()
+    assert len(auc) == 6 and auc.between(0, 1).all()
     ranks = MetricsStore(home.metrics_path).read(
         "SELECT r.run_id, r.rank FROM user_ranks r JOIN runs USING (run_id) WHERE runs.family = 'llm'")
-    assert len(ranks) == 5 * 6 and ranks["rank"].between(1, 21).all()  # per-user ranks kept for paired tests
+    assert len(ranks) == 6 * 6 and ranks["rank"].between(1, 21).all()  # per-user ranks kept for paired tests

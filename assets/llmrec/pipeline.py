@@ -16,7 +16,7 @@ from recalign.registry import Registry
 from recalign.settings import Settings
 from training.llm.base import resolve_model
 from training.llm.prompt import Example, prompt_text
-from training.llm.scoring import evaluate_examples, score_titles
+from training.llm.scoring import evaluate_examples, metrics_from_scores, score_titles
 from training.llm.trainers import (
     GRPOStageConfig,
     PreferenceStageConfig,
@@ -172,21 +172,32 @@ def grpo_stage(settings: Settings, dataset: str, cfg: TrackConfig, weights=None)
     return {**_card(stats), "version": v.version}
 
 
+def popularity_scores(settings: Settings, dataset: str, exs: list[Example]) -> list[np.ndarray]:
+    """Each candidate's number of training interactions over all users (what sampled negatives reward)."""
+    c = Warehouse(settings.warehouse_path(dataset)).read(
+        "SELECT item_id, count(*) AS n FROM sequences WHERE split = 'train' GROUP BY item_id")
+    pop = dict(zip(c["item_id"].astype(int), c["n"].astype(float)))
+    return [np.array([pop.get(i, 0.0) for i in e.candidate_ids]) for e in exs]
+
+
 def evaluate_track(settings: Settings, dataset: str, cfg: TrackConfig, split: str = "test",
-                   variants: tuple[str, ...] = ("zero_shot", *STAGES)) -> dict:
-    """Score 1 + 20 candidates per user for the base model and every trained stage; metrics into the store."""
+                   variants: tuple[str, ...] = ("popularity", "zero_shot", *STAGES)) -> dict:
+    """Score 1 + 20 candidates per user for popularity, the base model and every trained stage; metrics into the store."""
     path, model_id, tok, data = _context(settings, dataset, cfg)
     exs = eval_examples(data, split, cfg.seed, **cfg.example_kw())[: cfg.eval_users]
     reg, store, out = Registry(settings.registry_dir(dataset)), MetricsStore(settings.metrics_path), {}
     n_train = data.seqs[data.seqs["split"] == "train"].groupby("user_id").size()
     lengths = np.array([int(n_train.get(e.user_id, 0)) for e in exs])  # per-user ranks for paired tests
     for variant in variants:
-        version = None if variant == "zero_shot" else reg.latest(variant)
-        if variant != "zero_shot" and version is None:
-            continue
-        model = load_base(path) if version is None else load_adapter(path, version.path)
         t0 = time.perf_counter()
-        res = evaluate_examples(model, tok, exs, desc=f"{variant} ({split})")
+        if variant == "popularity":  # the reference row: no model, training-interaction counts
+            version, res = None, metrics_from_scores(exs, popularity_scores(settings, dataset, exs))
+        else:
+            version = None if variant == "zero_shot" else reg.latest(variant)
+            if variant != "zero_shot" and version is None:
+                continue
+            model = load_base(path) if version is None else load_adapter(path, version.path)
+            res = evaluate_examples(model, tok, exs, desc=f"{variant} ({split})")
         secs = time.perf_counter() - t0
         run = store.new_run(FAMILY, variant.removeprefix("llm_"), dataset,
                             {"base_model": model_id, "users": len(exs), "split": split,

@@ -53,14 +53,16 @@ def candidate_ranks(scores: np.ndarray, target: int) -> int:
 def evaluate_examples(model, tok, examples: Sequence[Example], desc: str = "scoring") -> dict:
     """AUC (positive vs the negatives), HR@K and NDCG@K over the candidates; per-user scores kept."""
     model.eval()
-    ranks, pos, neg, all_scores = [], [], [], []
-    for ex in tqdm(examples, desc=desc, unit="user"):
-        s = score_titles(model, tok, prompt_text(tok, ex), ex.candidates)
-        all_scores.append(s)
-        ranks.append(candidate_ranks(s, ex.target))
-        pos.append(s[ex.target])
-        neg.append(np.delete(s, ex.target))
-    ranks = np.asarray(ranks)
+    scores = [score_titles(model, tok, prompt_text(tok, ex), ex.candidates)
+              for ex in tqdm(examples, desc=desc, unit="user")]
+    return metrics_from_scores(examples, scores)
+
+
+def metrics_from_scores(examples: Sequence[Example], all_scores: Sequence[np.ndarray]) -> dict:
+    """The protocol's metrics from any per-candidate scores (a model's, or a reference such as popularity)."""
+    ranks = np.asarray([candidate_ranks(s, ex.target) for ex, s in zip(examples, all_scores)])
+    pos = [s[ex.target] for ex, s in zip(examples, all_scores)]
+    neg = [np.delete(s, ex.target) for ex, s in zip(examples, all_scores)]
     metrics = metrics_from_ranks(ranks, LLM_KS)
     metrics = {k: v for k, v in metrics.items() if not k.startswith("mrr")}
     metrics["auc"] = auc_from_candidate_scores(np.asarray(pos), np.asarray(neg))
