@@ -92,6 +92,13 @@ def test_full_sort_predict_is_one_product_and_matches_predict():
     assert torch.allclose(m.predict(seq, cand), full.gather(1, cand), atol=1e-5)
     # left padding is invisible: trimming the padding column changes nothing
     assert torch.allclose(m.full_sort_predict(seq[:1, 2:]), full[:1], atol=1e-5)
+    # Eq. 3 term by term: s = s_id + a_txt * s_txt, with a learnable a_txt
+    with torch.no_grad():
+        m.alpha["text"].fill_(0.37)
+        tables = m.item_tables()
+        hidden = {k: h[:, -1] for k, h in m.encode(seq, tables).items()}
+        by_terms = hidden["id"] @ tables["id"].T + 0.37 * (hidden["text"] @ tables["text"].T)
+        assert torch.allclose(m.fuse(hidden, tables), by_terms, atol=1e-5)
 
 
 def test_moe_routes_to_top_k_and_has_balance_loss():

@@ -171,16 +171,17 @@ class MultimodalSASRec(nn.Module):
 
     def fuse(self, hidden: dict[str, torch.Tensor], tables: dict[str, torch.Tensor],
              items: torch.Tensor | None = None) -> torch.Tensor:
-        """s = s_id + a_txt s_txt + a_img s_img (Eq. 3); all items, or the given (N, C) items."""
-        total = None
-        for m, h in hidden.items():
-            if items is None:
-                s = h @ tables[m].T
-            else:
-                s = torch.einsum("nd,ncd->nc", h, tables[m][items])
-            s = s if m == self.cfg.modalities[0] else self.alpha[m] * s
-            total = s if total is None else total + s
-        return total
+        """s = s_id + a_txt s_txt + a_img s_img (Eq. 3); all items, or the given (N, C) items.
+
+        Computed as one product [h_id, a_txt h_txt, ...] . [E_id, E_txt, ...]: the same sum, without
+        materialising a per-modality (N, n_items) score matrix to scale and add.
+        """
+        first = self.cfg.modalities[0]
+        h = torch.cat([hidden[m] if m == first else self.alpha[m] * hidden[m] for m in hidden], -1)
+        table = torch.cat([tables[m] for m in hidden], -1) if len(hidden) > 1 else tables[next(iter(hidden))]
+        if items is None:
+            return h @ table.T
+        return torch.einsum("nd,ncd->nc", h, table[items])
 
     def aux_loss(self) -> torch.Tensor:
         if self.moe is None:
