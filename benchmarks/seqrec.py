@@ -20,6 +20,16 @@ PRESETS = {"amazon-beauty": ("amazon-s3rec", "amazon_beauty"), "amazon-sports": 
            "synthetic": ("synthetic", None)}
 
 
+def registered_summary(settings, dataset: str, name: str, version: str) -> dict:
+    """The summary `train_stage` returns, read back from a registered model's card (no training)."""
+    from recalign.registry import Registry
+
+    card = Registry(settings.registry_dir(dataset)).get(name, version).card
+    return {"name": name, "version": version, "test": card["test"], "valid": card["valid"],
+            "epochs_run": card["epochs_run"], "seconds_per_epoch": None,
+            "modalities": card["config"]["model"]["modalities"], "moe": card["config"]["model"]["moe"]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--dataset", default="amazon-beauty", choices=sorted(PRESETS))
@@ -38,8 +48,11 @@ def main() -> None:
     ap.add_argument("--beta", type=float, default=1.0)
     ap.add_argument("--topk", type=int, default=50)
     ap.add_argument("--patience", type=int, default=5)
+    ap.add_argument("--eval-every", type=int, default=1, help="validate every N SFT epochs (DPO validates every epoch)")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--sft-init", default=None, help="name/version of a registered model to continue SFT from")
+    ap.add_argument("--sft-from", default=None,
+                    help="name/version of a registered SFT model to use as the DPO reference (no SFT training)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="torch threads (default: all cores)")
     args = ap.parse_args()
 
@@ -66,16 +79,21 @@ def main() -> None:
     model_cfg = {"d": 64, "max_len": 50, "dropout": args.dropout, "attn_dropout": args.dropout,
                  "modalities": mods, "moe": args.moe}
     t_sft = time.perf_counter()
-    sft = train_stage(settings, spec.dataset, model_cfg,
-                      SeqRecTrainConfig(stage="sft", epochs=args.sft_epochs, lr=args.lr, batch_size=args.batch_size,
-                                        patience=args.patience, show_progress=False),
-                      variant="seqrec_sft" + ("_moe" if args.moe else "") + ("_" + "_".join(mods) if mods != ["id"] else ""),
-                      data=data, log=log, init=tuple(args.sft_init.split("/")) if args.sft_init else None)
+    if args.sft_from:
+        sft = registered_summary(settings, spec.dataset, *args.sft_from.split("/"))
+    else:
+        sft = train_stage(settings, spec.dataset, model_cfg,
+                          SeqRecTrainConfig(stage="sft", epochs=args.sft_epochs, lr=args.lr, batch_size=args.batch_size,
+                                            patience=args.patience, eval_every=args.eval_every, show_progress=False),
+                          variant="seqrec_sft" + ("_moe" if args.moe else "") + ("_" + "_".join(mods) if mods != ["id"] else ""),
+                          data=data, log=log, init=tuple(args.sft_init.split("/")) if args.sft_init else None)
     sft_seconds = time.perf_counter() - t_sft
-    out = {"benchmark": "seqrec", "dataset": args.dataset, "modalities": sft["modalities"], "moe": args.moe,
-           "sft": {"test": sft["test"], "valid_ndcg@10": sft["valid"]["ndcg@10"], "epochs": sft["epochs_run"],
-                   "seconds_per_epoch": sft["seconds_per_epoch"], "seconds": round(sft_seconds, 1)},
-           "full_eval_seconds": sft["test"]["eval_seconds"], "eval_users": sft["test"]["users"]}
+    out = {"benchmark": "seqrec", "dataset": args.dataset, "modalities": sft["modalities"], "moe": sft.get("moe", args.moe),
+           "sft": {"name": sft["name"], "version": sft["version"], "test": sft["test"],
+                   "valid_ndcg@10": sft["valid"]["ndcg@10"], "epochs": sft["epochs_run"],
+                   "seconds_per_epoch": sft["seconds_per_epoch"], "seconds": round(sft_seconds, 1),
+                   "trained_here": not args.sft_from},
+           "full_eval_seconds": sft["test"].get("eval_seconds"), "eval_users": sft["test"].get("users")}
     for sampler in args.samplers.split(","):
         t_dpo = time.perf_counter()
         dpo = train_stage(settings, spec.dataset, {},
