@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--dropout", type=float, default=0.3)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--dpo-lr", type=float, default=1e-3)
+    ap.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"], help="SFT learning-rate schedule")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lam", type=float, default=1.0)
     ap.add_argument("--beta", type=float, default=1.0)
@@ -84,6 +85,7 @@ def main() -> None:
     else:
         sft = train_stage(settings, spec.dataset, model_cfg,
                           SeqRecTrainConfig(stage="sft", epochs=args.sft_epochs, lr=args.lr, batch_size=args.batch_size,
+                                            lr_schedule=args.lr_schedule,
                                             patience=args.patience, eval_every=args.eval_every, show_progress=False),
                           variant="seqrec_sft" + ("_moe" if args.moe else "") + ("_" + "_".join(mods) if mods != ["id"] else ""),
                           data=data, log=log, init=tuple(args.sft_init.split("/")) if args.sft_init else None)

@@ -131,18 +131,38 @@ def _toy_data():
     return x, y, valid
 
 
-def test_training_is_deterministic_learns_and_resumes(tmp_path):
+@pytest.mark.parametrize("schedule", ["constant", "cosine"])
+def test_training_is_deterministic_learns_and_resumes(tmp_path, schedule):
     x, y, valid = _toy_data()
-    cfg = SeqRecTrainConfig(epochs=8, batch_size=16, lr=1e-2, show_progress=False, patience=10)
+    cfg = SeqRecTrainConfig(epochs=8, batch_size=16, lr=1e-2, show_progress=False, patience=10, lr_schedule=schedule)
     a = SeqRecTrainer(small_model(), cfg, x, y, valid).fit()
     b = SeqRecTrainer(small_model(), cfg, x, y, valid).fit()
     assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]]
     assert a["best"]["ndcg@10"] > 0.5  # successor structure learned (random scoring: about 0.15)
-    # interrupted after 2 epochs, resumed: the same history as one uninterrupted run
-    short = SeqRecTrainConfig(**{**cfg.__dict__, "epochs": 3})
-    SeqRecTrainer(small_model(), short, x, y, valid, checkpoint_dir=tmp_path).fit()
+    # killed after epoch 3 ends, resumed from the last saved state: the same history as one uninterrupted run
+    class Killed(Exception):
+        pass
+
+    def kill_at_epoch_3(row):
+        if row["epoch"] == 3:
+            raise Killed  # before epoch 3's state is saved: the resume starts from epoch 2's
+
+    with pytest.raises(Killed):
+        SeqRecTrainer(small_model(), cfg, x, y, valid, checkpoint_dir=tmp_path, on_epoch=kill_at_epoch_3).fit()
     resumed = SeqRecTrainer(small_model(), cfg, x, y, valid, checkpoint_dir=tmp_path).fit()
     assert [round(r["loss"], 6) for r in resumed["history"]] == [round(r["loss"], 6) for r in a["history"]]
+
+
+def test_cosine_schedule_decays_from_lr_to_zero():
+    x, y, valid = _toy_data()
+    t = SeqRecTrainer(small_model(), SeqRecTrainConfig(epochs=4, lr=0.01, lr_schedule="cosine"), x, y, valid)
+    lrs = [t.learning_rate(e, s, 10) for e in range(4) for s in range(10)]
+    assert lrs[0] == pytest.approx(0.01) and lrs[20] == pytest.approx(0.005) and lrs[-1] < 0.01 * 0.01
+    assert all(a > b for a, b in zip(lrs, lrs[1:]))
+    flat = SeqRecTrainer(small_model(), SeqRecTrainConfig(epochs=4, lr=0.01), x, y, valid)
+    assert {flat.learning_rate(e, 3, 10) for e in range(4)} == {0.01}
+    with pytest.raises(ValueError, match="lr_schedule"):
+        SeqRecTrainConfig(lr_schedule="step")
 
 
 def test_dpo_stage_keeps_reference_frozen():

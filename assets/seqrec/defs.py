@@ -28,6 +28,7 @@ class SeqRecSFTConfig(dg.Config):
     epochs: int = 15
     batch_size: int = 128
     lr: float = 2e-3
+    lr_schedule: str = "constant"  # or "cosine": per-step decay to 0 at the last epoch
     patience: int = 5
     eval_every: int = 1  # validate every N epochs (RecBole's eval_step); patience counts validations
     seed: int = 42
@@ -71,7 +72,8 @@ def seqrec_sft(context: dg.AssetExecutionContext, config: SeqRecSFTConfig, recal
     model_cfg = {"d": c.d, "max_len": c.max_len, "n_layers": c.n_layers, "n_heads": c.n_heads, "dropout": c.dropout,
                  "attn_dropout": c.dropout, "modalities": list(c.modalities), "moe": c.moe,
                  "n_experts": c.n_experts, "moe_top_k": c.moe_top_k, "id_init": c.id_init}
-    train = SeqRecTrainConfig(stage="sft", epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, patience=c.patience,
+    train = SeqRecTrainConfig(stage="sft", epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
+                              lr_schedule=c.lr_schedule, patience=c.patience,
                               eval_every=c.eval_every, seed=c.seed, max_minutes=c.max_minutes, show_progress=False)
     out = train_stage(recalign.settings(), dataset.spec().dataset, model_cfg, train, "seqrec_sft", log=context.log.info)
     return dg.MaterializeResult(metadata=_metadata(out))

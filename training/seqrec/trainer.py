@@ -9,6 +9,7 @@ Stage 2 (`dpo`): L = CE + lambda * DPO against the frozen stage-1 model, y_l fro
 from __future__ import annotations
 
 import copy
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -32,6 +33,7 @@ class SeqRecTrainConfig:
     epochs: int = 200
     batch_size: int = 256
     lr: float = 1e-3
+    lr_schedule: str = "constant"      # "constant" or "cosine" (per step, to 0 at the last epoch)
     weight_decay: float = 0.0
     patience: int = 10                 # evaluations without a better valid NDCG@10
     min_epochs: int = 0
@@ -48,6 +50,8 @@ class SeqRecTrainConfig:
     def __post_init__(self):
         if self.stage not in ("sft", "dpo"):
             raise ValueError(f"stage must be 'sft' or 'dpo', got {self.stage!r}")
+        if self.lr_schedule not in ("constant", "cosine"):
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}")
 
@@ -74,6 +78,13 @@ class SeqRecTrainer:
         self.generator = torch.Generator(device="cpu")
 
     # --- overridable pieces --------------------------------------------------------------------
+
+    def learning_rate(self, epoch: int, step: int, steps_per_epoch: int) -> float:
+        """The configured schedule as a function of the global step (stateless, so resuming needs no scheduler state)."""
+        if self.cfg.lr_schedule == "constant":
+            return self.cfg.lr
+        t = (epoch * steps_per_epoch + step) / max(self.cfg.epochs * steps_per_epoch, 1)
+        return self.cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
 
     def sample_negatives(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return SAMPLERS[self.cfg.sampler](logits, target, k=self.cfg.topk, generator=self.generator)
@@ -112,7 +123,9 @@ class SeqRecTrainer:
         batches = length_buckets(self.inputs, self.cfg.batch_size, g)
         sums, steps, t0 = {}, 0, time.perf_counter()
         bar = tqdm(batches, desc=f"{self.cfg.stage} epoch {epoch}", leave=False, disable=not self.cfg.show_progress)
-        for idx in bar:
+        for step, idx in enumerate(bar):
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.learning_rate(epoch, step, len(batches))
             seq, tgt = trim(self.inputs[idx], self.targets[idx])
             seq, tgt = seq.to(self.device), tgt.to(self.device)
             with autocast(self.device):
