@@ -43,6 +43,7 @@ def main() -> None:
     ap.add_argument("--dropout", type=float, default=0.3)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--dpo-lr", type=float, default=1e-3)
+    ap.add_argument("--ema", type=float, default=None, help="EMA decay of the weights that are validated and kept (both stages)")
     ap.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"], help="SFT learning-rate schedule")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lam", type=float, default=1.0)
@@ -85,7 +86,7 @@ def main() -> None:
     else:
         sft = train_stage(settings, spec.dataset, model_cfg,
                           SeqRecTrainConfig(stage="sft", epochs=args.sft_epochs, lr=args.lr, batch_size=args.batch_size,
-                                            lr_schedule=args.lr_schedule,
+                                            lr_schedule=args.lr_schedule, ema_decay=args.ema,
                                             patience=args.patience, eval_every=args.eval_every, show_progress=False),
                           variant="seqrec_sft" + ("_moe" if args.moe else "") + ("_" + "_".join(mods) if mods != ["id"] else ""),
                           data=data, log=log, init=tuple(args.sft_init.split("/")) if args.sft_init else None)
@@ -100,7 +101,7 @@ def main() -> None:
         t_dpo = time.perf_counter()
         dpo = train_stage(settings, spec.dataset, {},
                           SeqRecTrainConfig(stage="dpo", epochs=args.dpo_epochs, lr=args.dpo_lr, batch_size=args.batch_size,
-                                            sampler=sampler, topk=args.topk, beta=args.beta, lam=args.lam,
+                                            sampler=sampler, topk=args.topk, beta=args.beta, lam=args.lam, ema_decay=args.ema,
                                             patience=args.patience, show_progress=False),
                           variant=f"seqrec_dpo_{sampler}", reference=(sft["name"], sft["version"]), data=data, log=log)
         out[f"dpo_{sampler}"] = {"test": dpo["test"], "valid_ndcg@10": dpo["valid"]["ndcg@10"],

@@ -8,7 +8,7 @@ import torch
 
 from training.metrics import auc_from_candidate_scores, metrics_from_ranks, ranks_from_scores
 from training.seqrec.checkpoint import load_model, save_model
-from training.seqrec.data import EvalSet, training_windows
+from training.seqrec.data import EvalSet, length_buckets, training_windows
 from training.seqrec.evaluate import full_ranking_ranks
 from training.seqrec.losses import dpo_logit_loss
 from training.seqrec.model import MultimodalSASRec, SeqRecConfig, SparseNoisyMoE
@@ -131,10 +131,11 @@ def _toy_data():
     return x, y, valid
 
 
-@pytest.mark.parametrize("schedule", ["constant", "cosine"])
-def test_training_is_deterministic_learns_and_resumes(tmp_path, schedule):
+@pytest.mark.parametrize("schedule,ema", [("constant", None), ("cosine", None), ("constant", 0.9)])
+def test_training_is_deterministic_learns_and_resumes(tmp_path, schedule, ema):
     x, y, valid = _toy_data()
-    cfg = SeqRecTrainConfig(epochs=8, batch_size=16, lr=1e-2, show_progress=False, patience=10, lr_schedule=schedule)
+    cfg = SeqRecTrainConfig(epochs=8, batch_size=16, lr=1e-2, show_progress=False, patience=10, lr_schedule=schedule,
+                            ema_decay=ema)
     a = SeqRecTrainer(small_model(), cfg, x, y, valid).fit()
     b = SeqRecTrainer(small_model(), cfg, x, y, valid).fit()
     assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]]
@@ -151,6 +152,7 @@ def test_training_is_deterministic_learns_and_resumes(tmp_path, schedule):
         SeqRecTrainer(small_model(), cfg, x, y, valid, checkpoint_dir=tmp_path, on_epoch=kill_at_epoch_3).fit()
     resumed = SeqRecTrainer(small_model(), cfg, x, y, valid, checkpoint_dir=tmp_path).fit()
     assert [round(r["loss"], 6) for r in resumed["history"]] == [round(r["loss"], 6) for r in a["history"]]
+    assert [r["valid_ndcg@10"] for r in resumed["history"]] == pytest.approx([r["valid_ndcg@10"] for r in a["history"]])
 
 
 def test_cosine_schedule_decays_from_lr_to_zero():
@@ -163,6 +165,18 @@ def test_cosine_schedule_decays_from_lr_to_zero():
     assert {flat.learning_rate(e, 3, 10) for e in range(4)} == {0.01}
     with pytest.raises(ValueError, match="lr_schedule"):
         SeqRecTrainConfig(lr_schedule="step")
+
+
+def test_ema_validates_the_weight_average_and_keeps_it():
+    x, y, valid = _toy_data()
+    t = SeqRecTrainer(small_model(), SeqRecTrainConfig(epochs=2, batch_size=16, lr=1e-2, ema_decay=0.9,
+                                                       show_progress=False), x, y, valid)
+    t.fit()
+    assert t.eval_model is t.ema.module and int(t.ema.n_averaged) == 2 * len(length_buckets(x, 16))
+    best = t.history[t.best["epoch"]]["valid_ndcg@10"]
+    from training.seqrec.evaluate import evaluate
+
+    assert evaluate(t.model, valid)["ndcg@10"] == pytest.approx(best)  # the kept weights are the validated average
 
 
 def test_dpo_stage_keeps_reference_frozen():

@@ -31,6 +31,7 @@ class SeqRecSFTConfig(dg.Config):
     lr_schedule: str = "constant"  # or "cosine": per-step decay to 0 at the last epoch
     patience: int = 5
     eval_every: int = 1  # validate every N epochs (RecBole's eval_step); patience counts validations
+    ema_decay: float | None = None  # validate and keep an exponential moving average of the weights
     seed: int = 42
     max_minutes: float | None = None
 
@@ -47,6 +48,7 @@ class SeqRecDPOConfig(dg.Config):
     lr: float = 1e-3
     patience: int = 3
     eval_every: int = 1
+    ema_decay: float | None = None
     seed: int = 42
     max_minutes: float | None = None
 
@@ -74,7 +76,7 @@ def seqrec_sft(context: dg.AssetExecutionContext, config: SeqRecSFTConfig, recal
                  "n_experts": c.n_experts, "moe_top_k": c.moe_top_k, "id_init": c.id_init}
     train = SeqRecTrainConfig(stage="sft", epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
                               lr_schedule=c.lr_schedule, patience=c.patience,
-                              eval_every=c.eval_every, seed=c.seed, max_minutes=c.max_minutes, show_progress=False)
+                              eval_every=c.eval_every, ema_decay=c.ema_decay, seed=c.seed, max_minutes=c.max_minutes, show_progress=False)
     out = train_stage(recalign.settings(), dataset.spec().dataset, model_cfg, train, "seqrec_sft", log=context.log.info)
     return dg.MaterializeResult(metadata=_metadata(out))
 
@@ -89,7 +91,7 @@ def seqrec_dpo(context: dg.AssetExecutionContext, config: SeqRecDPOConfig, recal
         raise dg.Failure("no seqrec_sft model in the registry: materialise seqrec_sft first")
     c = config
     train = SeqRecTrainConfig(stage="dpo", epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, patience=c.patience,
-                              eval_every=c.eval_every, seed=c.seed, sampler=c.sampler, topk=c.topk, beta=c.beta, lam=c.lam,
+                              eval_every=c.eval_every, ema_decay=c.ema_decay, seed=c.seed, sampler=c.sampler, topk=c.topk, beta=c.beta, lam=c.lam,
                               max_minutes=c.max_minutes, show_progress=False)
     out = train_stage(settings, name, {}, train, "seqrec_dpo", reference=(sft.name, sft.version), log=context.log.info)
     return dg.MaterializeResult(metadata=_metadata(out) | {"reference": f"{sft.name}/{sft.version}",

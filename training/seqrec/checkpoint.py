@@ -49,10 +49,12 @@ def load_model(directory: str | Path, map_location: str = "cpu") -> tuple[Multim
     return model, meta
 
 
-def save_training_state(directory: Path, model, optimizer, state: dict) -> None:
-    """Everything needed to resume after an interruption: weights, optimizer moments, counters."""
+def save_training_state(directory: Path, model, optimizer, state: dict, ema=None) -> None:
+    """Everything needed to resume after an interruption: weights, optimizer moments, counters, the weight average."""
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors |= {f"ema.{k}": v.detach().cpu().contiguous() for k, v in ema.state_dict().items()}
     opt = optimizer.state_dict()
     for pid, pstate in opt["state"].items():
         for name, value in pstate.items():
@@ -64,12 +66,14 @@ def save_training_state(directory: Path, model, optimizer, state: dict) -> None:
     _atomic_write_json(directory / "state.json", {**state, "param_groups": opt["param_groups"]})
 
 
-def load_training_state(directory: Path, model, optimizer) -> dict | None:
+def load_training_state(directory: Path, model, optimizer, ema=None) -> dict | None:
     if not (directory / "state.json").exists() or not (directory / "state.safetensors").exists():
         return None
     meta = json.loads((directory / "state.json").read_text())
     tensors = load_file(str(directory / "state.safetensors"))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    if ema is not None:
+        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
     opt_state: dict = {}
     for key, value in tensors.items():
         if key.startswith("opt."):

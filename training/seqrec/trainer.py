@@ -35,6 +35,7 @@ class SeqRecTrainConfig:
     lr: float = 1e-3
     lr_schedule: str = "constant"      # "constant" or "cosine" (per step, to 0 at the last epoch)
     weight_decay: float = 0.0
+    ema_decay: float | None = None     # evaluate and keep an exponential moving average of the weights (e.g. 0.999)
     patience: int = 10                 # evaluations without a better valid NDCG@10
     min_epochs: int = 0
     eval_every: int = 1
@@ -70,6 +71,11 @@ class SeqRecTrainer:
             ref = reference if reference is not None else copy.deepcopy(model)
             self.reference = ref.to(self.device).eval().requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.ema = None
+        if cfg.ema_decay:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
         self.ckpt = Path(checkpoint_dir) if checkpoint_dir else None
         self.on_epoch = on_epoch
         self.history: list[dict] = []
@@ -78,6 +84,11 @@ class SeqRecTrainer:
         self.generator = torch.Generator(device="cpu")
 
     # --- overridable pieces --------------------------------------------------------------------
+
+    @property
+    def eval_model(self) -> MultimodalSASRec:
+        """What is validated and kept: the weight average when `ema_decay` is set, else the trained weights."""
+        return self.model if self.ema is None else self.ema.module
 
     def learning_rate(self, epoch: int, step: int, steps_per_epoch: int) -> float:
         """The configured schedule as a function of the global step (stateless, so resuming needs no scheduler state)."""
@@ -133,6 +144,8 @@ class SeqRecTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            if self.ema is not None:
+                self.ema.update_parameters(self.model)
             steps += 1
             for k, v in {"loss": loss.item(), **parts}.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -142,7 +155,7 @@ class SeqRecTrainer:
     def fit(self) -> dict:
         start_epoch, bad = 0, 0
         if self.ckpt is not None:
-            state = load_training_state(self.ckpt / f"last-{self.cfg.stage}", self.model, self.optimizer)
+            state = load_training_state(self.ckpt / f"last-{self.cfg.stage}", self.model, self.optimizer, self.ema)
             if state is not None:  # resume after an interruption
                 start_epoch, bad, self.best, self.history = state["epoch"] + 1, state["bad"], state["best"], state["history"]
                 best_dir = self.ckpt / f"best-{self.cfg.stage}"
@@ -154,13 +167,13 @@ class SeqRecTrainer:
             row = {"epoch": epoch, "stage": self.cfg.stage, **self.train_epoch(epoch)}
             if (epoch + 1) % self.cfg.eval_every == 0 or epoch == self.cfg.epochs - 1:
                 t0 = time.perf_counter()
-                metrics = evaluate(self.model, self.valid, device=self.device)
+                metrics = evaluate(self.eval_model, self.valid, device=self.device)
                 row |= {f"valid_{k}": v for k, v in metrics.items()} | {"eval_seconds": time.perf_counter() - t0}
                 if metrics["ndcg@10"] > self.best["ndcg@10"]:
                     self.best, bad = {"epoch": epoch, **metrics}, 0
-                    self.best_state = {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
+                    self.best_state = {k: v.detach().cpu().clone() for k, v in self.eval_model.state_dict().items()}
                     if self.ckpt is not None:
-                        save_model(self.model, self.ckpt / f"best-{self.cfg.stage}", {"train": asdict(self.cfg), "best": self.best})
+                        save_model(self.eval_model, self.ckpt / f"best-{self.cfg.stage}", {"train": asdict(self.cfg), "best": self.best})
                 elif epoch >= self.cfg.min_epochs:
                     bad += 1
             self.history.append(row)
@@ -168,7 +181,7 @@ class SeqRecTrainer:
                 self.on_epoch(row)
             if self.ckpt is not None:
                 save_training_state(self.ckpt / f"last-{self.cfg.stage}", self.model, self.optimizer,
-                                    {"epoch": epoch, "bad": bad, "best": self.best, "history": self.history})
+                                    {"epoch": epoch, "bad": bad, "best": self.best, "history": self.history}, self.ema)
             over_budget = self.cfg.max_minutes and (time.perf_counter() - t_start) / 60 > self.cfg.max_minutes
             if bad >= self.cfg.patience or over_budget:
                 break
