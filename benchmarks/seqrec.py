@@ -43,7 +43,8 @@ def main() -> None:
     ap.add_argument("--dropout", type=float, default=0.3)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--dpo-lr", type=float, default=1e-3)
-    ap.add_argument("--ema", type=float, default=None, help="EMA decay of the weights that are validated and kept (both stages)")
+    ap.add_argument("--ema", type=float, default=None, help="SFT: EMA decay of the weights that are validated and kept")
+    ap.add_argument("--dpo-ema", type=float, default=None, help="DPO: the same, for the policy")
     ap.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"], help="SFT learning-rate schedule")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lam", type=float, default=1.0)
@@ -101,7 +102,7 @@ def main() -> None:
         t_dpo = time.perf_counter()
         dpo = train_stage(settings, spec.dataset, {},
                           SeqRecTrainConfig(stage="dpo", epochs=args.dpo_epochs, lr=args.dpo_lr, batch_size=args.batch_size,
-                                            sampler=sampler, topk=args.topk, beta=args.beta, lam=args.lam, ema_decay=args.ema,
+                                            sampler=sampler, topk=args.topk, beta=args.beta, lam=args.lam, ema_decay=args.dpo_ema,
                                             patience=args.patience, show_progress=False),
                           variant=f"seqrec_dpo_{sampler}", reference=(sft["name"], sft["version"]), data=data, log=log)
         out[f"dpo_{sampler}"] = {"test": dpo["test"], "valid_ndcg@10": dpo["valid"]["ndcg@10"],
