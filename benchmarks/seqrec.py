@@ -51,6 +51,7 @@ def main() -> None:
     ap.add_argument("--beta", type=float, default=1.0)
     ap.add_argument("--topk", type=int, default=50)
     ap.add_argument("--patience", type=int, default=5)
+    ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--eval-every", type=int, default=1, help="validate every N SFT epochs (DPO validates every epoch)")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--sft-init", default=None, help="name/version of a registered model to continue SFT from")
@@ -62,6 +63,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)  # the model's initial weights (the trainer seeds batching and dropout)
     from assets.embeddings.pipeline import embed_text_table
     from assets.ingest.pipeline import DatasetSpec, ingest, peak_rss_mb
     from assets.seqrec.pipeline import load_data, train_stage
@@ -88,7 +90,8 @@ def main() -> None:
         sft = train_stage(settings, spec.dataset, model_cfg,
                           SeqRecTrainConfig(stage="sft", epochs=args.sft_epochs, lr=args.lr, batch_size=args.batch_size,
                                             lr_schedule=args.lr_schedule, ema_decay=args.ema,
-                                            patience=args.patience, eval_every=args.eval_every, show_progress=False),
+                                            patience=args.patience, eval_every=args.eval_every, seed=args.seed,
+                                            show_progress=False),
                           variant="seqrec_sft" + ("_moe" if args.moe else "") + ("_" + "_".join(mods) if mods != ["id"] else ""),
                           data=data, log=log, init=tuple(args.sft_init.split("/")) if args.sft_init else None)
     sft_seconds = time.perf_counter() - t_sft
@@ -103,7 +106,7 @@ def main() -> None:
         dpo = train_stage(settings, spec.dataset, {},
                           SeqRecTrainConfig(stage="dpo", epochs=args.dpo_epochs, lr=args.dpo_lr, batch_size=args.batch_size,
                                             sampler=sampler, topk=args.topk, beta=args.beta, lam=args.lam, ema_decay=args.dpo_ema,
-                                            patience=args.patience, show_progress=False),
+                                            patience=args.patience, seed=args.seed, show_progress=False),
                           variant=f"seqrec_dpo_{sampler}", reference=(sft["name"], sft["version"]), data=data, log=log)
         out[f"dpo_{sampler}"] = {"test": dpo["test"], "valid_ndcg@10": dpo["valid"]["ndcg@10"],
                                  "epochs": dpo["epochs_run"], "seconds_per_epoch": dpo["seconds_per_epoch"],
