@@ -114,7 +114,7 @@ def cmd_llm(args) -> int:
         track.stage = llm.stage_as(GRPOStageConfig, stage)
         out = llm.grpo_stage(settings, args.dataset, track)
     else:
-        variants = tuple(args.variants.split(",")) if args.variants else ("popularity", "zero_shot", *llm.STAGES)
+        variants = tuple(args.variants.split(",")) if args.variants else llm.EVAL_VARIANTS
         out = llm.evaluate_track(settings, args.dataset, track, variants=variants)
     print(json.dumps(out, default=str))
     return 0

@@ -32,6 +32,7 @@ from .data import LLMData, eval_examples, train_examples
 
 FAMILY, PROTOCOL = "llm", "sampled_21"
 STAGES = ("llm_sft", "llm_dpo", "llm_hanorec", "llm_grpo")
+EVAL_VARIANTS = ("popularity", "zero_shot", *STAGES)
 
 
 @dataclass
@@ -181,7 +182,7 @@ def popularity_scores(settings: Settings, dataset: str, exs: list[Example]) -> l
 
 
 def evaluate_track(settings: Settings, dataset: str, cfg: TrackConfig, split: str = "test",
-                   variants: tuple[str, ...] = ("popularity", "zero_shot", *STAGES)) -> dict:
+                   variants: tuple[str, ...] = EVAL_VARIANTS) -> dict:
     """Score 1 + 20 candidates per user for popularity, the base model and every trained stage; metrics into the store."""
     path, model_id, tok, data = _context(settings, dataset, cfg)
     exs = eval_examples(data, split, cfg.seed, **cfg.example_kw())[: cfg.eval_users]

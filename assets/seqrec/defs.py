@@ -75,8 +75,8 @@ def seqrec_sft(context: dg.AssetExecutionContext, config: SeqRecSFTConfig, recal
                  "attn_dropout": c.dropout, "modalities": list(c.modalities), "moe": c.moe,
                  "n_experts": c.n_experts, "moe_top_k": c.moe_top_k, "id_init": c.id_init}
     train = SeqRecTrainConfig(stage="sft", epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
-                              lr_schedule=c.lr_schedule, patience=c.patience,
-                              eval_every=c.eval_every, ema_decay=c.ema_decay, seed=c.seed, max_minutes=c.max_minutes, show_progress=False)
+                              lr_schedule=c.lr_schedule, patience=c.patience, eval_every=c.eval_every,
+                              ema_decay=c.ema_decay, seed=c.seed, max_minutes=c.max_minutes, show_progress=False)
     out = train_stage(recalign.settings(), dataset.spec().dataset, model_cfg, train, "seqrec_sft", log=context.log.info)
     return dg.MaterializeResult(metadata=_metadata(out))
 
@@ -91,8 +91,8 @@ def seqrec_dpo(context: dg.AssetExecutionContext, config: SeqRecDPOConfig, recal
         raise dg.Failure("no seqrec_sft model in the registry: materialise seqrec_sft first")
     c = config
     train = SeqRecTrainConfig(stage="dpo", epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, patience=c.patience,
-                              eval_every=c.eval_every, ema_decay=c.ema_decay, seed=c.seed, sampler=c.sampler, topk=c.topk, beta=c.beta, lam=c.lam,
-                              max_minutes=c.max_minutes, show_progress=False)
+                              eval_every=c.eval_every, ema_decay=c.ema_decay, seed=c.seed, sampler=c.sampler,
+                              topk=c.topk, beta=c.beta, lam=c.lam, max_minutes=c.max_minutes, show_progress=False)
     out = train_stage(settings, name, {}, train, "seqrec_dpo", reference=(sft.name, sft.version), log=context.log.info)
     return dg.MaterializeResult(metadata=_metadata(out) | {"reference": f"{sft.name}/{sft.version}",
                                                            "sampler": c.sampler})
