@@ -199,3 +199,20 @@ def test_history_masking_in_full_ranking():
     es = EvalSet.build([np.array([1, 2, 3])], np.array([2]), np.array([7]), 10)  # target repeats a history item
     rank_masked = full_ranking_ranks(m, es)
     assert rank_masked[0] <= 30 - 2  # items 1 and 3 are masked; the target itself stays rankable
+
+
+def test_cooccurrence_warm_start_is_independent_of_the_solver_start_and_groups_co_occurring_items():
+    from training.seqrec.warmstart import cooccurrence_embeddings
+
+    rng = np.random.default_rng(0)
+    # two item communities (1..40 and 41..80) that never co-occur, plus items 81..90 never in training
+    train = [rng.choice(np.arange(1, 41) if u % 2 else np.arange(41, 81), size=rng.integers(4, 9)) for u in range(300)]
+    a = cooccurrence_embeddings(train, n_items=90, d=8, seed=0)
+    b = cooccurrence_embeddings(train, n_items=90, d=8, seed=1)  # another start vector for the eigensolver
+    assert a.shape == (91, 8) and not a[0].any()
+    assert a[1:].std() == pytest.approx(8 ** -0.5, rel=1e-3)
+    np.testing.assert_allclose(a, b, atol=1e-4)  # signs fixed, no repeated eigenvalue left to rotate
+    unit = a[1:81] / np.linalg.norm(a[1:81], axis=1, keepdims=True)
+    cos = unit @ unit.T
+    same = np.add.outer(np.arange(80) < 40, np.arange(80) < 40) != 1
+    assert cos[same].mean() > cos[~same].mean() + 0.15, (cos[same].mean(), cos[~same].mean())
