@@ -1,6 +1,6 @@
 """Sequential-track benchmark: SFT (CE warm-up) then DPO with a negative sampler; one JSON line.
 
-    python benchmarks/seqrec.py --dataset amazon-beauty
+    python benchmarks/seqrec.py --dataset amazon-beauty --modalities id,text   # the README's recipe: 9 + 5 epochs
     python benchmarks/seqrec.py --dataset amazon-beauty --samplers random,argmax,stochastic_topk --modalities id,text
 Targets (2 cores): both stages under 15 min, one full evaluation of all users under 10 s, peak RSS under 4 GB.
 """
@@ -38,21 +38,21 @@ def main() -> None:
     ap.add_argument("--modalities", default="id")
     ap.add_argument("--moe", action="store_true")
     ap.add_argument("--samplers", default="stochastic_topk")
-    ap.add_argument("--sft-epochs", type=int, default=15)
+    ap.add_argument("--sft-epochs", type=int, default=9)
     ap.add_argument("--dpo-epochs", type=int, default=5)
     ap.add_argument("--dropout", type=float, default=0.3)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--dpo-lr", type=float, default=1e-3)
+    ap.add_argument("--dpo-lr", type=float, default=5e-4)
     ap.add_argument("--ema", type=float, default=None, help="SFT: EMA decay of the weights that are validated and kept")
     ap.add_argument("--dpo-ema", type=float, default=None, help="DPO: the same, for the policy")
     ap.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"], help="SFT learning-rate schedule")
-    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lam", type=float, default=1.0)
     ap.add_argument("--beta", type=float, default=1.0)
     ap.add_argument("--topk", type=int, default=50)
     ap.add_argument("--patience", type=int, default=5)
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--eval-every", type=int, default=1, help="validate every N SFT epochs (DPO validates every epoch)")
+    ap.add_argument("--eval-every", type=int, default=3, help="validate every N SFT epochs (DPO validates every epoch)")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--sft-init", default=None, help="name/version of a registered model to continue SFT from")
     ap.add_argument("--sft-from", default=None,
