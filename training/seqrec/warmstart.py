@@ -39,7 +39,7 @@ def cooccurrence_embeddings(train: list[np.ndarray], n_items: int, d: int, windo
     n = n_items + 1
     co = cooccurrence_matrix(train, n, window)
     deg = np.asarray(co.sum(1)).ravel()
-    tau = float(deg[1:].mean()) if tau is None else tau
+    tau = max(float(deg[1:].mean()), 1.0) if tau is None else tau
     s = 1.0 / np.sqrt(deg + tau)
     s[0] = 0.0  # padding stays outside the graph
 
@@ -47,12 +47,14 @@ def cooccurrence_embeddings(train: list[np.ndarray], n_items: int, d: int, windo
         y = s * np.ravel(x)
         return s * (co @ y + tau / n_items * y.sum())
 
-    op = LinearOperator((n, n), matvec=matvec, dtype=np.float64)
-    k = min(d + 1, n - 2)
-    vals, vecs = eigsh(op, k=k, which="LA", v0=np.random.default_rng(seed).standard_normal(n))
-    vecs = fix_signs(vecs[:, np.argsort(-vals)][:, 1:d + 1])
-    out = np.zeros((n, d))
-    out[:, :vecs.shape[1]] = vecs / (vecs[1:].std() + 1e-12) * d ** -0.5
+    rng = np.random.default_rng(seed)
+    v0 = rng.standard_normal(n)
+    out = rng.standard_normal((n, d)) * d ** -0.5  # what a tiny catalogue has no eigenvectors for
+    if n >= 4:
+        op = LinearOperator((n, n), matvec=matvec, dtype=np.float64)
+        vals, vecs = eigsh(op, k=min(d + 1, n - 2), which="LA", v0=v0)
+        vecs = fix_signs(vecs[:, np.argsort(-vals)][:, 1:d + 1])
+        out[:, :vecs.shape[1]] = vecs / (vecs[1:].std() + 1e-12) * d ** -0.5
     out[0] = 0
     return out.astype(np.float32)
 
