@@ -70,9 +70,10 @@ def test_report_has_every_table_and_plot(ml_run):
     titles = " ".join(parsed.h2)
     for promised in ("sequential track, test, full ranking", "LLM track", "published numbers", "ablation: negative samplers",
                      "ablation: components", "by history length", "bootstrap 95% intervals", "paired test",
-                     "training curves", "score distributions before and after DPO", "metric by history length"):
+                     "training curves", "score distributions before and after DPO", "metric by history length",
+                     "by the target item's training interactions", "metric by target popularity"):
         assert promised in titles, promised
-    assert parsed.imgs == len(rep.plots) == 3
+    assert parsed.imgs == len(rep.plots) == 4
     assert open(paths["markdown"]).read().count("|") > 50
 
 
@@ -90,6 +91,25 @@ def test_report_numbers_equal_the_metrics_table(ml_run):
     diff = compare_runs(store, sft["run_id"], dpo["run_id"])
     row = diff[(diff["split"] == "test") & (diff["name"] == "ndcg@10")].iloc[0]
     assert row["diff"] == pytest.approx(row[dpo["run_id"]] - row[sft["run_id"]])
+
+
+def test_popularity_buckets_count_the_targets_training_interactions(ml_run):
+    home, store, rep, _, _, dpo = ml_run
+    seq = load_data(home, "ml100k", 50, ["id"]).seq
+    counts = np.bincount(np.concatenate(seq.train), minlength=seq.n_items + 1)
+    test_target = dict(zip(seq.user_ids.tolist(), seq.test.tolist()))
+    ranks = store.read("SELECT user_id, rank, target_count FROM user_ranks WHERE run_id = ? AND split = 'test'", [dpo["run_id"]])
+    assert len(ranks) > 100
+    assert ranks["target_count"].tolist() == [int(counts[test_target[u]]) for u in ranks["user_id"]]
+    table = rep.tables["test NDCG@10 by the target item's training interactions"].set_index("run_id")
+    ndcg = lambda r: np.where(r <= 10, 1 / np.log2(r + 1), 0.0).mean()
+    shown = 0
+    for name, lo, hi in (("0-4", 0, 4), ("5-9", 5, 9), ("10-19", 10, 19), ("20-49", 20, 49), (">=50", 50, 10**9)):
+        band = ranks[ranks["target_count"].between(lo, hi)]
+        if len(band):
+            assert table.loc[dpo["run_id"], name] == pytest.approx(ndcg(band["rank"].to_numpy()))
+            shown += 1
+    assert shown >= 3  # MovieLens test targets range from rare to very popular films
 
 
 def test_bootstrap_interval_contains_estimate_and_narrows():

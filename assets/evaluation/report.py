@@ -142,32 +142,46 @@ def plot_scores(store: MetricsStore, runs: pd.DataFrame) -> bytes | None:
     return _png(fig)
 
 
-def history_buckets(store: MetricsStore, runs: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+HISTORY_BINS = ([0, 3, 5, 10, 20, 50, 10**9], ["1-3", "4-5", "6-10", "11-20", "21-50", ">50"])
+POPULARITY_BINS = ([-1, 4, 9, 19, 49, 10**9], ["0-4", "5-9", "10-19", "20-49", ">=50"])
+
+
+def rank_buckets(store: MetricsStore, runs: pd.DataFrame, column: str, bins: tuple[list, list],
+                 split: str = "test") -> pd.DataFrame:
+    """Per-user NDCG@10 averaged within buckets of one user_ranks column (history_length, target_count)."""
     ids = runs["run_id"].tolist()
     if not ids:
         return pd.DataFrame()
-    r = store.read(f"""SELECT run_id, rank, history_length FROM user_ranks WHERE split = ?
+    r = store.read(f"""SELECT run_id, rank, {column} AS value FROM user_ranks WHERE split = ? AND {column} IS NOT NULL
                        AND run_id IN ({','.join('?' * len(ids))})""", [split, *ids])
     if r.empty:
         return pd.DataFrame()
-    bins = [0, 3, 5, 10, 20, 50, 10**9]
-    names = ["1-3", "4-5", "6-10", "11-20", "21-50", ">50"]
-    r["bucket"] = pd.cut(r["history_length"], bins=bins, labels=names)
+    r["bucket"] = pd.cut(r["value"], bins=bins[0], labels=bins[1])
     r["ndcg@10"] = per_user_metrics(r["rank"].to_numpy())["ndcg@10"]
     t = r.groupby(["run_id", "bucket"], observed=True)["ndcg@10"].mean().unstack("bucket")
     t.insert(0, "model", [label(runs.set_index("run_id").loc[i]) for i in t.index])
     return t.reset_index()
 
 
-def plot_buckets(table: pd.DataFrame) -> bytes | None:
+def history_buckets(store: MetricsStore, runs: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    return rank_buckets(store, runs, "history_length", HISTORY_BINS, split)
+
+
+def popularity_buckets(store: MetricsStore, runs: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    """By the target item's training interactions: where the model fails on rare items."""
+    return rank_buckets(store, runs, "target_count", POPULARITY_BINS, split)
+
+
+def plot_buckets(table: pd.DataFrame, title: str = "test NDCG@10 by history length",
+                 xlabel: str = "history length (items)") -> bytes | None:
     if table.empty:
         return None
     fig, ax = plt.subplots(figsize=(7, 3.4))
     cols = [c for c in table.columns if c not in ("run_id", "model")]
     for _, row in table.iterrows():
         ax.plot(cols, row[cols].astype(float).values, marker="o", label=row["model"])
-    ax.set_title("test NDCG@10 by history length")
-    ax.set_xlabel("history length (items)")
+    ax.set_title(title)
+    ax.set_xlabel(xlabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _png(fig)
@@ -260,6 +274,8 @@ def build_report(store: MetricsStore, dataset: str) -> Report:
         rep.tables[f"ablation: {name}"] = table
     buckets = history_buckets(store, seq_runs)
     rep.tables["test NDCG@10 by history length"] = buckets
+    popular = popularity_buckets(store, seq_runs)
+    rep.tables["test NDCG@10 by the target item's training interactions"] = popular
     ci, paired = uncertainty(store, seq_runs, seq_test)
     rep.tables["bootstrap 95% intervals over users (test NDCG@10)"] = ci
     if paired:
@@ -267,6 +283,8 @@ def build_report(store: MetricsStore, dataset: str) -> Report:
     for name, png in (("training curves", plot_curves(store, seq_runs)),
                       ("score distributions before and after DPO", plot_scores(store, seq_runs)),
                       ("metric by history length", plot_buckets(buckets)),
+                      ("metric by target popularity", plot_buckets(
+                          popular, "test NDCG@10 by the target item's training interactions", "training interactions of the target")),
                       ("K and beta sensitivity", plot_sensitivity(seq_runs, seq_test))):
         if png:
             rep.plots[name] = png

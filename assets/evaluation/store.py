@@ -21,6 +21,7 @@ CREATE TABLE IF NOT EXISTS metrics (
   run_id VARCHAR, family VARCHAR, variant VARCHAR, dataset VARCHAR, split VARCHAR, protocol VARCHAR,
   metric VARCHAR, k INTEGER, value DOUBLE, created_at DOUBLE);
 CREATE TABLE IF NOT EXISTS user_ranks (run_id VARCHAR, split VARCHAR, user_id BIGINT, rank BIGINT, history_length INTEGER);
+ALTER TABLE user_ranks ADD COLUMN IF NOT EXISTS target_count INTEGER;
 CREATE TABLE IF NOT EXISTS training_curves (run_id VARCHAR, stage VARCHAR, epoch INTEGER, metric VARCHAR, value DOUBLE);
 CREATE TABLE IF NOT EXISTS score_samples (run_id VARCHAR, kind VARCHAR, value DOUBLE);
 """
@@ -72,11 +73,16 @@ class MetricsStore:
                     for name, v in values.items()]
             con.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
-    def log_ranks(self, run_id: str, split: str, user_ids: np.ndarray, ranks: np.ndarray, lengths: np.ndarray) -> None:
+    def log_ranks(self, run_id: str, split: str, user_ids: np.ndarray, ranks: np.ndarray, lengths: np.ndarray,
+                  target_counts: np.ndarray | None = None) -> None:
+        """One row per user; target_counts: training interactions of each user's target item (its popularity)."""
+        counts = pd.array(target_counts, dtype="Int32") if target_counts is not None else pd.array([None] * len(ranks), dtype="Int32")
         df = pd.DataFrame({"run_id": run_id, "split": split, "user_id": np.asarray(user_ids, np.int64),
-                           "rank": np.asarray(ranks, np.int64), "history_length": np.asarray(lengths, np.int32)})
+                           "rank": np.asarray(ranks, np.int64), "history_length": np.asarray(lengths, np.int32),
+                           "target_count": counts})
         with self.connect() as con:
-            con.execute("INSERT INTO user_ranks SELECT * FROM df")
+            con.execute("INSERT INTO user_ranks (run_id, split, user_id, rank, history_length, target_count) "
+                        "SELECT run_id, split, user_id, rank, history_length, target_count FROM df")
 
     def log_curve(self, run_id: str, stage: str, rows: list[dict]) -> None:
         long = [(run_id, stage, int(r["epoch"]), k, float(v)) for r in rows for k, v in r.items()

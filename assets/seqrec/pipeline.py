@@ -76,12 +76,15 @@ def upstream_versions(settings: Settings, dataset: str) -> dict:
 
 def evaluate_and_log(model, data: SeqRecData, store: MetricsStore, run_id: str) -> dict:
     out = {}
+    train = [s for s in data.seq.train if len(s)]
+    popularity = np.bincount(np.concatenate(train), minlength=data.seq.n_items + 1) if train else np.zeros(data.seq.n_items + 1, int)
     for split, es in (("valid", data.valid), ("test", data.test)):
         t0 = time.perf_counter()
         ranks = full_ranking_ranks(model, es)
         metrics = metrics_from_ranks(ranks)
         store.log_metrics(run_id, split, metrics, protocol="full_ranking")
-        store.log_ranks(run_id, split, es.user_ids, ranks, np.array([len(h) for h in es.histories]))
+        store.log_ranks(run_id, split, es.user_ids, ranks, np.array([len(h) for h in es.histories]),
+                        popularity[es.targets.numpy()])
         out[split] = metrics | {"eval_seconds": round(time.perf_counter() - t0, 2), "users": len(ranks)}
     return out
 
