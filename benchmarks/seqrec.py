@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--patience", type=int, default=5)
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--eval-every", type=int, default=3, help="validate every N SFT epochs (DPO validates every epoch)")
+    ap.add_argument("--sft-keep", default="best", choices=["best", "last"],
+                    help="SFT: best-validated weights, or all epochs and the final weights (the paper's fixed warm-up)")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--sft-init", default=None, help="name/version of a registered model to continue SFT from")
     ap.add_argument("--sft-from", default=None,
@@ -91,7 +93,7 @@ def main() -> None:
                           SeqRecTrainConfig(stage="sft", epochs=args.sft_epochs, lr=args.lr, batch_size=args.batch_size,
                                             lr_schedule=args.lr_schedule, ema_decay=args.ema,
                                             patience=args.patience, eval_every=args.eval_every, seed=args.seed,
-                                            show_progress=False),
+                                            keep=args.sft_keep, show_progress=False),
                           variant="seqrec_sft" + ("_moe" if args.moe else "") + ("_" + "_".join(mods) if mods != ["id"] else ""),
                           data=data, log=log, init=tuple(args.sft_init.split("/")) if args.sft_init else None)
     sft_seconds = time.perf_counter() - t_sft

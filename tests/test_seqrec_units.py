@@ -179,6 +179,21 @@ def test_ema_validates_the_weight_average_and_keeps_it():
     assert evaluate(t.model, valid)["ndcg@10"] == pytest.approx(best)  # the kept weights are the validated average
 
 
+def test_keep_last_trains_every_epoch_and_keeps_the_final_weights():
+    x, y, valid = _toy_data()
+    cfg = dict(epochs=5, batch_size=16, lr=3e-2, show_progress=False, patience=1, seed=3)
+    best = SeqRecTrainer(small_model(), SeqRecTrainConfig(**cfg), x, y, valid).fit()
+    t = SeqRecTrainer(small_model(), SeqRecTrainConfig(**cfg, keep="last"), x, y, valid)
+    last = t.fit()
+    assert last["epochs_run"] == 5 and last["kept_epoch"] == 4  # patience 1 does not stop a fixed-length warm-up
+    assert [r["loss"] for r in last["history"][:best["epochs_run"]]] == [r["loss"] for r in best["history"]]
+    from training.seqrec.evaluate import evaluate
+
+    assert evaluate(t.model, valid)["ndcg@10"] == pytest.approx(last["history"][-1]["valid_ndcg@10"])
+    with pytest.raises(ValueError, match="keep"):
+        SeqRecTrainConfig(keep="first")
+
+
 def test_dpo_stage_keeps_reference_frozen():
     x, y, valid = _toy_data()
     sft = SeqRecTrainer(small_model(), SeqRecTrainConfig(epochs=2, batch_size=32, lr=5e-3, show_progress=False), x, y, valid)

@@ -31,6 +31,7 @@ class SeqRecSFTConfig(dg.Config):
     lr_schedule: str = "constant"  # or "cosine": per-step decay to 0 at the last epoch
     patience: int = 5
     eval_every: int = 1  # validate every N epochs (RecBole's eval_step); patience counts validations
+    keep: str = "best"  # or "last": all `epochs`, final weights (the paper's fixed 15-epoch warm-up)
     ema_decay: float | None = None  # validate and keep an exponential moving average of the weights
     seed: int = 42
     max_minutes: float | None = None
@@ -58,7 +59,7 @@ def _metadata(out: dict) -> dict:
     table = [{"split": s, **{k: round(v, 4) for k, v in m.items() if "@" in k}} for s, m in (("valid", valid), ("test", test))]
     import pandas as pd
 
-    return {**to_metadata({k: out[k] for k in ("run_id", "name", "version", "epochs_run", "best_epoch", "seconds",
+    return {**to_metadata({k: out[k] for k in ("run_id", "name", "version", "epochs_run", "best_epoch", "kept_epoch", "seconds",
                                                "seconds_per_epoch")}),
             "modalities": ",".join(out["modalities"]), "test_ndcg@10": test["ndcg@10"],
             "valid_ndcg@10": valid["ndcg@10"], "metrics": md_table(pd.DataFrame(table)),
@@ -75,7 +76,7 @@ def seqrec_sft(context: dg.AssetExecutionContext, config: SeqRecSFTConfig, recal
                  "attn_dropout": c.dropout, "modalities": list(c.modalities), "moe": c.moe,
                  "n_experts": c.n_experts, "moe_top_k": c.moe_top_k, "id_init": c.id_init}
     train = SeqRecTrainConfig(stage="sft", epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
-                              lr_schedule=c.lr_schedule, patience=c.patience, eval_every=c.eval_every,
+                              lr_schedule=c.lr_schedule, patience=c.patience, eval_every=c.eval_every, keep=c.keep,
                               ema_decay=c.ema_decay, seed=c.seed, max_minutes=c.max_minutes, show_progress=False)
     out = train_stage(recalign.settings(), dataset.spec().dataset, model_cfg, train, "seqrec_sft", log=context.log.info)
     return dg.MaterializeResult(metadata=_metadata(out))

@@ -155,12 +155,12 @@ def train_stage(settings: Settings, dataset: str, model_cfg: dict, train_cfg: Se
     save_model(trainer.model, staging, {"train": asdict(train_cfg), "run_id": run_id, "dataset": dataset})
     mv = registry.commit(variant, version, staging, {
         "family": FAMILY, "run_id": run_id, "dataset": dataset, "valid": metrics["valid"], "test": metrics["test"],
-        "best_epoch": fit["best"]["epoch"], "epochs_run": fit["epochs_run"], "config": config})
+        "best_epoch": fit["best"]["epoch"], "kept_epoch": fit["kept_epoch"], "epochs_run": fit["epochs_run"], "config": config})
     store.finish_run(run_id, str(mv.path))
     seconds = time.perf_counter() - t0
     train_secs = [r["train_seconds"] for r in fit["history"]]
     return {"run_id": run_id, "variant": variant, "name": mv.name, "version": mv.version, "path": str(mv.path),
             "valid": metrics["valid"], "test": metrics["test"], "epochs_run": fit["epochs_run"],
-            "best_epoch": fit["best"]["epoch"], "seconds": round(seconds, 1),
+            "best_epoch": fit["best"]["epoch"], "kept_epoch": fit["kept_epoch"], "seconds": round(seconds, 1),
             "seconds_per_epoch": round(float(np.mean(train_secs)), 2) if train_secs else 0.0,
             "modalities": model_cfg["modalities"], "history": fit["history"]}

@@ -37,6 +37,8 @@ class SeqRecTrainConfig:
     weight_decay: float = 0.0
     ema_decay: float | None = None     # evaluate and keep an exponential moving average of the weights (e.g. 0.999)
     patience: int = 10                 # evaluations without a better valid NDCG@10
+    keep: str = "best"                 # "best": the best-validated weights (early stopping); "last": train all epochs
+                                       # and keep the final weights (RoDPO's fixed-length warm-up, Algorithm 1)
     min_epochs: int = 0
     eval_every: int = 1
     seed: int = 42
@@ -51,6 +53,8 @@ class SeqRecTrainConfig:
     def __post_init__(self):
         if self.stage not in ("sft", "dpo"):
             raise ValueError(f"stage must be 'sft' or 'dpo', got {self.stage!r}")
+        if self.keep not in ("best", "last"):
+            raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.sampler not in SAMPLERS:
@@ -183,8 +187,11 @@ class SeqRecTrainer:
                 save_training_state(self.ckpt / f"last-{self.cfg.stage}", self.model, self.optimizer,
                                     {"epoch": epoch, "bad": bad, "best": self.best, "history": self.history}, self.ema)
             over_budget = self.cfg.max_minutes and (time.perf_counter() - t_start) / 60 > self.cfg.max_minutes
-            if bad >= self.cfg.patience or over_budget:
+            if (bad >= self.cfg.patience and self.cfg.keep == "best") or over_budget:
                 break
-        if self.best_state is not None:
+        if self.cfg.keep == "last" and self.ema is not None:
+            self.model.load_state_dict(self.ema.module.state_dict())
+        elif self.cfg.keep == "best" and self.best_state is not None:
             self.model.load_state_dict(self.best_state)
-        return {"best": self.best, "history": self.history, "epochs_run": len(self.history)}
+        kept = self.history[-1]["epoch"] if self.cfg.keep == "last" and self.history else self.best["epoch"]
+        return {"best": self.best, "history": self.history, "epochs_run": len(self.history), "kept_epoch": kept}
