@@ -76,7 +76,7 @@ class MetricsStore:
     def log_ranks(self, run_id: str, split: str, user_ids: np.ndarray, ranks: np.ndarray, lengths: np.ndarray,
                   target_counts: np.ndarray | None = None) -> None:
         """One row per user; target_counts: training interactions of each user's target item (its popularity)."""
-        counts = pd.array(target_counts, dtype="Int32") if target_counts is not None else pd.array([None] * len(ranks), dtype="Int32")
+        counts = pd.array([None] * len(ranks) if target_counts is None else target_counts, dtype="Int32")
         df = pd.DataFrame({"run_id": run_id, "split": split, "user_id": np.asarray(user_ids, np.int64),
                            "rank": np.asarray(ranks, np.int64), "history_length": np.asarray(lengths, np.int32),
                            "target_count": counts})
