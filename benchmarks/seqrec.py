@@ -44,6 +44,8 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--dpo-lr", type=float, default=5e-4)
     ap.add_argument("--ema", type=float, default=None, help="SFT: EMA decay of the weights that are validated and kept")
+    ap.add_argument("--swa-start", type=int, default=None,
+                    help="SFT: validate and keep the uniform average of the weights after epochs N..last (SWA)")
     ap.add_argument("--dpo-ema", type=float, default=None, help="DPO: the same, for the policy")
     ap.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"], help="SFT learning-rate schedule")
     ap.add_argument("--batch-size", type=int, default=64)
@@ -91,7 +93,7 @@ def main() -> None:
     else:
         sft = train_stage(settings, spec.dataset, model_cfg,
                           SeqRecTrainConfig(stage="sft", epochs=args.sft_epochs, lr=args.lr, batch_size=args.batch_size,
-                                            lr_schedule=args.lr_schedule, ema_decay=args.ema,
+                                            lr_schedule=args.lr_schedule, ema_decay=args.ema, swa_start=args.swa_start,
                                             patience=args.patience, eval_every=args.eval_every, seed=args.seed,
                                             keep=args.sft_keep, show_progress=False),
                           variant="seqrec_sft" + ("_moe" if args.moe else "") + ("_" + "_".join(mods) if mods != ["id"] else ""),

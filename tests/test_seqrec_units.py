@@ -131,11 +131,12 @@ def _toy_data():
     return x, y, valid
 
 
-@pytest.mark.parametrize("schedule,ema", [("constant", None), ("cosine", None), ("constant", 0.9)])
-def test_training_is_deterministic_learns_and_resumes(tmp_path, schedule, ema):
+@pytest.mark.parametrize("schedule,average", [("constant", {}), ("cosine", {}), ("constant", {"ema_decay": 0.9}),
+                                              ("constant", {"swa_start": 2})])
+def test_training_is_deterministic_learns_and_resumes(tmp_path, schedule, average):
     x, y, valid = _toy_data()
     cfg = SeqRecTrainConfig(epochs=8, batch_size=16, lr=1e-2, show_progress=False, patience=10, lr_schedule=schedule,
-                            ema_decay=ema)
+                            **average)
     a = SeqRecTrainer(small_model(), cfg, x, y, valid).fit()
     b = SeqRecTrainer(small_model(), cfg, x, y, valid).fit()
     assert [r["loss"] for r in a["history"]] == [r["loss"] for r in b["history"]]
@@ -172,11 +173,38 @@ def test_ema_validates_the_weight_average_and_keeps_it():
     t = SeqRecTrainer(small_model(), SeqRecTrainConfig(epochs=2, batch_size=16, lr=1e-2, ema_decay=0.9,
                                                        show_progress=False), x, y, valid)
     t.fit()
-    assert t.eval_model is t.ema.module and int(t.ema.n_averaged) == 2 * len(length_buckets(x, 16))
+    assert t.eval_model is t.average.module and int(t.average.n_averaged) == 2 * len(length_buckets(x, 16))
     best = t.history[t.best["epoch"]]["valid_ndcg@10"]
     from training.seqrec.evaluate import evaluate
 
     assert evaluate(t.model, valid)["ndcg@10"] == pytest.approx(best)  # the kept weights are the validated average
+
+
+def test_swa_keeps_the_uniform_average_of_the_weights_after_the_last_epochs():
+    x, y, valid = _toy_data()
+    cfg = dict(epochs=4, batch_size=16, lr=5e-2, keep="last", show_progress=False)
+    snaps = []
+
+    class Snapshots(SeqRecTrainer):
+        def train_epoch(self, epoch):
+            out = super().train_epoch(epoch)
+            snaps.append({k: v.detach().clone() for k, v in self.model.named_parameters()})
+            return out
+
+    Snapshots(small_model(), SeqRecTrainConfig(**cfg), x, y, valid).fit()
+    t = SeqRecTrainer(small_model(), SeqRecTrainConfig(**cfg, swa_start=3), x, y, valid)
+    out = t.fit()
+    assert [r.get("swa_epochs") for r in out["history"]] == [None, None, 1, 2]
+    for k, v in t.model.named_parameters():  # the kept weights: mean of the weights after epochs 3 and 4
+        torch.testing.assert_close(v, (snaps[2][k] + snaps[3][k]) / 2)
+    assert not torch.equal(snaps[2]["item_id.weight"], snaps[3]["item_id.weight"])
+    from training.seqrec.evaluate import evaluate
+
+    assert evaluate(t.model, valid)["ndcg@10"] == pytest.approx(out["history"][-1]["valid_ndcg@10"])  # validated = kept
+    with pytest.raises(ValueError, match="swa_start"):
+        SeqRecTrainConfig(epochs=4, swa_start=5)
+    with pytest.raises(ValueError, match="one"):
+        SeqRecTrainConfig(epochs=4, swa_start=2, ema_decay=0.9)
 
 
 def test_keep_last_trains_every_epoch_and_keeps_the_final_weights():

@@ -33,6 +33,7 @@ class SeqRecSFTConfig(dg.Config):
     eval_every: int = 1  # validate every N epochs (RecBole's eval_step); patience counts validations
     keep: str = "best"  # or "last": all `epochs`, final weights (the paper's fixed 15-epoch warm-up)
     ema_decay: float | None = None  # validate and keep an exponential moving average of the weights
+    swa_start: int | None = None  # or validate and keep the uniform average of the weights after epochs swa_start..
     seed: int = 42
     max_minutes: float | None = None
 
@@ -77,7 +78,8 @@ def seqrec_sft(context: dg.AssetExecutionContext, config: SeqRecSFTConfig, recal
                  "n_experts": c.n_experts, "moe_top_k": c.moe_top_k, "id_init": c.id_init}
     train = SeqRecTrainConfig(stage="sft", epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
                               lr_schedule=c.lr_schedule, patience=c.patience, eval_every=c.eval_every, keep=c.keep,
-                              ema_decay=c.ema_decay, seed=c.seed, max_minutes=c.max_minutes, show_progress=False)
+                              ema_decay=c.ema_decay, swa_start=c.swa_start, seed=c.seed, max_minutes=c.max_minutes,
+                              show_progress=False)
     out = train_stage(recalign.settings(), dataset.spec().dataset, model_cfg, train, "seqrec_sft", log=context.log.info)
     return dg.MaterializeResult(metadata=_metadata(out))
 

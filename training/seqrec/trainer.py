@@ -36,6 +36,8 @@ class SeqRecTrainConfig:
     lr_schedule: str = "constant"      # "constant" or "cosine" (per step, to 0 at the last epoch)
     weight_decay: float = 0.0
     ema_decay: float | None = None     # evaluate and keep an exponential moving average of the weights (e.g. 0.999)
+    swa_start: int | None = None       # evaluate and keep the uniform average of the weights after epochs swa_start..
+                                       # (1-based; SWA, Izmailov et al. 2018); e.g. 9 with 15 epochs averages 9-15
     patience: int = 10                 # evaluations without a better valid NDCG@10
     keep: str = "best"                 # "best": the best-validated weights (early stopping); "last": train all epochs
                                        # and keep the final weights (RoDPO's fixed-length warm-up, Algorithm 1)
@@ -57,6 +59,10 @@ class SeqRecTrainConfig:
             raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if self.ema_decay and self.swa_start:
+            raise ValueError("ema_decay and swa_start are two weight averages: set one")
+        if self.swa_start is not None and not 1 <= self.swa_start <= self.epochs:
+            raise ValueError(f"swa_start must be an epoch in 1..{self.epochs}, got {self.swa_start!r}")
         if self.sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}")
 
@@ -75,11 +81,7 @@ class SeqRecTrainer:
             ref = reference if reference is not None else copy.deepcopy(model)
             self.reference = ref.to(self.device).eval().requires_grad_(False)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.ema = None
-        if cfg.ema_decay:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
-
-            self.ema = AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay))
+        self.average = self.weight_average()
         self.ckpt = Path(checkpoint_dir) if checkpoint_dir else None
         self.on_epoch = on_epoch
         self.history: list[dict] = []
@@ -89,10 +91,18 @@ class SeqRecTrainer:
 
     # --- overridable pieces --------------------------------------------------------------------
 
+    def weight_average(self):
+        """The weight average that is validated and kept: EMA per step, or SWA's uniform average per epoch."""
+        from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+        if self.cfg.ema_decay:
+            return AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema_decay))
+        return AveragedModel(self.model) if self.cfg.swa_start else None
+
     @property
     def eval_model(self) -> MultimodalSASRec:
-        """What is validated and kept: the weight average when `ema_decay` is set, else the trained weights."""
-        return self.model if self.ema is None else self.ema.module
+        """What is validated and kept: the weight average once it holds weights, else the trained weights."""
+        return self.model if self.average is None or int(self.average.n_averaged) == 0 else self.average.module
 
     def learning_rate(self, epoch: int, step: int, steps_per_epoch: int) -> float:
         """The configured schedule as a function of the global step (stateless, so resuming needs no scheduler state)."""
@@ -148,8 +158,8 @@ class SeqRecTrainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
-            if self.ema is not None:
-                self.ema.update_parameters(self.model)
+            if self.cfg.ema_decay:
+                self.average.update_parameters(self.model)
             steps += 1
             for k, v in {"loss": loss.item(), **parts}.items():
                 sums[k] = sums.get(k, 0.0) + v
@@ -159,7 +169,7 @@ class SeqRecTrainer:
     def fit(self) -> dict:
         start_epoch, bad = 0, 0
         if self.ckpt is not None:
-            state = load_training_state(self.ckpt / f"last-{self.cfg.stage}", self.model, self.optimizer, self.ema)
+            state = load_training_state(self.ckpt / f"last-{self.cfg.stage}", self.model, self.optimizer, self.average)
             if state is not None:  # resume after an interruption
                 start_epoch, bad, self.best, self.history = state["epoch"] + 1, state["bad"], state["best"], state["history"]
                 best_dir = self.ckpt / f"best-{self.cfg.stage}"
@@ -169,6 +179,9 @@ class SeqRecTrainer:
         t_start = time.perf_counter()
         for epoch in range(start_epoch, self.cfg.epochs):
             row = {"epoch": epoch, "stage": self.cfg.stage, **self.train_epoch(epoch)}
+            if self.cfg.swa_start and epoch + 1 >= self.cfg.swa_start:
+                self.average.update_parameters(self.model)
+                row["swa_epochs"] = int(self.average.n_averaged)
             if (epoch + 1) % self.cfg.eval_every == 0 or epoch == self.cfg.epochs - 1:
                 t0 = time.perf_counter()
                 metrics = evaluate(self.eval_model, self.valid, device=self.device)
@@ -185,12 +198,12 @@ class SeqRecTrainer:
                 self.on_epoch(row)
             if self.ckpt is not None:
                 save_training_state(self.ckpt / f"last-{self.cfg.stage}", self.model, self.optimizer,
-                                    {"epoch": epoch, "bad": bad, "best": self.best, "history": self.history}, self.ema)
+                                    {"epoch": epoch, "bad": bad, "best": self.best, "history": self.history}, self.average)
             over_budget = self.cfg.max_minutes and (time.perf_counter() - t_start) / 60 > self.cfg.max_minutes
             if (bad >= self.cfg.patience and self.cfg.keep == "best") or over_budget:
                 break
-        if self.cfg.keep == "last" and self.ema is not None:
-            self.model.load_state_dict(self.ema.module.state_dict())
+        if self.cfg.keep == "last" and self.eval_model is not self.model:
+            self.model.load_state_dict(self.eval_model.state_dict())
         elif self.cfg.keep == "best" and self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         kept = self.history[-1]["epoch"] if self.cfg.keep == "last" and self.history else self.best["epoch"]
