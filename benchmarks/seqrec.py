@@ -46,6 +46,7 @@ def main() -> None:
     ap.add_argument("--ema", type=float, default=None, help="SFT: EMA decay of the weights that are validated and kept")
     ap.add_argument("--swa-start", type=int, default=None,
                     help="SFT: validate and keep the uniform average of the weights after epochs N..last (SWA)")
+    ap.add_argument("--dpo-swa-start", type=int, default=None, help="DPO: the same SWA, over DPO epochs N..")
     ap.add_argument("--dpo-ema", type=float, default=None, help="DPO: the same, for the policy")
     ap.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"], help="SFT learning-rate schedule")
     ap.add_argument("--batch-size", type=int, default=64)
@@ -110,6 +111,7 @@ def main() -> None:
         dpo = train_stage(settings, spec.dataset, {},
                           SeqRecTrainConfig(stage="dpo", epochs=args.dpo_epochs, lr=args.dpo_lr, batch_size=args.batch_size,
                                             sampler=sampler, topk=args.topk, beta=args.beta, lam=args.lam, ema_decay=args.dpo_ema,
+                                            swa_start=args.dpo_swa_start,
                                             patience=args.patience, seed=args.seed, show_progress=False),
                           variant=f"seqrec_dpo_{sampler}", reference=(sft["name"], sft["version"]), data=data, log=log)
         out[f"dpo_{sampler}"] = {"test": dpo["test"], "valid_ndcg@10": dpo["valid"]["ndcg@10"],
