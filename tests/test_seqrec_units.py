@@ -8,11 +8,11 @@ import torch
 
 from training.metrics import auc_from_candidate_scores, metrics_from_ranks, ranks_from_scores
 from training.seqrec.checkpoint import load_model, save_model
-from training.seqrec.data import EvalSet, length_buckets, training_windows
+from training.seqrec.data import EvalSet, length_buckets, training_windows, trim
 from training.seqrec.evaluate import full_ranking_ranks
 from training.seqrec.losses import dpo_logit_loss
 from training.seqrec.model import MultimodalSASRec, SeqRecConfig, SparseNoisyMoE
-from training.seqrec.samplers import argmax_negatives, random_negatives, stochastic_topk_negatives
+from training.seqrec.samplers import argmax_negatives, random_negatives, stochastic_topk_negatives, topk_excluding
 from training.seqrec.trainer import SeqRecTrainConfig, SeqRecTrainer
 
 
@@ -38,6 +38,19 @@ def test_topk_sampler_never_returns_target_and_stays_in_topk():
         assert (top == neg[:, None]).any(1).all()
     draws = torch.stack([stochastic_topk_negatives(scores, target, k=10, generator=g) for _ in range(200)])
     assert (draws[:, 0].unique().numel()) > 5  # stochastic: not one fixed item
+
+
+def test_topk_excluding_equals_topk_of_the_masked_scores():
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randn(300, 80, generator=g)
+    scores[:100, 0] = 10.0  # padding best: must still be excluded
+    target = torch.randint(1, 80, (300,), generator=g)
+    target[100:200] = scores[100:200, 1:].argmax(1) + 1  # target best
+    masked = scores.clone()
+    masked[:, 0] = float("-inf")
+    masked.scatter_(1, target[:, None], float("-inf"))
+    for k in (1, 10, 78):
+        assert torch.equal(topk_excluding(scores, target, k), masked.topk(k, 1).indices)
 
 
 def test_argmax_returns_hardest_non_target_and_random_excludes_target():
@@ -238,6 +251,31 @@ def test_dpo_stage_keeps_reference_frozen():
     out = dpo.fit()
     assert "dpo" in out["history"][0] and out["history"][0]["dpo"] > 0
     assert all(torch.equal(before[k], v) for k, v in ref.state_dict().items())
+
+
+def test_precomputed_reference_gives_the_reference_margins_of_the_batch():
+    rng = np.random.default_rng(1)
+    seqs = [rng.integers(1, 31, rng.integers(3, 46)) for _ in range(60)]  # up to 45 items: several windows each
+    x, y = training_windows(seqs, 20)
+    ref = small_model(modalities=["id", "text"], text_dim=8, moe=True)
+    with torch.no_grad():
+        ref.alpha["text"].fill_(0.6)
+    cfg = SeqRecTrainConfig(stage="dpo", epochs=1, batch_size=8, show_progress=False)
+    t = SeqRecTrainer(small_model(modalities=["id", "text"], text_dim=8, moe=True), cfg, x, y, None, reference=ref)
+    cache = t.precompute_reference(batch_size=7)
+    assert len(cache["queries"]) == (y > 0).sum() and not cache["queries"].isnan().any()  # every position written
+    t.reference_cache = cache
+    for rows in length_buckets(x, 8, torch.Generator().manual_seed(0)):
+        seq, tgt = trim(x[rows], y[rows])
+        pos, neg = tgt[tgt > 0], torch.randint(1, 31, ((tgt > 0).sum(),))
+        cached = t.reference_margin(seq, tgt, pos, neg, rows)
+        assert torch.allclose(cached, t.reference_margin(seq, tgt, pos, neg), atol=1e-5)
+    # a DPO run reading the cache follows the run that encodes the reference every step
+    x, y, valid = _toy_data()
+    runs = [SeqRecTrainer(small_model(), SeqRecTrainConfig(stage="dpo", epochs=2, batch_size=16, topk=5, show_progress=False,
+                                                           precompute_ref=p), x, y, valid, reference=small_model()).fit()
+            for p in (True, False)]
+    assert [r["loss"] for r in runs[0]["history"]] == pytest.approx([r["loss"] for r in runs[1]["history"]], abs=1e-5)
 
 
 def test_history_masking_in_full_ranking():

@@ -69,3 +69,10 @@ def trim(seq: torch.Tensor, *others: torch.Tensor):
     """Drop leading all-padding columns of a left-padded batch."""
     width = int((seq > 0).sum(1).max().clamp(min=1))
     return (seq[:, -width:], *(o[:, -width:] for o in others)) if others else seq[:, -width:]
+
+
+def position_rows(offsets: torch.Tensor, counts: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Rows of a flat per-position table (window w's target positions at offsets[w]..offsets[w]+counts[w])
+    for the batch `rows`, in the order of `hidden[targets > 0]` of the trimmed batch."""
+    c, start = counts[rows], offsets[rows]
+    return torch.repeat_interleave(start - (c.cumsum(0) - c), c) + torch.arange(int(c.sum()))

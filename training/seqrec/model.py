@@ -176,12 +176,23 @@ class MultimodalSASRec(nn.Module):
         Computed as one product [h_id, a_txt h_txt, ...] . [E_id, E_txt, ...]: the same sum, without
         materialising a per-modality (N, n_items) score matrix to scale and add.
         """
+        return self.score(self.query(hidden), self.fused_table(tables), items)
+
+    def query(self, hidden: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[h_id, a_txt h_txt, a_img h_img]: the fused query that scores against `fused_table`."""
         first = self.cfg.modalities[0]
-        h = torch.cat([hidden[m] if m == first else self.alpha[m] * hidden[m] for m in hidden], -1)
-        table = torch.cat([tables[m] for m in hidden], -1) if len(hidden) > 1 else tables[next(iter(hidden))]
+        return torch.cat([hidden[m] if m == first else self.alpha[m] * hidden[m] for m in hidden], -1)
+
+    def fused_table(self, tables: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[E_id, E_txt, E_img]: (n_items + 1, d * n_modalities)."""
+        return torch.cat([tables[m] for m in self.cfg.modalities], -1) if len(tables) > 1 else next(iter(tables.values()))
+
+    @staticmethod
+    def score(query: torch.Tensor, table: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
+        """Query . table^T over all items (one matrix product), or over the given (N, C) items."""
         if items is None:
-            return h @ table.T
-        return torch.einsum("nd,ncd->nc", h, table[items])
+            return query @ table.T
+        return torch.einsum("nd,ncd->nc", query, table[items])
 
     def aux_loss(self) -> torch.Tensor:
         if self.moe is None:

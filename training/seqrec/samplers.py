@@ -14,6 +14,14 @@ def _exclude_target(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return masked
 
 
+def topk_excluding(scores: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
+    """Indices of the k best items other than padding and y_w, best first (no copy of the score matrix)."""
+    idx = scores.topk(min(k + 2, scores.shape[1]), dim=1).indices
+    keep = (idx != 0) & (idx != target.view(-1, 1))
+    keep &= keep.cumsum(1) <= k  # each row has at most two exclusions, so exactly k survive
+    return idx[keep].view(len(target), k)
+
+
 def random_negatives(scores: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None,
                      **_) -> torch.Tensor:
     """Uniform over all items except padding and y_w."""
@@ -30,7 +38,7 @@ def argmax_negatives(scores: torch.Tensor, target: torch.Tensor, **_) -> torch.T
 def stochastic_topk_negatives(scores: torch.Tensor, target: torch.Tensor, k: int = 50,
                               generator: torch.Generator | None = None, **_) -> torch.Tensor:
     """y_l ~ U(C_K(x)), C_K(x) = TopK({s(x,i) | i != y_w}, K)  (RoDPO Eq. 4)."""
-    pool = _exclude_target(scores, target).topk(k, dim=1).indices
+    pool = topk_excluding(scores.detach(), target, k)
     pick = torch.randint(0, k, (len(target), 1), generator=generator, device=scores.device)
     return pool.gather(1, pick).squeeze(1)
 

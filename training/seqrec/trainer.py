@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from ..device import autocast, pick_device, seed_everything
 from .checkpoint import load_training_state, save_model, save_training_state
-from .data import EvalSet, length_buckets, trim
+from .data import EvalSet, length_buckets, position_rows, trim
 from .evaluate import evaluate
 from .losses import dpo_logit_loss
 from .model import MultimodalSASRec
@@ -48,6 +48,9 @@ class SeqRecTrainConfig:
     topk: int = 50                     # K of the stochastic top-K pool (Eq. 4)
     beta: float = 1.0                  # DPO beta (Eq. 5)
     lam: float = 1.0                   # lambda of L = CE + lambda * DPO (Eq. 6)
+    precompute_ref: bool = True        # encode every training position with the frozen reference once, before DPO
+                                       # (trl's precompute_ref_log_probs); y_l is sampled per step, so the reference's
+                                       # fused queries and item table are kept rather than its scores
     device: str = "auto"
     max_minutes: float | None = None   # wall-clock budget; stops after the current epoch
     show_progress: bool = True
@@ -80,6 +83,7 @@ class SeqRecTrainer:
         if cfg.stage == "dpo":
             ref = reference if reference is not None else copy.deepcopy(model)
             self.reference = ref.to(self.device).eval().requires_grad_(False)
+        self.reference_cache: dict | None = None
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.average = self.weight_average()
         self.ckpt = Path(checkpoint_dir) if checkpoint_dir else None
@@ -114,17 +118,44 @@ class SeqRecTrainer:
     def sample_negatives(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return SAMPLERS[self.cfg.sampler](logits, target, k=self.cfg.topk, generator=self.generator)
 
-    def reference_margin(self, seq: torch.Tensor, targets: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor):
-        """s_ref(x, y_w) - s_ref(x, y_l): only the two items are scored (the partition cancels)."""
+    @torch.no_grad()
+    def precompute_reference(self, batch_size: int = 512) -> dict:
+        """The frozen reference's fused query at every training position, and its fused item table."""
+        ref = self.reference
+        tables = ref.item_tables()
+        counts = (self.targets > 0).sum(1)
+        offsets = counts.cumsum(0) - counts
+        queries = None
+        for idx in length_buckets(self.inputs, batch_size):
+            seq, tgt = trim(self.inputs[idx], self.targets[idx])
+            hidden = ref.encode(seq.to(self.device), tables)
+            q = ref.query({m: h[tgt.to(self.device) > 0] for m, h in hidden.items()})
+            if queries is None:
+                queries = torch.full((int(counts.sum()), q.shape[1]), float("nan"), dtype=q.dtype, device=self.device)
+            queries[position_rows(offsets, counts, idx).to(self.device)] = q
+        return {"queries": queries, "table": ref.fused_table(tables), "offsets": offsets, "counts": counts}
+
+    def reference_margin(self, seq: torch.Tensor, targets: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
+                         rows: torch.Tensor | None = None):
+        """s_ref(x, y_w) - s_ref(x, y_l): only the two items are scored (the partition cancels).
+
+        `rows` (the batch's window indices) reads the reference from `reference_cache`; without it, or without a
+        cache, the reference encodes the batch.
+        """
+        pair = torch.stack([pos, neg], 1)
         with torch.no_grad():
-            tables = self.reference.item_tables()
-            hidden = self.reference.encode(seq, tables)
-            sel = targets > 0
-            pair = torch.stack([pos, neg], 1)
-            s = self.reference.fuse({m: h[sel] for m, h in hidden.items()}, tables, pair)
+            cache = self.reference_cache
+            if cache is not None and rows is not None:
+                q = cache["queries"][position_rows(cache["offsets"], cache["counts"], rows).to(pair.device)]
+                s = self.reference.score(q, cache["table"], pair)
+            else:
+                tables = self.reference.item_tables()
+                hidden = self.reference.encode(seq, tables)
+                s = self.reference.fuse({m: h[targets > 0] for m, h in hidden.items()}, tables, pair)
         return s[:, 0] - s[:, 1]
 
-    def compute_loss(self, seq: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    def compute_loss(self, seq: torch.Tensor, targets: torch.Tensor,
+                     rows: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         logits, tgt = self.model.position_logits(seq, targets)
         ce = torch.nn.functional.cross_entropy(logits, tgt)
         loss = ce + self.model.aux_loss()
@@ -132,7 +163,7 @@ class SeqRecTrainer:
         if self.cfg.stage == "dpo":
             neg = self.sample_negatives(logits, tgt)
             margin = logits.gather(1, tgt[:, None]).squeeze(1) - logits.gather(1, neg[:, None]).squeeze(1)
-            ref_margin = self.reference_margin(seq, targets, tgt, neg)
+            ref_margin = self.reference_margin(seq, targets, tgt, neg, rows)
             dpo = dpo_logit_loss(margin, torch.zeros_like(margin), ref_margin, torch.zeros_like(ref_margin),
                                  self.cfg.beta).mean()
             loss = loss + self.cfg.lam * dpo
@@ -154,7 +185,7 @@ class SeqRecTrainer:
             seq, tgt = trim(self.inputs[idx], self.targets[idx])
             seq, tgt = seq.to(self.device), tgt.to(self.device)
             with autocast(self.device):
-                loss, parts = self.compute_loss(seq, tgt)
+                loss, parts = self.compute_loss(seq, tgt, idx)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -177,6 +208,8 @@ class SeqRecTrainer:
                     from safetensors.torch import load_file
                     self.best_state = load_file(str(best_dir / "model.safetensors"))
         t_start = time.perf_counter()
+        if self.reference is not None and self.cfg.precompute_ref and self.reference_cache is None:
+            self.reference_cache = self.precompute_reference()
         for epoch in range(start_epoch, self.cfg.epochs):
             row = {"epoch": epoch, "stage": self.cfg.stage, **self.train_epoch(epoch)}
             if self.cfg.swa_start and epoch + 1 >= self.cfg.swa_start:
