@@ -1,6 +1,6 @@
 """Sequential-track benchmark: SFT (CE warm-up) then DPO with a negative sampler; one JSON line.
 
-    python benchmarks/seqrec.py --dataset amazon-beauty --modalities id,text   # the README's recipe: 9 + 5 epochs
+    python benchmarks/seqrec.py --dataset amazon-beauty --modalities id,text   # the README's recipe: 15 + 3 epochs, SWA in both
     python benchmarks/seqrec.py --dataset amazon-beauty --samplers random,argmax,stochastic_topk --modalities id,text
 Targets (2 cores): both stages under 15 min, one full evaluation of all users under 10 s, peak RSS under 4 GB.
 """
@@ -38,15 +38,17 @@ def main() -> None:
     ap.add_argument("--modalities", default="id")
     ap.add_argument("--moe", action="store_true")
     ap.add_argument("--samplers", default="stochastic_topk")
-    ap.add_argument("--sft-epochs", type=int, default=9)
-    ap.add_argument("--dpo-epochs", type=int, default=5)
+    ap.add_argument("--sft-epochs", type=int, default=15)
+    ap.add_argument("--dpo-epochs", type=int, default=3)
     ap.add_argument("--dropout", type=float, default=0.3)
     ap.add_argument("--lr", type=float, default=2e-3)
     ap.add_argument("--dpo-lr", type=float, default=5e-4)
     ap.add_argument("--ema", type=float, default=None, help="SFT: EMA decay of the weights that are validated and kept")
     ap.add_argument("--swa-start", type=int, default=None,
-                    help="SFT: validate and keep the uniform average of the weights after epochs N..last (SWA)")
-    ap.add_argument("--dpo-swa-start", type=int, default=None, help="DPO: the same SWA, over DPO epochs N..")
+                    help="SFT: validate and keep the uniform average of the weights after epochs N..last (SWA; "
+                         "default 9, or off with --ema; 0: off)")
+    ap.add_argument("--dpo-swa-start", type=int, default=None,
+                    help="DPO: the same SWA, over DPO epochs N.. (default 1, or off with --dpo-ema; 0: off)")
     ap.add_argument("--dpo-ema", type=float, default=None, help="DPO: the same, for the policy")
     ap.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine"], help="SFT learning-rate schedule")
     ap.add_argument("--batch-size", type=int, default=64)
@@ -55,8 +57,8 @@ def main() -> None:
     ap.add_argument("--topk", type=int, default=50)
     ap.add_argument("--patience", type=int, default=5)
     ap.add_argument("--seed", type=int, default=42)
-    ap.add_argument("--eval-every", type=int, default=3, help="validate every N SFT epochs (DPO validates every epoch)")
-    ap.add_argument("--sft-keep", default="best", choices=["best", "last"],
+    ap.add_argument("--eval-every", type=int, default=5, help="validate every N SFT epochs (DPO validates every epoch)")
+    ap.add_argument("--sft-keep", default="last", choices=["best", "last"],
                     help="SFT: best-validated weights, or all epochs and the final weights (the paper's fixed warm-up)")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--sft-init", default=None, help="name/version of a registered model to continue SFT from")
@@ -64,6 +66,8 @@ def main() -> None:
                     help="name/version of a registered SFT model to use as the DPO reference (no SFT training)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="torch threads (default: all cores)")
     args = ap.parse_args()
+    args.swa_start = (None if args.ema else 9) if args.swa_start is None else (args.swa_start or None)
+    args.dpo_swa_start = (None if args.dpo_ema else 1) if args.dpo_swa_start is None else (args.dpo_swa_start or None)
 
     import torch
 
