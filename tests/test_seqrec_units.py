@@ -51,6 +51,8 @@ def test_topk_excluding_equals_topk_of_the_masked_scores():
     masked.scatter_(1, target[:, None], float("-inf"))
     for k in (1, 10, 78):
         assert torch.equal(topk_excluding(scores, target, k), masked.topk(k, 1).indices)
+    small = stochastic_topk_negatives(scores[:, :6], target.clamp(max=5), k=50)  # K above the catalogue: every other item
+    assert ((small != 0) & (small != target.clamp(max=5))).all()
 
 
 def test_argmax_returns_hardest_non_target_and_random_excludes_target():
