@@ -42,7 +42,7 @@ def main() -> None:
     ap.add_argument("--dpo-epochs", type=int, default=3)
     ap.add_argument("--dropout", type=float, default=0.3)
     ap.add_argument("--lr", type=float, default=2e-3)
-    ap.add_argument("--dpo-lr", type=float, default=5e-4)
+    ap.add_argument("--dpo-lr", type=float, default=1e-3)
     ap.add_argument("--ema", type=float, default=None, help="SFT: EMA decay of the weights that are validated and kept")
     ap.add_argument("--swa-start", type=int, default=None,
                     help="SFT: validate and keep the uniform average of the weights after epochs N..last (SWA; "
