@@ -180,8 +180,8 @@ class MultimodalSASRec(nn.Module):
 
     def query(self, hidden: dict[str, torch.Tensor]) -> torch.Tensor:
         """[h_id, a_txt h_txt, a_img h_img]: the fused query that scores against `fused_table`."""
-        first = self.cfg.modalities[0]
-        return torch.cat([hidden[m] if m == first else self.alpha[m] * hidden[m] for m in hidden], -1)
+        first, *rest = self.cfg.modalities
+        return torch.cat([hidden[first], *(self.alpha[m] * hidden[m] for m in rest)], -1)
 
     def fused_table(self, tables: dict[str, torch.Tensor]) -> torch.Tensor:
         """[E_id, E_txt, E_img]: (n_items + 1, d * n_modalities)."""

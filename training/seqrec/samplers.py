@@ -4,15 +4,6 @@ from __future__ import annotations
 
 import torch
 
-NEG_INF = float("-inf")
-
-
-def _exclude_target(scores: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    masked = scores.detach().clone()
-    masked[:, 0] = NEG_INF  # padding id
-    masked.scatter_(1, target.view(-1, 1), NEG_INF)
-    return masked
-
 
 def topk_excluding(scores: torch.Tensor, target: torch.Tensor, k: int) -> torch.Tensor:
     """Indices of the k best items other than padding and y_w, best first (no copy of the score matrix)."""
@@ -32,7 +23,7 @@ def random_negatives(scores: torch.Tensor, target: torch.Tensor, generator: torc
 
 def argmax_negatives(scores: torch.Tensor, target: torch.Tensor, **_) -> torch.Tensor:
     """The hardest non-target item: argmax over I \\ {y_w}."""
-    return _exclude_target(scores, target).argmax(1)
+    return topk_excluding(scores.detach(), target, 1).squeeze(1)
 
 
 def stochastic_topk_negatives(scores: torch.Tensor, target: torch.Tensor, k: int = 50,

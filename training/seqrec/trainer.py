@@ -123,17 +123,16 @@ class SeqRecTrainer:
         """The frozen reference's fused query at every training position, and its fused item table."""
         ref = self.reference
         tables = ref.item_tables()
+        table = ref.fused_table(tables)
         counts = (self.targets > 0).sum(1)
         offsets = counts.cumsum(0) - counts
-        queries = None
+        queries = torch.full((int(counts.sum()), table.shape[1]), float("nan"), dtype=table.dtype, device=self.device)
         for idx in length_buckets(self.inputs, batch_size):
             seq, tgt = trim(self.inputs[idx], self.targets[idx])
             hidden = ref.encode(seq.to(self.device), tables)
-            q = ref.query({m: h[tgt.to(self.device) > 0] for m, h in hidden.items()})
-            if queries is None:
-                queries = torch.full((int(counts.sum()), q.shape[1]), float("nan"), dtype=q.dtype, device=self.device)
-            queries[position_rows(offsets, counts, idx).to(self.device)] = q
-        return {"queries": queries, "table": ref.fused_table(tables), "offsets": offsets, "counts": counts}
+            queries[position_rows(offsets, counts, idx).to(self.device)] = ref.query(
+                {m: h[tgt.to(self.device) > 0] for m, h in hidden.items()})
+        return {"queries": queries, "table": table, "offsets": offsets, "counts": counts}
 
     def reference_margin(self, seq: torch.Tensor, targets: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
                          rows: torch.Tensor | None = None):
