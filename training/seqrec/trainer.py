@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from ..device import autocast, pick_device, seed_everything
+from ..device import autocast, pick_device, retain_freed_memory, seed_everything
 from .checkpoint import load_training_state, save_model, save_training_state
 from .data import EvalSet, length_buckets, position_rows, trim
 from .evaluate import evaluate
@@ -52,6 +52,8 @@ class SeqRecTrainConfig:
                                        # (trl's precompute_ref_log_probs); y_l is sampled per step, so the reference's
                                        # fused queries and item table are kept rather than its scores
     device: str = "auto"
+    retain_freed_memory: bool = True   # CPU: glibc keeps freed memory for the next step instead of unmapping it
+                                       # (the per-step logits skip page faults: ~10% faster steps, same numbers)
     max_minutes: float | None = None   # wall-clock budget; stops after the current epoch
     show_progress: bool = True
 
@@ -77,6 +79,8 @@ class SeqRecTrainer:
                  on_epoch: Callable[[dict], None] | None = None):
         seed_everything(cfg.seed)
         self.cfg, self.device = cfg, pick_device(cfg.device)
+        if self.device.type == "cpu" and cfg.retain_freed_memory:
+            retain_freed_memory()
         self.model = model.to(self.device)
         self.inputs, self.targets, self.valid = train_inputs, train_targets, valid
         self.reference = None
