@@ -37,6 +37,8 @@ def main() -> None:
     ap.add_argument("--home", default=os.environ.get("RECALIGN_HOME"), help="reuse a RECALIGN_HOME (tables, vectors)")
     ap.add_argument("--modalities", default="id")
     ap.add_argument("--moe", action="store_true")
+    ap.add_argument("--attributes", action="store_true",
+                    help="add the mean of learned attribute embeddings (brand, categories) to each item's ID embedding")
     ap.add_argument("--samplers", default="stochastic_topk")
     ap.add_argument("--sft-epochs", type=int, default=15)
     ap.add_argument("--dpo-epochs", type=int, default=3)
@@ -89,9 +91,9 @@ def main() -> None:
     if "text" in mods:
         embed_text_table(settings, spec.dataset, "item_text")
     log = (lambda *_: None) if args.quiet else (lambda m: print(m, file=sys.stderr, flush=True))
-    data = load_data(settings, spec.dataset, 50, mods)
+    data = load_data(settings, spec.dataset, 50, mods, attributes=args.attributes)
     model_cfg = {"d": 64, "max_len": 50, "dropout": args.dropout, "attn_dropout": args.dropout,
-                 "modalities": mods, "moe": args.moe}
+                 "modalities": mods, "moe": args.moe, "attributes": args.attributes}
     t_sft = time.perf_counter()
     if args.sft_from:
         sft = registered_summary(settings, spec.dataset, *args.sft_from.split("/"))
@@ -101,7 +103,8 @@ def main() -> None:
                                             lr_schedule=args.lr_schedule, ema_decay=args.ema, swa_start=args.swa_start,
                                             patience=args.patience, eval_every=args.eval_every, seed=args.seed,
                                             keep=args.sft_keep, show_progress=False),
-                          variant="seqrec_sft" + ("_moe" if args.moe else "") + ("_" + "_".join(mods) if mods != ["id"] else ""),
+                          variant="seqrec_sft" + ("_moe" if args.moe else "") + ("_" + "_".join(mods) if mods != ["id"] else "")
+                                  + ("_attr" if args.attributes else ""),
                           data=data, log=log, init=tuple(args.sft_init.split("/")) if args.sft_init else None)
     sft_seconds = time.perf_counter() - t_sft
     out = {"benchmark": "seqrec", "dataset": args.dataset, "modalities": sft["modalities"], "moe": sft.get("moe", args.moe),

@@ -149,3 +149,24 @@ def test_sft_continues_from_a_registered_model(ml_run):
     assert quality(cont["valid"]) == pytest.approx(quality(sft["valid"]), abs=1e-12)
     cfg = store.read("SELECT config FROM runs WHERE run_id = ?", [cont["run_id"]])["config"].iloc[0]
     assert f'"init": "{sft["name"]}/{sft["version"]}"' in cfg
+
+
+def test_attribute_ids_decode_to_each_items_categories_and_train(ml_run):
+    from assets.ingest.warehouse import Warehouse
+    from recalign.registry import Registry
+    from training.seqrec.checkpoint import load_model
+
+    home = ml_run[0]
+    data = load_data(home, "ml100k", 50, ["id"], attributes=True)
+    items = Warehouse(home.warehouse_path("ml100k")).read("SELECT item_id, categories FROM items")
+    names = data.attribute_names
+    assert names == sorted(set(names)) and len(names) >= 18  # MovieLens genres
+    for item, cats in zip(items["item_id"], items["categories"]):
+        row = data.attributes[item]
+        assert [names[i - 1] for i in row[row > 0].tolist()] == ([c.strip() for c in cats.split(" | ")] if isinstance(cats, str) else [])
+    out = train_stage(home, "ml100k", {**TINY, "attributes": True},
+                      SeqRecTrainConfig(epochs=1, batch_size=64, lr=3e-3, show_progress=False), "seqrec_sft_attr",
+                      data=data, log=lambda *_: None)
+    model, _ = load_model(Registry(home.registry_dir("ml100k")).get(out["name"], out["version"]).path)
+    assert model.cfg.attributes and model.cfg.n_attributes == len(names)
+    assert model.attr_emb.weight[1:].abs().sum() > 0 and out["test"]["ndcg@10"] > 0

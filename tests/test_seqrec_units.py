@@ -335,3 +335,32 @@ def test_retain_freed_memory_stops_per_step_page_faults_of_large_logits():
     assert (applied_off, applied_on) == ("False", "True")
     # ten steps over 96 MB logits: glibc maps and zeroes them afresh each step by default (~0.9M faults here)
     assert off > 10 * 96 * 256 * 0.8 and on < off / 3, (off, on)
+
+
+def test_attributes_add_their_mean_embedding_to_the_id_table_and_survive_a_checkpoint(tmp_path):
+    torch.manual_seed(0)
+    attrs = torch.zeros(31, 3, dtype=torch.long)
+    attrs[1:] = torch.randint(0, 6, (30, 3))
+    attrs[7] = torch.tensor([2, 0, 0])
+    attrs[3] = torch.tensor([1, 4, 0])
+    attrs[8] = 0  # no attributes: its e_id is the ID embedding alone
+    cfg = SeqRecConfig(n_items=30, d=16, n_layers=1, n_heads=2, inner=32, dropout=0.0, attn_dropout=0.0,
+                       attributes=True, n_attributes=5)
+    m = MultimodalSASRec(cfg, attributes=attrs)
+    assert torch.equal(m.item_table("id"), m.item_id.weight)  # zero-initialised: the warm start is kept as is
+    with torch.no_grad():
+        m.attr_emb.weight[1:] = torch.randn(5, 16)
+    table, w = m.item_table("id"), m.attr_emb.weight
+    assert torch.allclose(table[7], m.item_id.weight[7] + w[2])
+    assert torch.allclose(table[3], m.item_id.weight[3] + (w[1] + w[4]) / 2)  # the mean skips the padding id
+    assert torch.equal(table[8], m.item_id.weight[8]) and torch.equal(table[0], m.item_id.weight[0])
+    seq, tgt = torch.tensor([[0, 7, 3, 4]]), torch.tensor([[0, 3, 4, 7]])
+    m.calculate_loss(seq, tgt).backward()
+    used = torch.unique(attrs[[3, 4, 7]])
+    assert m.attr_emb.weight.grad[used[used > 0]].abs().sum(1).gt(0).all()
+    m.eval()
+    save_model(m, tmp_path / "m")
+    loaded, _ = load_model(tmp_path / "m")
+    assert torch.equal(loaded.item_attrs, attrs) and torch.allclose(loaded.full_sort_predict(seq), m.full_sort_predict(seq))
+    with pytest.raises(ValueError, match="ids in 0..5"):
+        MultimodalSASRec(cfg, attributes=attrs + 5)

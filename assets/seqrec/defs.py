@@ -25,6 +25,7 @@ class SeqRecSFTConfig(dg.Config):
     n_experts: int = 4
     moe_top_k: int = 2
     id_init: str = "cooccurrence"
+    attributes: bool = False  # add learned attribute embeddings (the items' categories: brand, category levels) to e_id
     epochs: int = 15
     batch_size: int = 128
     lr: float = 2e-3
@@ -77,7 +78,7 @@ def seqrec_sft(context: dg.AssetExecutionContext, config: SeqRecSFTConfig, recal
     c = config
     model_cfg = {"d": c.d, "max_len": c.max_len, "n_layers": c.n_layers, "n_heads": c.n_heads, "dropout": c.dropout,
                  "attn_dropout": c.dropout, "modalities": list(c.modalities), "moe": c.moe,
-                 "n_experts": c.n_experts, "moe_top_k": c.moe_top_k, "id_init": c.id_init}
+                 "n_experts": c.n_experts, "moe_top_k": c.moe_top_k, "id_init": c.id_init, "attributes": c.attributes}
     train = SeqRecTrainConfig(stage="sft", epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
                               lr_schedule=c.lr_schedule, patience=c.patience, eval_every=c.eval_every, keep=c.keep,
                               ema_decay=c.ema_decay, swa_start=c.swa_start, seed=c.seed, max_minutes=c.max_minutes,

@@ -37,18 +37,38 @@ class SeqRecData:
     test: EvalSet
     text: torch.Tensor | None
     image: torch.Tensor | None
+    attributes: torch.Tensor | None = None   # (n_items + 1, max attributes) ids, 0 = padding
+    attribute_names: list[str] | None = None
 
 
-def load_data(settings: Settings, dataset: str, max_len: int = 50, modalities: list[str] | None = None) -> SeqRecData:
+def attribute_matrix(wh: Warehouse, n_items: int) -> tuple[torch.Tensor, list[str]]:
+    """Each item's attributes (the `categories` field split on ' | ': brand, category levels, genres) as ids 1..A.
+
+    Ids follow the sorted attribute names, so the same catalogue always gives the same matrix."""
+    df = wh.read(f"SELECT item_id, categories FROM items WHERE categories IS NOT NULL AND item_id <= {int(n_items)} "
+                 "ORDER BY item_id")
+    lists = [[a.strip() for a in c.split(" | ") if a.strip()] for c in df["categories"]]
+    names = sorted({a for row in lists for a in row})
+    ids = {a: i + 1 for i, a in enumerate(names)}
+    out = torch.zeros(n_items + 1, max((len(r) for r in lists), default=1) or 1, dtype=torch.long)
+    for item, row in zip(df["item_id"].to_numpy(), lists):
+        out[item, :len(row)] = torch.tensor([ids[a] for a in row], dtype=torch.long)
+    return out, names
+
+
+def load_data(settings: Settings, dataset: str, max_len: int = 50, modalities: list[str] | None = None,
+              attributes: bool = False) -> SeqRecData:
     wh = Warehouse(settings.warehouse_path(dataset))
     seq = load_sequences(wh)
     x, y = training_windows(seq.train, max_len)
     mods = modalities or ["id"]
     text = feature_matrix(settings, dataset, "item_text", seq.n_items) if "text" in mods else None
     image = feature_matrix(settings, dataset, "item_image", seq.n_items) if "image" in mods else None
+    attrs, names = attribute_matrix(wh, seq.n_items) if attributes else (None, None)
     return SeqRecData(seq, x, y, EvalSet.build(seq.history("valid"), seq.valid, seq.user_ids, max_len),
                       EvalSet.build(seq.history("test"), seq.test, seq.user_ids, max_len),
-                      None if text is None else torch.from_numpy(text), None if image is None else torch.from_numpy(image))
+                      None if text is None else torch.from_numpy(text), None if image is None else torch.from_numpy(image),
+                      attrs, names)
 
 
 def available_modalities(data: SeqRecData, wanted: list[str]) -> list[str]:
@@ -116,7 +136,7 @@ def train_stage(settings: Settings, dataset: str, model_cfg: dict, train_cfg: Se
     registry = Registry(settings.registry_dir(dataset))
     store = MetricsStore(settings.metrics_path)
     wanted = list(model_cfg.get("modalities", ["id"]))
-    data = data or load_data(settings, dataset, model_cfg.get("max_len", 50), wanted)
+    data = data or load_data(settings, dataset, model_cfg.get("max_len", 50), wanted, model_cfg.get("attributes", False))
     ref_model, ref_meta = None, None
     if reference is not None:
         ref_mv = registry.get(*reference)
@@ -128,11 +148,17 @@ def train_stage(settings: Settings, dataset: str, model_cfg: dict, train_cfg: Se
         model_cfg = model.cfg.to_dict()
     else:
         mods = available_modalities(data, wanted)
+        if model_cfg.get("attributes") and data.attributes is None:
+            raise ValueError(f"{dataset}: attributes asked for, but the data was loaded without them (load_data(attributes=True))")
+        # like a missing modality, attributes drop out where the catalogue has none (or there is no id modality)
+        attrs = data.attributes if model_cfg.get("attributes") and "id" in mods and data.attribute_names else None
         cfg = SeqRecConfig(**{**model_cfg, "n_items": data.seq.n_items, "modalities": mods,
                               "text_dim": data.text.shape[1] if "text" in mods else 0,
-                              "image_dim": data.image.shape[1] if "image" in mods else 0})
+                              "image_dim": data.image.shape[1] if "image" in mods else 0,
+                              "attributes": attrs is not None,
+                              "n_attributes": len(data.attribute_names) if attrs is not None else 0})
         model = MultimodalSASRec(cfg, text=data.text if "text" in mods else None,
-                                 image=data.image if "image" in mods else None)
+                                 image=data.image if "image" in mods else None, attributes=attrs)
         warm_start_ids(model, data.seq.train)
         model_cfg = cfg.to_dict()
     config = {"model": model_cfg, "train": asdict(train_cfg),

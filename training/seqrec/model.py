@@ -37,6 +37,8 @@ class SeqRecConfig:
     moe_noise: float = 1.0
     moe_aux_weight: float = 0.01
     id_init: str = "cooccurrence"  # or "random"; see warmstart.py (training split only)
+    attributes: bool = False       # e_id = Emb(i) + mean of the item's learned attribute embeddings (brand, categories)
+    n_attributes: int = 0          # attribute vocabulary size (ids 1..n_attributes, 0 = padding)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,7 +113,8 @@ class ModalityEncoder(nn.Module):
 
 
 class MultimodalSASRec(nn.Module):
-    def __init__(self, cfg: SeqRecConfig, text: torch.Tensor | None = None, image: torch.Tensor | None = None):
+    def __init__(self, cfg: SeqRecConfig, text: torch.Tensor | None = None, image: torch.Tensor | None = None,
+                 attributes: torch.Tensor | None = None):
         super().__init__()
         self.cfg = cfg
         n = cfg.n_items + 1
@@ -121,6 +124,8 @@ class MultimodalSASRec(nn.Module):
         self.item_id = nn.Embedding(n, cfg.d, padding_idx=0) if "id" in cfg.modalities else None
         if self.item_id is not None:
             nn.init.normal_(self.item_id.weight, std=cfg.d ** -0.5)
+        if cfg.attributes:
+            self.init_attributes(attributes)
         for name, feats, dim in (("text", text, cfg.text_dim), ("image", image, cfg.image_dim)):
             if name not in cfg.modalities:
                 continue
@@ -138,12 +143,26 @@ class MultimodalSASRec(nn.Module):
         self.encoders = nn.ModuleDict({m: ModalityEncoder(cfg) for m in cfg.modalities})
         self.alpha = nn.ParameterDict({m: nn.Parameter(torch.ones(())) for m in cfg.modalities[1:]})
 
+    def init_attributes(self, attributes: torch.Tensor | None) -> None:
+        """Attribute ids per item, (n_items + 1, max attributes) zero-padded; embeddings start at 0 (e_id unchanged)."""
+        cfg, n = self.cfg, self.cfg.n_items + 1
+        if "id" not in cfg.modalities or cfg.n_attributes <= 0:
+            raise ValueError("attributes extend the id modality and need n_attributes > 0")
+        attributes = torch.zeros(n, 1, dtype=torch.long) if attributes is None else attributes.long()
+        if attributes.shape[0] != n or attributes.numel() and int(attributes.max()) > cfg.n_attributes:
+            raise ValueError(f"attributes must have {n} rows of ids in 0..{cfg.n_attributes}, got {tuple(attributes.shape)}")
+        self.register_buffer("item_attrs", attributes)
+        self.attr_emb = nn.Embedding(cfg.n_attributes + 1, cfg.d, padding_idx=0)
+        nn.init.zeros_(self.attr_emb.weight)
+
     # --- item side ------------------------------------------------------------------------------
 
     def item_table(self, modality: str) -> torch.Tensor:
         """E_m: (n_items + 1, d) item representations of one modality."""
         if modality == "id":
-            return self.item_id.weight
+            if not self.cfg.attributes:
+                return self.item_id.weight
+            return self.item_id.weight + F.embedding_bag(self.item_attrs, self.attr_emb.weight, mode="mean", padding_idx=0)
         feats, has = getattr(self, f"{modality}_feats"), getattr(self, f"{modality}_has")
         proj = getattr(self, f"{modality}_proj")(feats)
         return torch.where(has.unsqueeze(-1), proj, getattr(self, f"{modality}_missing"))
