@@ -28,6 +28,7 @@ def autocast(device: torch.device):
 
 
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_MAX = -1, -2, -4  # glibc mallopt parameters (malloc.h)
+INT_MAX = 2**31 - 1  # mallopt takes a C int
 
 
 def retain_freed_memory(trim_mb: int = 1024, top_pad_mb: int = 256) -> bool:
@@ -41,7 +42,7 @@ def retain_freed_memory(trim_mb: int = 1024, top_pad_mb: int = 256) -> bool:
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     return all(libc.mallopt(param, value) == 1 for param, value in (
-        (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, trim_mb << 20), (M_TOP_PAD, top_pad_mb << 20)))
+        (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, min(trim_mb << 20, INT_MAX)), (M_TOP_PAD, min(top_pad_mb << 20, INT_MAX))))
 
 
 def seed_everything(seed: int) -> None:
