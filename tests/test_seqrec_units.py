@@ -11,7 +11,7 @@ from training.seqrec.checkpoint import load_model, save_model
 from training.seqrec.data import EvalSet, length_buckets, training_windows, trim
 from training.seqrec.evaluate import full_ranking_ranks
 from training.seqrec.losses import dpo_logit_loss
-from training.seqrec.model import MultimodalSASRec, SeqRecConfig, SparseNoisyMoE
+from training.seqrec.model import MultimodalSASRec, SeqRecConfig, SparseNoisyMoE, seen_items
 from training.seqrec.samplers import argmax_negatives, random_negatives, stochastic_topk_negatives, topk_excluding
 from training.seqrec.trainer import SeqRecTrainConfig, SeqRecTrainer
 
@@ -285,6 +285,33 @@ def test_history_masking_in_full_ranking():
     es = EvalSet.build([np.array([1, 2, 3])], np.array([2]), np.array([7]), 10)  # target repeats a history item
     rank_masked = full_ranking_ranks(m, es)
     assert rank_masked[0] <= 30 - 2  # items 1 and 3 are masked; the target itself stays rankable
+
+
+def test_mask_history_hides_each_prefix_from_the_softmax_and_the_negative_pool():
+    # window 0: left-padded [_, 4, 5, 6] -> targets [_, 5, 6, 4] (the last target repeats item 4: kept rankable);
+    # window 1: [7, 8, 9, 10] -> [8, 9, 10, 0] (last position padded: no row)
+    seq = torch.tensor([[0, 4, 5, 6], [7, 8, 9, 10]])
+    tgt = torch.tensor([[0, 5, 6, 4], [8, 9, 10, 0]])
+    rows, cols = seen_items(seq, tgt)
+    seen = sorted(zip(rows.tolist(), cols.tolist()))
+    assert seen == [(0, 4), (1, 4), (1, 5), (2, 5), (2, 6), (3, 7), (4, 7), (4, 8), (5, 7), (5, 8), (5, 9)]
+    m = small_model()
+    plain, t = m.position_logits(seq, tgt)
+    masked, t2 = m.position_logits(seq, tgt, mask_seen=True)
+    assert torch.equal(t, t2) and torch.isinf(masked[rows, cols]).all()
+    keep = torch.ones_like(plain, dtype=torch.bool)
+    keep[rows, cols] = False
+    assert torch.equal(masked[keep], plain[keep])  # nothing else moves; the repeated target 4 of row 2 stays finite
+    assert torch.isfinite(masked.gather(1, t[:, None])).all()
+    neg = stochastic_topk_negatives(masked, t, k=5, generator=torch.Generator().manual_seed(0))
+    assert not ((rows[:, None] == torch.arange(len(t))) & (cols[:, None] == neg)).any()
+    # a training run with the mask learns and its losses differ from the unmasked run's
+    x, y, valid = _toy_data()
+    runs = [SeqRecTrainer(small_model(), SeqRecTrainConfig(epochs=2, batch_size=32, lr=5e-3, mask_history=mh,
+                                                           show_progress=False), x, y, valid).fit() for mh in (False, True)]
+    assert runs[1]["history"][-1]["loss"] < runs[1]["history"][0]["loss"]
+    assert [r["loss"] for r in runs[1]["history"]] != [r["loss"] for r in runs[0]["history"]]
+    assert torch.nn.functional.cross_entropy(masked, t) < torch.nn.functional.cross_entropy(plain, t)  # fewer competitors
 
 
 def test_cooccurrence_warm_start_is_independent_of_the_solver_start_and_groups_co_occurring_items():

@@ -112,6 +112,19 @@ class ModalityEncoder(nn.Module):
         return self.ln_out(x)
 
 
+def seen_items(seq: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, item) pairs of `position_logits` rows whose prefix seq[b, :t+1] holds the item, the row's target excepted."""
+    sel = targets > 0
+    B, L = seq.shape
+    row_of = torch.full((B, L), -1, dtype=torch.long, device=seq.device)
+    row_of[sel] = torch.arange(int(sel.sum()), device=seq.device)
+    prefix = torch.ones(L, L, dtype=torch.bool, device=seq.device).tril()
+    b, t, s = (prefix[None] & (seq > 0)[:, None, :]).nonzero(as_tuple=True)
+    rows, cols = row_of[b, t], seq[b, s]
+    keep = (rows >= 0) & (cols != targets[b, t])
+    return rows[keep], cols[keep]
+
+
 class MultimodalSASRec(nn.Module):
     def __init__(self, cfg: SeqRecConfig, text: torch.Tensor | None = None, image: torch.Tensor | None = None,
                  attributes: torch.Tensor | None = None):
@@ -218,13 +231,20 @@ class MultimodalSASRec(nn.Module):
             return torch.zeros(())
         return self.cfg.moe_aux_weight * sum(moe.aux_loss for moe in self.moe.values())
 
-    def position_logits(self, seq: torch.Tensor, targets: torch.Tensor):
-        """Logits over all items at every non-padded target position: (N, n_items + 1), targets (N,)."""
+    def position_logits(self, seq: torch.Tensor, targets: torch.Tensor, mask_seen: bool = False):
+        """Logits over all items at every non-padded target position: (N, n_items + 1), targets (N,).
+
+        `mask_seen`: items already in a position's prefix are set to -inf (the evaluation and the serving API
+        rank only unseen items), the position's own target excepted.
+        """
         tables = self.item_tables()
         hidden = self.encode(seq, tables)
         sel = targets > 0
         logits = self.fuse({m: h[sel] for m, h in hidden.items()}, tables)
         logits[:, 0] = float("-inf")
+        if mask_seen:
+            rows, cols = seen_items(seq, targets)
+            logits[rows, cols] = float("-inf")
         return logits, targets[sel]
 
     def calculate_loss(self, seq: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

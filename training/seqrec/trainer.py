@@ -48,6 +48,8 @@ class SeqRecTrainConfig:
     topk: int = 50                     # K of the stochastic top-K pool (Eq. 4)
     beta: float = 1.0                  # DPO beta (Eq. 5)
     lam: float = 1.0                   # lambda of L = CE + lambda * DPO (Eq. 6)
+    mask_history: bool = False         # CE's softmax and the negative pool skip the items already in each prefix,
+                                       # as the evaluation and the serving API do
     precompute_ref: bool = True        # encode every training position with the frozen reference once, before DPO
                                        # (trl's precompute_ref_log_probs); y_l is sampled per step, so the reference's
                                        # fused queries and item table are kept rather than its scores
@@ -159,7 +161,7 @@ class SeqRecTrainer:
 
     def compute_loss(self, seq: torch.Tensor, targets: torch.Tensor,
                      rows: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-        logits, tgt = self.model.position_logits(seq, targets)
+        logits, tgt = self.model.position_logits(seq, targets, mask_seen=self.cfg.mask_history)
         ce = torch.nn.functional.cross_entropy(logits, tgt)
         loss = ce + self.model.aux_loss()
         parts = {"ce": ce.item()}
