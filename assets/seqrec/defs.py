@@ -35,6 +35,7 @@ class SeqRecSFTConfig(dg.Config):
     keep: str = "best"  # or "last": all `epochs`, final weights (the paper's fixed 15-epoch warm-up)
     ema_decay: float | None = None  # validate and keep an exponential moving average of the weights
     swa_start: int | None = None  # or validate and keep the uniform average of the weights after epochs swa_start..
+    mask_history: bool = False  # the CE softmax skips the items already in each prefix (evaluation and serving do)
     seed: int = 42
     max_minutes: float | None = None
 
@@ -54,6 +55,7 @@ class SeqRecDPOConfig(dg.Config):
     ema_decay: float | None = None
     swa_start: int | None = None  # validate the uniform average of the policy's weights after DPO epochs swa_start..
     precompute_ref: bool = True  # encode the training positions with the frozen reference once (67 MB on Beauty)
+    mask_history: bool = False  # the CE softmax and the negative pool skip the items already in each prefix
     seed: int = 42
     max_minutes: float | None = None
 
@@ -82,7 +84,7 @@ def seqrec_sft(context: dg.AssetExecutionContext, config: SeqRecSFTConfig, recal
     train = SeqRecTrainConfig(stage="sft", epochs=c.epochs, batch_size=c.batch_size, lr=c.lr,
                               lr_schedule=c.lr_schedule, patience=c.patience, eval_every=c.eval_every, keep=c.keep,
                               ema_decay=c.ema_decay, swa_start=c.swa_start, seed=c.seed, max_minutes=c.max_minutes,
-                              show_progress=False)
+                              mask_history=c.mask_history, show_progress=False)
     out = train_stage(recalign.settings(), dataset.spec().dataset, model_cfg, train, "seqrec_sft", log=context.log.info)
     return dg.MaterializeResult(metadata=_metadata(out))
 
@@ -99,7 +101,7 @@ def seqrec_dpo(context: dg.AssetExecutionContext, config: SeqRecDPOConfig, recal
     train = SeqRecTrainConfig(stage="dpo", epochs=c.epochs, batch_size=c.batch_size, lr=c.lr, patience=c.patience,
                               eval_every=c.eval_every, ema_decay=c.ema_decay, swa_start=c.swa_start, seed=c.seed,
                               sampler=c.sampler, topk=c.topk, beta=c.beta, lam=c.lam, max_minutes=c.max_minutes,
-                              precompute_ref=c.precompute_ref, show_progress=False)
+                              precompute_ref=c.precompute_ref, mask_history=c.mask_history, show_progress=False)
     out = train_stage(settings, name, {}, train, "seqrec_dpo", reference=(sft.name, sft.version), log=context.log.info)
     return dg.MaterializeResult(metadata=_metadata(out) | {"reference": f"{sft.name}/{sft.version}",
                                                            "sampler": c.sampler})
