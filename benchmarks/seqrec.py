@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--attributes", action="store_true",
                     help="add the mean of learned attribute embeddings (brand, categories) to each item's ID embedding")
     ap.add_argument("--samplers", default="stochastic_topk")
-    ap.add_argument("--mask-history", default="none", choices=["none", "sft", "dpo", "both"],
+    ap.add_argument("--mask-history", default="both", choices=["none", "sft", "dpo", "both"],
                     help="stages whose CE softmax and negative pool skip the items already in each prefix")
     ap.add_argument("--sft-epochs", type=int, default=15)
     ap.add_argument("--dpo-epochs", type=int, default=3)
@@ -107,7 +107,7 @@ def main() -> None:
                                             keep=args.sft_keep, mask_history=args.mask_history in ("sft", "both"),
                                             show_progress=False),
                           variant="seqrec_sft" + ("_moe" if args.moe else "") + ("_" + "_".join(mods) if mods != ["id"] else "")
-                                  + ("_attr" if args.attributes else "") + ("_mask" if args.mask_history in ("sft", "both") else ""),
+                                  + ("_attr" if args.attributes else "") + ("" if args.mask_history in ("sft", "both") else "_nomask"),
                           data=data, log=log, init=tuple(args.sft_init.split("/")) if args.sft_init else None)
     sft_seconds = time.perf_counter() - t_sft
     out = {"benchmark": "seqrec", "dataset": args.dataset, "modalities": sft["modalities"], "moe": sft.get("moe", args.moe),
@@ -123,7 +123,7 @@ def main() -> None:
                                             sampler=sampler, topk=args.topk, beta=args.beta, lam=args.lam, ema_decay=args.dpo_ema,
                                             swa_start=args.dpo_swa_start, mask_history=args.mask_history in ("dpo", "both"),
                                             patience=args.patience, seed=args.seed, show_progress=False),
-                          variant=f"seqrec_dpo_{sampler}" + ("_mask" if args.mask_history in ("dpo", "both") else ""), reference=(sft["name"], sft["version"]), data=data, log=log)
+                          variant=f"seqrec_dpo_{sampler}" + ("" if args.mask_history in ("dpo", "both") else "_nomask"), reference=(sft["name"], sft["version"]), data=data, log=log)
         out[f"dpo_{sampler}"] = {"test": dpo["test"], "valid_ndcg@10": dpo["valid"]["ndcg@10"],
                                  "epochs": dpo["epochs_run"], "seconds_per_epoch": dpo["seconds_per_epoch"],
                                  "seconds": round(time.perf_counter() - t_dpo, 1)}

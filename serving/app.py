@@ -57,7 +57,8 @@ class RecommendRequest(BaseModel):
     user_id: int | None = Field(None, description="a known user: their history is looked up")
     history: list[int] | None = Field(None, max_length=MAX_HISTORY, description="or an ad-hoc history of item ids, oldest first")
     k: int = Field(10, ge=1, le=MAX_K)
-    exclude_seen: bool = True
+    exclude_seen: bool = Field(True, description="leave out the history's items (models trained with mask_history, the "
+                                                "default, never learned to rank them: their scores say nothing)")
     category: str | None = Field(None, max_length=200, description="only items whose category path contains this")
 
 

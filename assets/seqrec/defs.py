@@ -35,7 +35,7 @@ class SeqRecSFTConfig(dg.Config):
     keep: str = "best"  # or "last": all `epochs`, final weights (the paper's fixed 15-epoch warm-up)
     ema_decay: float | None = None  # validate and keep an exponential moving average of the weights
     swa_start: int | None = None  # or validate and keep the uniform average of the weights after epochs swa_start..
-    mask_history: bool = False  # the CE softmax skips the items already in each prefix (evaluation and serving do)
+    mask_history: bool = True  # the CE softmax skips the items already in each prefix (evaluation and serving do)
     seed: int = 42
     max_minutes: float | None = None
 
@@ -55,7 +55,7 @@ class SeqRecDPOConfig(dg.Config):
     ema_decay: float | None = None
     swa_start: int | None = None  # validate the uniform average of the policy's weights after DPO epochs swa_start..
     precompute_ref: bool = True  # encode the training positions with the frozen reference once (67 MB on Beauty)
-    mask_history: bool = False  # the CE softmax and the negative pool skip the items already in each prefix
+    mask_history: bool = True  # the CE softmax and the negative pool skip the items already in each prefix
     seed: int = 42
     max_minutes: float | None = None
 
