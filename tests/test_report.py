@@ -170,3 +170,29 @@ def test_attribute_ids_decode_to_each_items_categories_and_train(ml_run):
     model, _ = load_model(Registry(home.registry_dir("ml100k")).get(out["name"], out["version"]).path)
     assert model.cfg.attributes and model.cfg.n_attributes == len(names)
     assert model.attr_emb.weight[1:].abs().sum() > 0 and out["test"]["ndcg@10"] > 0
+
+
+def test_history_mask_hides_exactly_each_real_prefix(ml_run):
+    """On real MovieLens-100k windows: the default SFT trained with the mask, and the mask covers each prefix only."""
+    import torch
+
+    from recalign.registry import Registry
+    from training.seqrec.checkpoint import load_model
+    from training.seqrec.data import length_buckets, trim
+
+    home, _, _, _, sft, _ = ml_run
+    model, meta = load_model(Registry(home.registry_dir("ml100k")).get(sft["name"], sft["version"]).path)
+    assert meta["train"]["mask_history"] is True
+    data = load_data(home, "ml100k", 50, ["id"])
+    idx = length_buckets(data.train_inputs, 64)[:4]
+    for rows in idx:
+        seq, tgt = trim(data.train_inputs[rows], data.train_targets[rows])
+        with torch.no_grad():
+            plain, t = model.position_logits(seq, tgt)
+            masked, _ = model.position_logits(seq, tgt, mask_seen=True)
+        hidden = torch.isinf(masked) & ~torch.isinf(plain)
+        positions = (tgt > 0).nonzero().tolist()  # row order of position_logits
+        for r, (b, p) in enumerate(positions):
+            prefix = set(seq[b, : p + 1][seq[b, : p + 1] > 0].tolist()) - {int(t[r])}
+            assert set(hidden[r].nonzero().flatten().tolist()) == prefix
+        assert torch.isfinite(masked.gather(1, t[:, None])).all()
