@@ -224,7 +224,8 @@ def test_swa_keeps_the_uniform_average_of_the_weights_after_the_last_epochs():
 
 def test_keep_last_trains_every_epoch_and_keeps_the_final_weights():
     x, y, valid = _toy_data()
-    cfg = dict(epochs=5, batch_size=16, lr=0.2, show_progress=False, patience=1, seed=0)  # validation goes up, then down
+    cfg = dict(epochs=5, batch_size=16, lr=0.2, show_progress=False, patience=1, seed=0,  # validation goes up, then down
+               mask_history=False)
     best = SeqRecTrainer(small_model(), SeqRecTrainConfig(**cfg), x, y, valid).fit()
     assert best["epochs_run"] < 5  # early stopping did stop this run
     t = SeqRecTrainer(small_model(), SeqRecTrainConfig(**cfg, keep="last"), x, y, valid)
