@@ -1,6 +1,6 @@
 """Sequential-track benchmark: SFT (CE warm-up) then DPO with a negative sampler; one JSON line.
 
-    python benchmarks/seqrec.py --dataset amazon-beauty --modalities id,text   # the README's recipe: 15 + 3 epochs, SWA in both
+    python benchmarks/seqrec.py --dataset amazon-beauty --modalities id,text   # the README's recipe: 15 + 3 epochs, SWA in both, history masked
     python benchmarks/seqrec.py --dataset amazon-beauty --samplers random,argmax,stochastic_topk --modalities id,text
 Targets (2 cores): both stages under 15 min, one full evaluation of all users under 10 s, peak RSS under 4 GB.
 """
@@ -96,6 +96,7 @@ def main() -> None:
     data = load_data(settings, spec.dataset, 50, mods, attributes=args.attributes)
     model_cfg = {"d": 64, "max_len": 50, "dropout": args.dropout, "attn_dropout": args.dropout,
                  "modalities": mods, "moe": args.moe, "attributes": args.attributes}
+    mask_sft, mask_dpo = args.mask_history in ("sft", "both"), args.mask_history in ("dpo", "both")
     t_sft = time.perf_counter()
     if args.sft_from:
         sft = registered_summary(settings, spec.dataset, *args.sft_from.split("/"))
@@ -104,13 +105,14 @@ def main() -> None:
                           SeqRecTrainConfig(stage="sft", epochs=args.sft_epochs, lr=args.lr, batch_size=args.batch_size,
                                             lr_schedule=args.lr_schedule, ema_decay=args.ema, swa_start=args.swa_start,
                                             patience=args.patience, eval_every=args.eval_every, seed=args.seed,
-                                            keep=args.sft_keep, mask_history=args.mask_history in ("sft", "both"),
+                                            keep=args.sft_keep, mask_history=mask_sft,
                                             show_progress=False),
                           variant="seqrec_sft" + ("_moe" if args.moe else "") + ("_" + "_".join(mods) if mods != ["id"] else "")
-                                  + ("_attr" if args.attributes else "") + ("" if args.mask_history in ("sft", "both") else "_nomask"),
+                                  + ("_attr" if args.attributes else "") + ("" if mask_sft else "_nomask"),
                           data=data, log=log, init=tuple(args.sft_init.split("/")) if args.sft_init else None)
     sft_seconds = time.perf_counter() - t_sft
     out = {"benchmark": "seqrec", "dataset": args.dataset, "modalities": sft["modalities"], "moe": sft.get("moe", args.moe),
+           "mask_history": args.mask_history,
            "sft": {"name": sft["name"], "version": sft["version"], "test": sft["test"],
                    "valid_ndcg@10": sft["valid"]["ndcg@10"], "epochs": sft["epochs_run"],
                    "seconds_per_epoch": sft["seconds_per_epoch"], "seconds": round(sft_seconds, 1),
@@ -121,9 +123,10 @@ def main() -> None:
         dpo = train_stage(settings, spec.dataset, {},
                           SeqRecTrainConfig(stage="dpo", epochs=args.dpo_epochs, lr=args.dpo_lr, batch_size=args.batch_size,
                                             sampler=sampler, topk=args.topk, beta=args.beta, lam=args.lam, ema_decay=args.dpo_ema,
-                                            swa_start=args.dpo_swa_start, mask_history=args.mask_history in ("dpo", "both"),
+                                            swa_start=args.dpo_swa_start, mask_history=mask_dpo,
                                             patience=args.patience, seed=args.seed, show_progress=False),
-                          variant=f"seqrec_dpo_{sampler}" + ("" if args.mask_history in ("dpo", "both") else "_nomask"), reference=(sft["name"], sft["version"]), data=data, log=log)
+                          variant=f"seqrec_dpo_{sampler}" + ("" if mask_dpo else "_nomask"),
+                          reference=(sft["name"], sft["version"]), data=data, log=log)
         out[f"dpo_{sampler}"] = {"test": dpo["test"], "valid_ndcg@10": dpo["valid"]["ndcg@10"],
                                  "epochs": dpo["epochs_run"], "seconds_per_epoch": dpo["seconds_per_epoch"],
                                  "seconds": round(time.perf_counter() - t_dpo, 1)}

@@ -235,7 +235,8 @@ class MultimodalSASRec(nn.Module):
         """Logits over all items at every non-padded target position: (N, n_items + 1), targets (N,).
 
         `mask_seen`: items already in a position's prefix are set to -inf (the evaluation and the serving API
-        rank only unseen items), the position's own target excepted.
+        rank only unseen items), the position's own target excepted. The prefix is the training window's (the
+        last `max_len` items); the evaluation masks the whole history.
         """
         tables = self.item_tables()
         hidden = self.encode(seq, tables)
@@ -247,9 +248,9 @@ class MultimodalSASRec(nn.Module):
             logits[rows, cols] = float("-inf")
         return logits, targets[sel]
 
-    def calculate_loss(self, seq: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Cross-entropy over all items at every position (one causal pass per sequence)."""
-        logits, tgt = self.position_logits(seq, targets)
+    def calculate_loss(self, seq: torch.Tensor, targets: torch.Tensor, mask_seen: bool = False) -> torch.Tensor:
+        """Cross-entropy over all items (the unseen ones with `mask_seen`) at every position, one causal pass."""
+        logits, tgt = self.position_logits(seq, targets, mask_seen)
         return F.cross_entropy(logits, tgt) + self.aux_loss()
 
     def full_sort_predict(self, seq: torch.Tensor) -> torch.Tensor:
