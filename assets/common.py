@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import typing
 
 import dagster as dg
 import pandas as pd
+import pydantic
 
 
 def md_table(df: pd.DataFrame, max_rows: int = 20, max_width: int = 80) -> dg.MetadataValue:
@@ -35,3 +38,25 @@ def to_metadata(values: dict) -> dict:
         else:
             out[key] = str(value)
     return out
+
+
+class DataclassConfig(dg.Config):
+    """A run config whose fields are those of library config dataclasses (see `dataclass_config`)."""
+
+    def pick(self, cls) -> dict:
+        """This config's values of `cls`'s fields."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return {k: v for k, v in self.model_dump().items() if k in names}
+
+
+def dataclass_config(name: str, doc: str, *sources: tuple[type, dict], skip=()) -> type[DataclassConfig]:
+    """A dg.Config built from dataclasses: each (cls, defaults) adds cls's fields, typed by its annotations
+    (a Literal fails at launch, listing the allowed values), with the given defaults (the recipe's values)."""
+    spec = {}
+    for cls, defaults in sources:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in skip or f.name not in defaults or not f.init:
+                continue
+            spec[f.name] = (hints[f.name], defaults[f.name])
+    return pydantic.create_model(name, __base__=DataclassConfig, __doc__=doc, **spec)

@@ -29,11 +29,11 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(os.cpu_count() or 2)
-    from assets.embeddings.pipeline import embed_text_table, image_encoder, store_for, text_encoder
+    from assets.embeddings.pipeline import embed_text_table, image_encoder, text_encoder
     from assets.embeddings.texts import item_metadata_text
     from assets.ingest.pipeline import DatasetSpec, ingest, peak_rss_mb
-    from assets.ingest.warehouse import Warehouse
     from recalign.settings import Settings, shared_data_dir
+    from recalign.warehouse import Warehouse
 
     shared = shared_data_dir()
     settings = Settings.from_env(args.home or tempfile.mkdtemp(prefix="recalign-bench-"))
@@ -53,7 +53,7 @@ def main() -> None:
         ienc.encode(posters[i:i + 16])
     image_rate = len(posters) / (time.perf_counter() - t0)
     stats = embed_text_table(settings, args.dataset, "item_text")
-    store = store_for(settings, args.dataset)
+    store = settings.vectors(args.dataset)
     rng = np.random.default_rng(0)
     ids = rng.choice(stats["rows"], size=args.queries, replace=False) + 1
     vecs = store.vectors("item_text", ids.tolist()).set_index("id")["vector"]

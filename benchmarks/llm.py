@@ -37,15 +37,21 @@ def run() -> dict:
     torch.set_num_threads(os.cpu_count() or 2)
     from assets.embeddings.pipeline import embed_text_table
     from assets.ingest.pipeline import DatasetSpec, ingest, peak_rss_mb
-    from assets.ingest.warehouse import Warehouse
     from assets.llmrec.data import eval_examples, train_examples
     from assets.llmrec.pipeline import TrackConfig, _context, preference_rows
     from assets.summaries.backends import TemplateSummarizer
     from assets.summaries.summarize import sample_users, summarize_users
     from recalign.settings import Settings, shared_data_dir
+    from recalign.warehouse import Warehouse
     from training.llm.prompt import prompt_text
     from training.llm.scoring import evaluate_examples
-    from training.llm.trainers import PreferenceStageConfig, SFTStageConfig, load_base, run_preference, run_sft
+    from training.llm.trainers import (
+        PreferenceStageConfig,
+        SFTStageConfig,
+        load_base,
+        run_preference,
+        run_sft,
+    )
 
     ds = "movielens_100k"
     settings = Settings.from_env(args.home or tempfile.mkdtemp(prefix="recalign-bench-"))

@@ -121,12 +121,11 @@ def main() -> None:
     args = ap.parse_args()
     if args.client:
         return client_main(args)
-    from recalign.registry import Registry
     from recalign.settings import Settings
     from tests.service_utils import serving
 
     settings = Settings.from_env(args.home)
-    reg = Registry(settings.registry_dir(args.dataset))
+    reg = settings.registry(args.dataset)
     if reg.published() is None:
         latest = reg.latest("seqrec_dpo") or reg.latest("seqrec_sft")
         if latest is None:

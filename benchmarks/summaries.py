@@ -29,10 +29,10 @@ def main() -> None:
 
     torch.set_num_threads(os.cpu_count() or 2)
     from assets.ingest.pipeline import DatasetSpec, ingest, peak_rss_mb
-    from assets.ingest.warehouse import Warehouse
     from assets.summaries.backends import LLMSummarizer
     from assets.summaries.summarize import item_requests
     from recalign.settings import Settings, shared_data_dir
+    from recalign.warehouse import Warehouse
 
     settings = Settings.from_env(args.home or tempfile.mkdtemp(prefix="recalign-bench-"))
     ingest(settings, DatasetSpec("amazon-s3rec", str(shared_data_dir() / "amazon_beauty"), name=args.dataset),

@@ -7,10 +7,7 @@ import dagster as dg
 
 from assets.ingest.defs import landing_files
 from assets.ingest.landing import last_ingest_time, scan
-from assets.ingest.warehouse import Warehouse
-from recalign.registry import Registry
-
-from .resources import DatasetResource, RecalignHome
+from assets.resources import DatasetResource, RecalignHome
 
 ingest_logs = dg.define_asset_job("ingest_logs", selection=dg.AssetSelection.assets("interaction_log_batch"),
                                   partitions_def=landing_files,
@@ -38,11 +35,11 @@ def landing_sensor(context: dg.SensorEvaluationContext, recalign: RecalignHome):
 
 def retrain_decision(recalign: RecalignHome, dataset: DatasetResource) -> tuple[bool, str]:
     """Retrain only when interactions arrived after the newest trained model."""
-    settings, name = recalign.settings(), dataset.spec().dataset
-    wh = Warehouse(settings.warehouse_path(name))
+    settings, name = recalign.settings(), dataset.dataset
+    wh = settings.warehouse(name)
     if not wh.path.exists():
         return False, f"no warehouse for {name!r} yet: run the full lineage first"
-    latest = Registry(settings.registry_dir(name)).latest("seqrec_sft")
+    latest = settings.registry(name).newest("seqrec_sft")
     arrived = last_ingest_time(wh)
     if latest is None:
         return True, "no trained model yet"

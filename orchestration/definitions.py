@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
+
 import dagster as dg
 
 from assets.embeddings import defs as embeddings
 from assets.evaluation import defs as evaluation
 from assets.ingest import defs as ingest
 from assets.llmrec import defs as llmrec
+from assets.resources import resources_for
 from assets.seqrec import defs as seqrec
 from assets.summaries import defs as summaries
 from orchestration.automation import ingest_logs, landing_sensor, nightly_retrain, retrain
-from orchestration.resources import resources_for
 
 all_assets = [*ingest.assets, *summaries.assets, *embeddings.assets, *seqrec.assets, *llmrec.assets, *evaluation.assets]
 all_checks = [*ingest.asset_checks, *embeddings.asset_checks, *seqrec.asset_checks]
@@ -31,6 +33,6 @@ defs = dg.Definitions(
     jobs=[full_lineage, ingest_job, llm_track, ingest_logs, retrain],
     sensors=[landing_sensor],
     schedules=[nightly_retrain],
-    resources=resources_for(),
+    resources=resources_for(os.environ.get("RECALIGN_DEPLOYMENT", "local")),
     executor=dg.in_process_executor,
 )

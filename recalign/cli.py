@@ -64,8 +64,8 @@ def cmd_fetch(args) -> int:
 
 def cmd_compare(args) -> int:
     """Compare two runs from the metrics table."""
-    from assets.evaluation.report import compare_runs
-    from assets.evaluation.store import MetricsStore
+    from recalign.metrics_store import MetricsStore
+    from recalign.report import compare_runs
     from recalign.settings import Settings
 
     table = compare_runs(MetricsStore(Settings.from_env().metrics_path), args.run_a, args.run_b)
@@ -76,12 +76,11 @@ def cmd_compare(args) -> int:
 def cmd_report(args) -> int:
     from pathlib import Path
 
-    from assets.evaluation.report import build_report, write_report
-    from assets.evaluation.store import MetricsStore
+    from recalign.report import build_report, write_report
     from recalign.settings import Settings
 
     settings = Settings.from_env()
-    out = write_report(build_report(MetricsStore(settings.metrics_path), args.dataset),
+    out = write_report(build_report(settings.metrics(), args.dataset),
                        Path(args.out) if args.out else settings.reports_dir(args.dataset) / "latest")
     print(json.dumps(out))
     return 0

@@ -60,6 +60,13 @@ class Registry:
         v = self.versions(name)
         return v[-1] if v else None
 
+    def newest(self, prefix: str) -> ModelVersion | None:
+        """The newest version among the models whose name starts with `prefix` (versions sort by time)."""
+        base = self.root / "models"
+        names = [d.name for d in base.iterdir() if d.is_dir() and d.name.startswith(prefix)] if base.exists() else []
+        found = [mv for mv in (self.latest(n) for n in names) if mv is not None]
+        return max(found, key=lambda mv: mv.version) if found else None
+
     def get(self, name: str, version: str) -> ModelVersion:
         d = self.root / "models" / name / version
         if not (d / "card.json").exists():
@@ -75,6 +82,22 @@ class Registry:
     def published(self) -> dict | None:
         try:
             return json.loads(self.pointer.read_text())
+        except FileNotFoundError:
+            return None
+
+    @property
+    def proposal_path(self) -> Path:
+        return self.root / "candidate.json"
+
+    def propose(self, gate: dict) -> None:
+        """Record the publish gate's verdict on a candidate (atomically), for the step that publishes it."""
+        tmp = self.proposal_path.with_suffix(f".{uuid.uuid4().hex}.tmp")
+        tmp.write_text(json.dumps(gate, indent=1, default=float))
+        os.replace(tmp, self.proposal_path)
+
+    def proposal(self) -> dict | None:
+        try:
+            return json.loads(self.proposal_path.read_text())
         except FileNotFoundError:
             return None
 

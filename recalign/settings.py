@@ -72,10 +72,38 @@ class Settings:
     def downloads_dir(self) -> Path:
         return self._dir("downloads")
 
+    # --- the stores under this home (one place builds them) ----------------------------------
+
+    def warehouse(self, dataset: str):
+        """The dataset's DuckDB warehouse (validated tables, sequences, summaries)."""
+        from .warehouse import Warehouse
+
+        return Warehouse(self.warehouse_path(dataset))
+
+    def vectors(self, dataset: str):
+        """The dataset's LanceDB vector tables."""
+        from .vectors import VectorStore
+
+        return VectorStore(self.lancedb_dir(dataset))
+
+    def registry(self, dataset: str):
+        """The dataset's model registry (immutable versions + the published pointer)."""
+        from .registry import Registry
+
+        return Registry(self.registry_dir(dataset))
+
+    def metrics(self):
+        """The metrics store every training run and report reads and writes."""
+        from .metrics_store import MetricsStore
+
+        return MetricsStore(self.metrics_path)
+
 
 def shared_data_dir() -> Path | None:
     """The team's ../shared/data beside the checkout, when present (tests and benchmarks only)."""
     env = os.environ.get("RECALIGN_SHARED_DATA")
+    if env is not None and env.lower() in ("", "none"):
+        return None  # as in a user's clone without ../shared (RECALIGN_SHARED_DATA=none)
     candidates = [Path(env)] if env else []
     candidates.append(Path(__file__).resolve().parents[2] / "shared" / "data")
     for path in candidates:

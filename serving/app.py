@@ -242,9 +242,7 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
         c = cat()
         if item_id not in c.titles:
             raise HTTPException(404, f"unknown item id {item_id}")
-        from assets.embeddings.store import VectorStore
-
-        store = state.setdefault("vectors", VectorStore(settings.lancedb_dir(cfg.dataset)))
+        store = state.setdefault("vectors", settings.vectors(cfg.dataset))
         if store.has("item_text"):
             try:
                 res = store.nearest("item_text", item_id, k=k, exclude_self=True, with_content=False)

@@ -8,6 +8,9 @@ from pathlib import Path
 import duckdb
 import numpy as np
 
+from recalign.popularity import item_counts, popularity_order
+from recalign.warehouse import Warehouse
+
 
 @dataclass
 class Catalogue:
@@ -24,17 +27,18 @@ class Catalogue:
         try:
             items = con.execute("SELECT item_id, title, categories FROM items ORDER BY item_id").df()
             seq = con.execute("SELECT user_id, list(item_id ORDER BY position) AS items FROM sequences GROUP BY user_id").df()
-            pop = con.execute("""SELECT item_id FROM sequences WHERE split = 'train' GROUP BY item_id
-                                 ORDER BY count(*) DESC, item_id""").df()
         finally:
             con.close()
+        counts = item_counts(Warehouse(warehouse))
+        popular = popularity_order(counts)[: int((counts > 0).sum())]  # items with training interactions
+
         def text(col):  # missing text is None (NaN would break the JSON responses)
             return [None if v is None or v != v else str(v) for v in items[col].tolist()]
 
         return cls(titles=dict(zip(items["item_id"].tolist(), text("title"))),
                    categories=dict(zip(items["item_id"].tolist(), text("categories"))),
                    histories={int(u): np.asarray(s, dtype=np.int64) for u, s in zip(seq["user_id"], seq["items"])},
-                   popular=pop["item_id"].to_numpy(dtype=np.int64), n_items=int(items["item_id"].max()))
+                   popular=popular, n_items=int(items["item_id"].max()))
 
     def category_mask(self, category: str) -> np.ndarray:
         """Items whose category path contains `category` (case-insensitive); computed once per category."""

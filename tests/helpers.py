@@ -8,6 +8,16 @@ from recalign.settings import Settings, shared_data_dir
 TINY = {"d": 16, "n_layers": 1, "dropout": 0.2, "attn_dropout": 0.2, "modalities": ["id"]}
 
 
+def dataset_home(tmp_path_factory, source: str, folder: str, name: str) -> tuple[Settings, bool]:
+    """A fresh RECALIGN_HOME with the real dataset ingested when ../shared/data is here (True), else the
+    synthetic dataset under the same name (False): tests that need no particular data run in any clone."""
+    if shared_data_dir() is not None:
+        return real_home(tmp_path_factory, source, folder, name), True
+    home = Settings.from_env(tmp_path_factory.mktemp(name))
+    ingest(home, DatasetSpec("synthetic", None, name=name))
+    return home, False
+
+
 def real_home(tmp_path_factory, source: str, folder: str, name: str) -> Settings:
     """A fresh RECALIGN_HOME with one real dataset ingested; skips in a clone without ../shared/data."""
     if shared_data_dir() is None:
@@ -16,3 +26,17 @@ def real_home(tmp_path_factory, source: str, folder: str, name: str) -> Settings
     spec = DatasetSpec(source, str(shared_data_dir() / folder), name=name)
     ingest(home, spec)
     return home
+
+
+def sft_config(**kw):
+    """A stage-1 config for short test runs: no weight averaging, validate every epoch, keep the best."""
+    from training.seqrec.trainer import SeqRecTrainConfig
+
+    return SeqRecTrainConfig(**{"swa_start": None, "eval_every": 1, "keep": "best", "patience": 10, **kw})
+
+
+def dpo_config(**kw):
+    """A stage-2 config for short test runs: no weight averaging."""
+    from training.seqrec.trainer import SeqRecDPOConfig
+
+    return SeqRecDPOConfig(**{"swa_start": None, **kw})

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from assets.embeddings.pipeline import embed_item_images, embed_text_table, store_for, text_encoder
-from assets.embeddings.store import VectorStore, content_hash
+from assets.embeddings.pipeline import embed_item_images, embed_text_table, text_encoder
 from assets.ingest.pipeline import DatasetSpec, build_sequences, build_warehouse
-from assets.ingest.warehouse import Warehouse
+from recalign.vectors import VectorStore, content_hash
+from recalign.warehouse import Warehouse
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def test_incremental_rebuild_embeds_only_changes(synthetic_home):
         con.execute("UPDATE items SET title = title || ' (2nd edition)' WHERE item_id IN (3, 7, 11)")
     changed = embed_text_table(home, "synthetic", "item_text")
     assert changed["new"] == 3 and changed["deleted"] == 3 and changed["rows"] == 480
-    keys = store_for(home, "synthetic").keys("item_text")
+    keys = home.vectors("synthetic").keys("item_text")
     assert keys["id"].is_unique
 
 
@@ -40,7 +40,7 @@ def test_same_text_same_vector_and_self_is_nearest(synthetic_home):
     a, b = enc.encode(["Quiet Sencha Classic No.2"]), enc.encode(["Quiet Sencha Classic No.2"])
     assert np.array_equal(a, b) and abs(np.linalg.norm(a) - 1) < 1e-5
     embed_text_table(synthetic_home, "synthetic", "item_text")
-    store = store_for(synthetic_home, "synthetic")
+    store = synthetic_home.vectors("synthetic")
     for item in (1, 42, 300):
         res = store.nearest("item_text", item, k=5)
         assert res["id"].iloc[0] == item and res["score"].iloc[0] > 0.999
@@ -59,7 +59,7 @@ def test_images_only_for_items_that_have_one(tmp_path, monkeypatch):
         con.execute("DELETE FROM item_images WHERE item_id > 48")
     stats = embed_item_images(home, "synthetic")
     assert stats["rows"] == 48 and stats["dim"] == 1280
-    mat, has = store_for(home, "synthetic").matrix("item_image", 480)
+    mat, has = home.vectors("synthetic").matrix("item_image", 480)
     assert has.sum() == 48 and not mat[49:].any()  # never a fake vector
     # the image features carry the sub-category's shape: same-shape images are far closer
     v = mat[1:49]

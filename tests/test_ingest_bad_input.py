@@ -9,7 +9,7 @@ import pytest
 
 from assets.ingest.errors import SourceError
 from assets.ingest.pipeline import DatasetSpec, build_warehouse, land_raw
-from assets.ingest.warehouse import Warehouse
+from recalign.warehouse import Warehouse
 
 ITEM = "1|Toy Story (1995)|01-Jan-1995||http://x|0|0|0|1|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0\n" \
        "2|GoldenEye (1995)|01-Jan-1995||http://x|0|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0|1|0|0\n"

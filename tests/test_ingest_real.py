@@ -3,7 +3,7 @@
 import pytest
 
 from assets.ingest.pipeline import DatasetSpec, build_sequences, build_warehouse, land_raw
-from assets.ingest.warehouse import Warehouse, load_sequences
+from recalign.warehouse import Warehouse, load_sequences
 
 pytestmark = pytest.mark.realdata
 

@@ -13,7 +13,7 @@ from assets.ingest.errors import SourceError
 from assets.ingest.pipeline import DatasetSpec, build_sequences, build_warehouse, land_raw
 from assets.ingest.sequences import kcore, leave_one_out
 from assets.ingest.tables import dense_ids
-from assets.ingest.warehouse import Warehouse, load_sequences
+from recalign.warehouse import Warehouse, load_sequences
 
 
 def test_kcore_is_iterative():

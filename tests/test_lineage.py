@@ -50,18 +50,16 @@ def test_every_asset_materialises_with_checks_passing(lineage):
 
 def test_lineage_outputs_are_usable(lineage):
     result, home = lineage
-    from recalign.registry import Registry
     from recalign.settings import Settings
 
     settings = Settings.from_env(home)
-    reg = Registry(settings.registry_dir("synthetic-96x160"))
+    reg = settings.registry("synthetic-96x160")
     pub = reg.published()
     assert pub is not None and pub["name"] in ("seqrec_sft", "seqrec_dpo")
     import json
 
-    from assets.evaluation.store import MetricsStore
 
-    runs = MetricsStore(settings.metrics_path).read("SELECT upstream FROM runs WHERE family = 'seqrec'")
+    runs = settings.metrics().read("SELECT upstream FROM runs WHERE family = 'seqrec'")
     upstream = json.loads(runs["upstream"].iloc[0])
     assert len(upstream["raw_fingerprint"]) == 64 and upstream["item_text_version"] >= 1
     assert upstream["sequences"]["users"] == 160
@@ -73,10 +71,11 @@ def test_landing_logs_ingested_once_then_retrain_then_skip(lineage):
     import datetime
     import time as _time
 
-    from assets.ingest.warehouse import Warehouse
-    from orchestration.automation import landing_sensor, nightly_retrain
     from orchestration.resources import DatasetResource, RecalignHome
+
+    from orchestration.automation import landing_sensor, nightly_retrain
     from recalign.settings import Settings
+    from recalign.warehouse import Warehouse
 
     result, home = lineage
     settings = Settings.from_env(home)

@@ -15,8 +15,8 @@ from training.llm.hanorec import (
     neighbourhood_hardness,
     responsiveness,
 )
-from training.llm.rewards import accuracy_reward, format_reward, similarity_reward_fn
 from training.llm.prompt import Example
+from training.llm.rewards import accuracy_reward, format_reward, similarity_reward_fn
 from training.llm.scoring import candidate_ranks, metrics_from_scores, score_titles
 
 REPO = Path(__file__).resolve().parents[1]
@@ -166,17 +166,17 @@ def test_llm_track_end_to_end_through_dagster(tmp_path, models_dir, monkeypatch)
     """SFT -> DPO (stochastic top-K) / HaNoRec / GRPO -> evaluation on a tiny random-weight model, synthetic data:
     every stage registers an adapter and the evaluation writes sampled_21 metrics for all five models."""
     import dagster as dg
+    from orchestration.resources import DatasetResource, RecalignHome
 
     from assets.embeddings.pipeline import embed_text_table
-    from assets.evaluation.store import MetricsStore
     from assets.ingest.pipeline import DatasetSpec, build_sequences, build_warehouse
-    from assets.ingest.warehouse import Warehouse
     from assets.llmrec import defs
     from assets.summaries.backends import TemplateSummarizer
     from assets.summaries.summarize import sample_users, summarize_items, summarize_users
-    from orchestration.resources import DatasetResource, RecalignHome
+    from recalign.metrics_store import MetricsStore
     from recalign.registry import Registry
     from recalign.settings import Settings
+    from recalign.warehouse import Warehouse
     from training.llm.tiny import build_tiny_causal_lm
 
     home = Settings.from_env(tmp_path / "home")

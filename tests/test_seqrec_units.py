@@ -12,8 +12,15 @@ from training.seqrec.data import EvalSet, length_buckets, training_windows, trim
 from training.seqrec.evaluate import full_ranking_ranks
 from training.seqrec.losses import dpo_logit_loss
 from training.seqrec.model import MultimodalSASRec, SeqRecConfig, SparseNoisyMoE, seen_items
-from training.seqrec.samplers import argmax_negatives, random_negatives, stochastic_topk_negatives, topk_excluding
-from training.seqrec.trainer import SeqRecTrainConfig, SeqRecTrainer
+from training.seqrec.samplers import (
+    argmax_negatives,
+    random_negatives,
+    stochastic_topk_negatives,
+    topk_excluding,
+)
+from training.seqrec.trainer import SeqRecTrainer
+
+from .helpers import dpo_config, sft_config
 
 
 def test_dpo_loss_hand_computed_and_log2_at_reference():
@@ -150,7 +157,7 @@ def _toy_data():
                                               ("constant", {"swa_start": 2})])
 def test_training_is_deterministic_learns_and_resumes(tmp_path, schedule, average):
     x, y, valid = _toy_data()
-    cfg = SeqRecTrainConfig(epochs=8, batch_size=16, lr=1e-2, show_progress=False, patience=10, lr_schedule=schedule,
+    cfg = sft_config(epochs=8, batch_size=16, lr=1e-2, show_progress=False, patience=10, lr_schedule=schedule,
                             **average)
     a = SeqRecTrainer(small_model(), cfg, x, y, valid).fit()
     b = SeqRecTrainer(small_model(), cfg, x, y, valid).fit()
@@ -173,19 +180,19 @@ def test_training_is_deterministic_learns_and_resumes(tmp_path, schedule, averag
 
 def test_cosine_schedule_decays_from_lr_to_zero():
     x, y, valid = _toy_data()
-    t = SeqRecTrainer(small_model(), SeqRecTrainConfig(epochs=4, lr=0.01, lr_schedule="cosine"), x, y, valid)
+    t = SeqRecTrainer(small_model(), sft_config(epochs=4, lr=0.01, lr_schedule="cosine"), x, y, valid)
     lrs = [t.learning_rate(e, s, 10) for e in range(4) for s in range(10)]
     assert lrs[0] == pytest.approx(0.01) and lrs[20] == pytest.approx(0.005) and lrs[-1] < 0.01 * 0.01
     assert all(a > b for a, b in zip(lrs, lrs[1:]))
-    flat = SeqRecTrainer(small_model(), SeqRecTrainConfig(epochs=4, lr=0.01), x, y, valid)
+    flat = SeqRecTrainer(small_model(), sft_config(epochs=4, lr=0.01), x, y, valid)
     assert {flat.learning_rate(e, 3, 10) for e in range(4)} == {0.01}
     with pytest.raises(ValueError, match="lr_schedule"):
-        SeqRecTrainConfig(lr_schedule="step")
+        sft_config(lr_schedule="step")
 
 
 def test_ema_validates_the_weight_average_and_keeps_it():
     x, y, valid = _toy_data()
-    t = SeqRecTrainer(small_model(), SeqRecTrainConfig(epochs=2, batch_size=16, lr=1e-2, ema_decay=0.9,
+    t = SeqRecTrainer(small_model(), sft_config(epochs=2, batch_size=16, lr=1e-2, ema_decay=0.9,
                                                        show_progress=False), x, y, valid)
     t.fit()
     assert t.eval_model is t.average.module and int(t.average.n_averaged) == 2 * len(length_buckets(x, 16))
@@ -206,8 +213,8 @@ def test_swa_keeps_the_uniform_average_of_the_weights_after_the_last_epochs():
             snaps.append({k: v.detach().clone() for k, v in self.model.named_parameters()})
             return out
 
-    Snapshots(small_model(), SeqRecTrainConfig(**cfg), x, y, valid).fit()
-    t = SeqRecTrainer(small_model(), SeqRecTrainConfig(**cfg, swa_start=3), x, y, valid)
+    Snapshots(small_model(), sft_config(**cfg), x, y, valid).fit()
+    t = SeqRecTrainer(small_model(), sft_config(**cfg, swa_start=3), x, y, valid)
     out = t.fit()
     assert [r.get("swa_epochs") for r in out["history"]] == [None, None, 1, 2]
     for k, v in t.model.named_parameters():  # the kept weights: mean of the weights after epochs 3 and 4
@@ -217,18 +224,18 @@ def test_swa_keeps_the_uniform_average_of_the_weights_after_the_last_epochs():
 
     assert evaluate(t.model, valid)["ndcg@10"] == pytest.approx(out["history"][-1]["valid_ndcg@10"])  # validated = kept
     with pytest.raises(ValueError, match="swa_start"):
-        SeqRecTrainConfig(epochs=4, swa_start=5)
+        sft_config(epochs=4, swa_start=5)
     with pytest.raises(ValueError, match="one"):
-        SeqRecTrainConfig(epochs=4, swa_start=2, ema_decay=0.9)
+        sft_config(epochs=4, swa_start=2, ema_decay=0.9)
 
 
 def test_keep_last_trains_every_epoch_and_keeps_the_final_weights():
     x, y, valid = _toy_data()
     cfg = dict(epochs=5, batch_size=16, lr=0.2, show_progress=False, patience=1, seed=0,  # validation goes up, then down
                mask_history=False)
-    best = SeqRecTrainer(small_model(), SeqRecTrainConfig(**cfg), x, y, valid).fit()
+    best = SeqRecTrainer(small_model(), sft_config(**cfg), x, y, valid).fit()
     assert best["epochs_run"] < 5  # early stopping did stop this run
-    t = SeqRecTrainer(small_model(), SeqRecTrainConfig(**cfg, keep="last"), x, y, valid)
+    t = SeqRecTrainer(small_model(), sft_config(**cfg, keep="last"), x, y, valid)
     last = t.fit()
     assert last["epochs_run"] == 5 and last["kept_epoch"] == 4  # a fixed-length warm-up ignores patience
     assert [r["loss"] for r in last["history"][:best["epochs_run"]]] == [r["loss"] for r in best["history"]]
@@ -238,18 +245,18 @@ def test_keep_last_trains_every_epoch_and_keeps_the_final_weights():
     assert evaluate(t.model, valid)["ndcg@10"] == pytest.approx(final)
     assert final < last["best"]["ndcg@10"]  # the kept weights are the last ones, not the best-validated
     with pytest.raises(ValueError, match="keep"):
-        SeqRecTrainConfig(keep="first")
+        sft_config(keep="first")
 
 
 def test_dpo_stage_keeps_reference_frozen():
     x, y, valid = _toy_data()
-    sft = SeqRecTrainer(small_model(), SeqRecTrainConfig(epochs=2, batch_size=32, lr=5e-3, show_progress=False), x, y, valid)
+    sft = SeqRecTrainer(small_model(), sft_config(epochs=2, batch_size=32, lr=5e-3, show_progress=False), x, y, valid)
     sft.fit()
     import copy
 
     ref = copy.deepcopy(sft.model)
     before = {k: v.clone() for k, v in ref.state_dict().items()}
-    dpo = SeqRecTrainer(copy.deepcopy(sft.model), SeqRecTrainConfig(stage="dpo", epochs=1, batch_size=32, topk=5,
+    dpo = SeqRecTrainer(copy.deepcopy(sft.model), dpo_config(epochs=1, batch_size=32, topk=5,
                                                                      show_progress=False), x, y, valid, reference=ref)
     out = dpo.fit()
     assert "dpo" in out["history"][0] and out["history"][0]["dpo"] > 0
@@ -263,7 +270,7 @@ def test_precomputed_reference_gives_the_reference_margins_of_the_batch():
     ref = small_model(modalities=["id", "text"], text_dim=8, moe=True)
     with torch.no_grad():
         ref.alpha["text"].fill_(0.6)
-    cfg = SeqRecTrainConfig(stage="dpo", epochs=1, batch_size=8, show_progress=False)
+    cfg = dpo_config(epochs=1, batch_size=8, show_progress=False)
     t = SeqRecTrainer(small_model(modalities=["id", "text"], text_dim=8, moe=True), cfg, x, y, None, reference=ref)
     cache = t.precompute_reference(batch_size=7)
     assert len(cache["queries"]) == (y > 0).sum() and not cache["queries"].isnan().any()  # every position written
@@ -275,7 +282,7 @@ def test_precomputed_reference_gives_the_reference_margins_of_the_batch():
         assert torch.allclose(cached, t.reference_margin(seq, tgt, pos, neg), atol=1e-5)
     # a DPO run reading the cache follows the run that encodes the reference every step
     x, y, valid = _toy_data()
-    runs = [SeqRecTrainer(small_model(), SeqRecTrainConfig(stage="dpo", epochs=2, batch_size=16, topk=5, show_progress=False,
+    runs = [SeqRecTrainer(small_model(), dpo_config(epochs=2, batch_size=16, topk=5, show_progress=False,
                                                            precompute_ref=p), x, y, valid, reference=small_model()).fit()
             for p in (True, False)]
     assert [r["loss"] for r in runs[0]["history"]] == pytest.approx([r["loss"] for r in runs[1]["history"]], abs=1e-5)
@@ -308,7 +315,7 @@ def test_mask_history_hides_each_prefix_from_the_softmax_and_the_negative_pool()
     assert not ((rows[:, None] == torch.arange(len(t))) & (cols[:, None] == neg)).any()
     # a training run with the mask learns and its losses differ from the unmasked run's
     x, y, valid = _toy_data()
-    runs = [SeqRecTrainer(small_model(), SeqRecTrainConfig(epochs=2, batch_size=32, lr=5e-3, mask_history=mh,
+    runs = [SeqRecTrainer(small_model(), sft_config(epochs=2, batch_size=32, lr=5e-3, mask_history=mh,
                                                            show_progress=False), x, y, valid).fit() for mh in (False, True)]
     assert runs[1]["history"][-1]["loss"] < runs[1]["history"][0]["loss"]
     assert [r["loss"] for r in runs[1]["history"]] != [r["loss"] for r in runs[0]["history"]]

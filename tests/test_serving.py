@@ -11,26 +11,25 @@ import pytest
 import torch
 
 from assets.seqrec.pipeline import train_stage
-from recalign.registry import Registry
 from training.seqrec.checkpoint import load_model
-from training.seqrec.trainer import SeqRecTrainConfig
 
-from .helpers import TINY, real_home
+
+from .helpers import TINY, dataset_home, sft_config
 from .service_utils import serving
 
 pytestmark = pytest.mark.service
 
 
 def tiny_model(home, dataset, seed=1, epochs=1):
-    out = train_stage(home, dataset, TINY, SeqRecTrainConfig(epochs=epochs, batch_size=256, lr=3e-3, seed=seed,
+    out = train_stage(home, dataset, TINY, sft_config(epochs=epochs, batch_size=256, lr=3e-3, seed=seed,
                                                              show_progress=False), "seqrec_sft", log=lambda *_: None)
-    reg = Registry(home.registry_dir(dataset))
+    reg = home.registry(dataset)
     return reg, reg.get(out["name"], out["version"])
 
 
 @pytest.fixture(scope="module")
 def beauty(tmp_path_factory, request):
-    home = real_home(tmp_path_factory, "amazon-s3rec", "amazon_beauty", "beauty")
+    home, _ = dataset_home(tmp_path_factory, "amazon-s3rec", "amazon_beauty", "beauty")  # synthetic in a clone
     reg, mv = tiny_model(home, "beauty")
     reg.publish(mv)
     svc = serving(home.home, "beauty", tmp_path_factory.mktemp("logs") / "serve.log")
@@ -44,7 +43,8 @@ def test_recommendations_equal_offline_topk(beauty):
     from serving.catalogue import Catalogue
 
     cat = Catalogue.load(home.warehouse_path("beauty"))
-    for user in (1, 77, 4242):
+    users = sorted(cat.histories)
+    for user in (users[0], users[len(users) // 2], users[-1]):
         hist = cat.histories[user]
         with torch.no_grad():
             raw = model.full_sort_predict(torch.from_numpy(hist[-50:]).view(1, -1))[0].numpy()
@@ -64,7 +64,10 @@ def test_recommendations_equal_offline_topk(beauty):
 
 
 def test_bad_requests_are_4xx_or_documented_fallback(beauty):
-    _, svc, _, _ = beauty
+    home, svc, _, _ = beauty
+    from serving.catalogue import Catalogue
+
+    cat = Catalogue.load(home.warehouse_path("beauty"))
     unknown_user = httpx.post(svc.url + "/v1/recommend", json={"user_id": 10**9, "k": 5}).json()
     assert unknown_user["fallback"] == "popularity" and len(unknown_user["items"]) == 5
     r = httpx.post(svc.url + "/v1/recommend", json={"history": [1, 2, 999999], "k": 5})
@@ -72,11 +75,14 @@ def test_bad_requests_are_4xx_or_documented_fallback(beauty):
     assert httpx.post(svc.url + "/v1/recommend", json={"user_id": 1, "k": 10_000}).status_code == 422
     assert httpx.post(svc.url + "/v1/recommend", json={"history": list(range(1, 400))}).status_code == 422
     assert httpx.get(svc.url + "/v1/items/999999").status_code == 404
-    untitled = httpx.get(svc.url + "/v1/items/495")  # one of Beauty's 7 items without a title
-    assert untitled.status_code == 200 and untitled.json()["title"] is None
-    assert httpx.post(svc.url + "/v1/recommend", json={"history": [495, 1454], "k": 3}).status_code == 200
-    ok = httpx.post(svc.url + "/v1/recommend", json={"history": [1, 2, 3], "k": 5, "category": "Nail"}).json()
-    assert all("nail" in (httpx.get(f"{svc.url}/v1/items/{i['item_id']}").json()["categories"] or "").lower()
+    untitled = [i for i, t in cat.titles.items() if t is None]  # Beauty has 7 items without a title
+    for item in untitled[:1]:
+        r = httpx.get(f"{svc.url}/v1/items/{item}")
+        assert r.status_code == 200 and r.json()["title"] is None
+        assert httpx.post(svc.url + "/v1/recommend", json={"history": [item, 2], "k": 3}).status_code == 200
+    word = cat.categories[3].split(" | ")[-1]  # a category of the catalogue
+    ok = httpx.post(svc.url + "/v1/recommend", json={"history": [1, 2, 3], "k": 5, "category": word}).json()
+    assert len(ok["items"]) == 5 and all(word.lower() in (httpx.get(f"{svc.url}/v1/items/{i['item_id']}").json()["categories"] or "").lower()
                for i in ok["items"])
     metrics = httpx.get(svc.url + "/metrics").text
     assert "recalign_requests_total" in metrics and 'status="422"' in metrics

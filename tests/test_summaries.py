@@ -9,7 +9,6 @@ import textwrap
 import pytest
 
 from assets.ingest.pipeline import DatasetSpec, build_sequences, build_warehouse
-from assets.ingest.warehouse import Warehouse
 from assets.summaries.backends import Request, TemplateSummarizer, load_image, make_summarizer
 from assets.summaries.summarize import (
     history_blocks,
@@ -17,6 +16,7 @@ from assets.summaries.summarize import (
     summarize_items,
     summarize_users,
 )
+from recalign.warehouse import Warehouse
 
 from .helpers import real_home
 
@@ -98,7 +98,7 @@ def test_session_gap_blocks():
 CRASHING_RUN = textwrap.dedent("""
     import os, signal, sys
     from pathlib import Path
-    from assets.ingest.warehouse import Warehouse
+    from recalign.warehouse import Warehouse
     from assets.summaries.backends import TemplateSummarizer
     from assets.summaries.summarize import summarize_items
 

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from assets.common import to_metadata
-from orchestration.resources import DatasetResource, RecalignHome
+from assets.resources import DatasetResource, RecalignHome
 
 from .encoders import MINILM_ID
 from .pipeline import coverage, embed_item_images, embed_text_table
@@ -23,7 +23,7 @@ def _result(stats: dict) -> dg.MaterializeResult:
 
 def _embed_text(context, table: str, config: TextEmbeddingConfig, recalign: RecalignHome,
                 dataset: DatasetResource) -> dg.MaterializeResult:
-    stats = embed_text_table(recalign.settings(), dataset.spec().dataset, table, config.model, config.device,
+    stats = embed_text_table(recalign.settings(), dataset.dataset, table, config.model, config.device,
                              config.batch_size)
     context.log.info(f"{table}: {stats}")
     return _result(stats)
@@ -39,7 +39,7 @@ def item_text(context: dg.AssetExecutionContext, config: TextEmbeddingConfig, re
 @dg.asset(deps=["item_images"], group_name="embeddings", owners=OWNERS, kinds={"lancedb"},
           description="Item image vectors (EfficientNet-Lite0 pooled 1280-d); items without an image get no row.")
 def item_image(context: dg.AssetExecutionContext, recalign: RecalignHome, dataset: DatasetResource) -> dg.MaterializeResult:
-    stats = embed_item_images(recalign.settings(), dataset.spec().dataset)
+    stats = embed_item_images(recalign.settings(), dataset.dataset)
     context.log.info(f"item_image: {stats}")
     return _result(stats)
 
@@ -60,7 +60,7 @@ def user_text(context: dg.AssetExecutionContext, config: TextEmbeddingConfig, re
 
 @dg.asset_check(asset=item_text, blocking=True, description="Every item with text has a text vector.")
 def every_item_with_text_has_a_vector(recalign: RecalignHome, dataset: DatasetResource) -> dg.AssetCheckResult:
-    cov = coverage(recalign.settings(), dataset.spec().dataset, "item_text")
+    cov = coverage(recalign.settings(), dataset.dataset, "item_text")
     return dg.AssetCheckResult(passed=cov["missing"] == 0, metadata=to_metadata(cov))
 
 

@@ -8,11 +8,9 @@ import hashlib
 import numpy as np
 import pandas as pd
 
-from assets.ingest.warehouse import Warehouse
 from recalign.settings import Settings
 
 from .encoders import MINILM_ID, ImageEncoder, SentenceEncoder
-from .store import VectorStore
 from .texts import TEXT_RECIPES
 
 
@@ -26,17 +24,13 @@ def image_encoder(device: str = "cpu") -> ImageEncoder:
     return ImageEncoder(device=device)
 
 
-def store_for(settings: Settings, dataset: str) -> VectorStore:
-    return VectorStore(settings.lancedb_dir(dataset))
-
-
 def embed_text_table(settings: Settings, dataset: str, table: str, model: str = MINILM_ID,
                      device: str = "cpu", batch_size: int = 256) -> dict:
     """Embed the recipe's text for `table` incrementally; returns stats for metadata."""
-    wh = Warehouse(settings.warehouse_path(dataset))
+    wh = settings.warehouse(dataset)
     rows = TEXT_RECIPES[table](wh)
     enc = text_encoder(model, device)
-    stats = store_for(settings, dataset).upsert(table, rows, enc.model_id, enc.dim, enc.encode, batch_size)
+    stats = settings.vectors(dataset).upsert(table, rows, enc.model_id, enc.dim, enc.encode, batch_size)
     return stats.as_dict() | {"source_rows": len(rows)}
 
 
@@ -49,11 +43,11 @@ def _file_hash(path: str) -> str:
 
 def embed_item_images(settings: Settings, dataset: str, device: str = "cpu", batch_size: int = 32) -> dict:
     """EfficientNet-Lite0 vectors of every validated item image; items without an image get no row."""
-    wh = Warehouse(settings.warehouse_path(dataset))
+    wh = settings.warehouse(dataset)
     img = wh.read("SELECT item_id AS id, path FROM item_images ORDER BY item_id")
     rows = pd.DataFrame({"id": img["id"], "content": img["path"],
                          "content_hash": [_file_hash(p) for p in img["path"]]})
-    store = store_for(settings, dataset)
+    store = settings.vectors(dataset)
     if rows.empty:
         return {"table": "item_image", "rows": 0, "new": 0, "reused": 0, "deleted": 0, "source_rows": 0}
     enc = image_encoder(device)
@@ -63,16 +57,16 @@ def embed_item_images(settings: Settings, dataset: str, device: str = "cpu", bat
 
 def coverage(settings: Settings, dataset: str, table: str) -> dict:
     """Which ids that have text lack a vector (the asset check)."""
-    wh = Warehouse(settings.warehouse_path(dataset))
+    wh = settings.warehouse(dataset)
     want = set(TEXT_RECIPES[table](wh)["id"].tolist())
-    have = set(store_for(settings, dataset).keys(table)["id"].tolist())
+    have = set(settings.vectors(dataset).keys(table)["id"].tolist())
     missing = sorted(want - have)
     return {"with_text": len(want), "with_vector": len(want & have), "missing": len(missing),
             "missing_examples": missing[:10]}
 
 
 def feature_matrix(settings: Settings, dataset: str, table: str, n_ids: int) -> np.ndarray | None:
-    store = store_for(settings, dataset)
+    store = settings.vectors(dataset)
     if not store.has(table):
         return None
     mat, has = store.matrix(table, n_ids)

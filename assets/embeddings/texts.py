@@ -6,9 +6,8 @@ from collections.abc import Callable
 
 import pandas as pd
 
-from assets.ingest.warehouse import Warehouse
-
-from .store import content_hash
+from recalign.vectors import content_hash
+from recalign.warehouse import Warehouse
 
 
 def _with_hash(df: pd.DataFrame) -> pd.DataFrame:

@@ -5,10 +5,8 @@ import time
 import dagster as dg
 
 from assets.common import md_table
-from orchestration.resources import DatasetResource, RecalignHome
-
-from .report import build_report, write_report
-from .store import MetricsStore
+from assets.resources import DatasetResource, RecalignHome
+from recalign.report import build_report, write_report
 
 OWNERS = ["team:recalign"]
 
@@ -17,8 +15,8 @@ OWNERS = ["team:recalign"]
           description="Every model on the same split side by side, the papers' numbers beside ours, ablations, "
                       "plots and bootstrap intervals, as reports/<dataset>/<run>/report.html and .md.")
 def evaluation_report(context: dg.AssetExecutionContext, recalign: RecalignHome, dataset: DatasetResource) -> dg.MaterializeResult:
-    settings, name = recalign.settings(), dataset.spec().dataset
-    rep = build_report(MetricsStore(settings.metrics_path), name)
+    settings, name = recalign.settings(), dataset.dataset
+    rep = build_report(recalign.metrics(), name)
     out_dir = settings.reports_dir(name) / time.strftime("%Y%m%dT%H%M%S", time.gmtime())
     paths = write_report(rep, out_dir)
     context.log.info(f"report written to {paths['html']}")

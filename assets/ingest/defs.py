@@ -2,13 +2,14 @@
 
 
 import dagster as dg
+import pandera.pandas as pa
 
 from assets.common import md_table, to_metadata
-from orchestration.resources import DatasetResource, RecalignHome
+from assets.resources import DatasetResource, RecalignHome
+from recalign.schemas import Interactions, Items, Sequences, Users
+from recalign.warehouse import Warehouse
 
-from .pipeline import build_sequences, build_warehouse, land_raw
-from .schemas import Interactions, Items, Sequences, Users
-from .warehouse import Warehouse
+from .pipeline import build_sequences, build_warehouse, land_raw, sequence_problems
 
 OWNERS = ["team:recalign"]
 BASE_TABLES = ["items", "users", "interactions", "item_images"]
@@ -64,7 +65,7 @@ def sequences(context: dg.AssetExecutionContext, recalign: RecalignHome, dataset
 
 
 def _wh(recalign: RecalignHome, dataset: DatasetResource) -> Warehouse:
-    return Warehouse(recalign.settings().warehouse_path(dataset.spec().dataset))
+    return recalign.warehouse(dataset.dataset)
 
 
 @dg.asset_check(asset="interactions", blocking=True,
@@ -88,11 +89,18 @@ def referential_integrity(recalign: RecalignHome, dataset: DatasetResource) -> d
 
 
 @dg.asset_check(asset="sequences", blocking=True,
-                description="Sequences schema: one valid and one test item per evaluable user.")
+                description="Sequences schema holds (one valid and one test item per evaluable user), every sequence "
+                            "user and item is in the tables, and the split is leave-one-out: valid, then test, last.")
 def sequences_valid(recalign: RecalignHome, dataset: DatasetResource) -> dg.AssetCheckResult:
-    seq = _wh(recalign, dataset).read("SELECT user_id, position, item_id, split FROM sequences")
-    Sequences.validate(seq)
-    return dg.AssetCheckResult(passed=True, metadata={"rows": len(seq), "users": int(seq["user_id"].nunique())})
+    wh = _wh(recalign, dataset)
+    problems = sequence_problems(wh)
+    try:
+        Sequences.validate(wh.read("SELECT user_id, position, item_id, split FROM sequences"))
+        schema = "holds"
+    except pa.errors.SchemaError as err:
+        schema = str(err).splitlines()[0][:300]
+    return dg.AssetCheckResult(passed=schema == "holds" and not any(problems.values()),
+                               metadata={**problems, "schema": schema})
 
 
 assets = [raw_dataset, base_tables, sequences]
@@ -116,7 +124,7 @@ def interaction_log_batch(context: dg.AssetExecutionContext, recalign: RecalignH
     files = scan(settings.landing_dir)
     if key not in files:
         raise dg.Failure(f"landed file for partition {key!r} is gone or changed; drop it again to ingest it")
-    stats = ingest_batch(Warehouse(settings.warehouse_path(spec.dataset)), files[key], key)
+    stats = ingest_batch(settings.warehouse(spec.dataset), files[key], key)
     seq = _rebuild_sequences(settings, spec)
     context.log.info(f"batch {key}: {stats}; sequences: {seq}")
     return dg.MaterializeResult(metadata={**to_metadata(stats), "users_after": seq["users"],

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from recalign.warehouse import Warehouse
+
 from .frames import Rejects
 from .raw import sha256_file
 from .schemas import InteractionsIn, validate_rows
 from .sources.csvlogs import parse_interactions
-from .warehouse import Warehouse
 
 SUFFIXES = (".csv", ".parquet", ".jsonl", ".json", ".ndjson")
 
@@ -71,6 +72,7 @@ def ingest_batch(wh: Warehouse, path: Path, key: str) -> dict:
                             "row_order": np.arange(base, base + len(df), dtype="int64"), "batch": key})
         con.execute(f"INSERT INTO interactions ({', '.join(out.columns)}) SELECT * FROM out")
         rej = rejects.frame().assign(batch=key)
+        con.register("rej", rej)
         con.execute("INSERT INTO rejected_rows SELECT * FROM rej")
         n_rej = rejects.count("interactions")
         stats = {"batch": key, "file": path.name, "raw_rows": raw, "accepted": len(out), "rejected": n_rej,

@@ -9,12 +9,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from recalign.settings import Settings, safe_name
+from recalign.warehouse import Warehouse
 
 from .raw import MANIFEST, land
 from .sequences import kcore, leave_one_out
 from .sources.base import get_source
 from .tables import build_tables
-from .warehouse import Warehouse
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ def build_warehouse(settings: Settings, spec: DatasetSpec) -> dict:
     manifest = json.loads((raw / MANIFEST).read_text())
     data = get_source(spec.source).read(raw, dict(spec.options))
     tables = build_tables(data)
-    wh = Warehouse(settings.warehouse_path(spec.dataset))
+    wh = settings.warehouse(spec.dataset)
     wh.write_tables(tables, {"dataset": spec.dataset, "source": spec.source, "origin": manifest["origin"],
                              "raw_fingerprint": manifest["fingerprint"]})
     recon = tables.reconciliation
@@ -67,7 +67,7 @@ def build_warehouse(settings: Settings, spec: DatasetSpec) -> dict:
 
 
 def build_sequences(settings: Settings, spec: DatasetSpec) -> dict:
-    wh = Warehouse(settings.warehouse_path(spec.dataset))
+    wh = settings.warehouse(spec.dataset)
     inter = wh.interactions()
     filtered, rounds = kcore(inter, spec.k)
     seq = leave_one_out(filtered)
@@ -82,6 +82,26 @@ def build_sequences(settings: Settings, spec: DatasetSpec) -> dict:
     }
     wh.write_sequences(seq, stats)
     return stats
+
+
+def sequence_problems(wh: Warehouse) -> dict[str, int]:
+    """Counts of what must be zero in the sequences: users or items missing from their tables, evaluable users
+    without exactly one valid and one test item, and valid / test items that are not the last two positions."""
+    return wh.read("""
+        WITH per_user AS (
+            SELECT user_id, max(position) AS last, count(*) FILTER (split = 'valid') AS n_valid,
+                   count(*) FILTER (split = 'test') AS n_test,
+                   max(position) FILTER (split = 'valid') AS p_valid, max(position) FILTER (split = 'test') AS p_test
+            FROM sequences GROUP BY user_id)
+        SELECT
+          (SELECT count(DISTINCT s.user_id) FROM sequences s LEFT JOIN users u USING (user_id)
+            WHERE u.user_id IS NULL) AS users_not_in_users,
+          (SELECT count(DISTINCT s.item_id) FROM sequences s LEFT JOIN items i USING (item_id)
+            WHERE i.item_id IS NULL) AS items_not_in_items,
+          (SELECT count(*) FROM per_user WHERE n_valid <> n_test OR n_valid > 1) AS users_without_one_valid_one_test,
+          (SELECT count(*) FROM per_user WHERE n_test = 1 AND (p_test <> last OR p_valid <> last - 1))
+            AS users_split_not_last
+        """).iloc[0].astype(int).to_dict()
 
 
 def ingest(settings: Settings, spec: DatasetSpec, only_if_missing: bool = False) -> dict:

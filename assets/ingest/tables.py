@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from recalign.warehouse import Tables
+
 from .frames import Rejects, SourceData
 from .schemas import InteractionsIn, ItemsIn, UsersIn, validate_rows
 
 TEXT = ["title", "categories", "description"]
-
-
-@dataclass
-class Tables:
-    items: pd.DataFrame
-    users: pd.DataFrame
-    interactions: pd.DataFrame
-    item_images: pd.DataFrame
-    id_map: pd.DataFrame
-    rejected: pd.DataFrame
-    reconciliation: pd.DataFrame
-    info: dict = field(default_factory=dict)
 
 
 def _clean_text(s: pd.Series) -> pd.Series:

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from assets.ingest.warehouse import Warehouse
 from assets.summaries.summarize import sample_users
+from recalign.warehouse import Warehouse
 from training.llm.prompt import Example
 
 EVAL_NEGATIVES = 20  # the fixed protocol: 1 positive + 20 seeded negatives per test user

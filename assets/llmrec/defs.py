@@ -3,7 +3,7 @@
 import dagster as dg
 
 from assets.common import md_table, to_metadata
-from orchestration.resources import DatasetResource, RecalignHome
+from assets.resources import DatasetResource, RecalignHome
 from training.llm.rewards import RewardWeights
 from training.llm.trainers import LoRAConfig, StageConfig
 
@@ -82,7 +82,7 @@ def _result(stats: dict) -> dg.MaterializeResult:
 
 
 def _home(recalign: RecalignHome, dataset: DatasetResource):
-    return recalign.settings(), dataset.spec().dataset
+    return recalign.settings(), dataset.dataset
 
 
 @dg.asset(deps=["sequences", "user_summaries", "item_summaries"], group_name="llm", owners=OWNERS,

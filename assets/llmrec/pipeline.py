@@ -10,9 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from assets.evaluation.store import MetricsStore
-from assets.ingest.warehouse import Warehouse
-from recalign.registry import Registry
+from recalign.popularity import item_counts
 from recalign.settings import Settings
 from training.llm.base import resolve_model
 from training.llm.prompt import Example, prompt_text
@@ -60,16 +58,16 @@ def _context(settings: Settings, dataset: str, cfg: TrackConfig):
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    data = LLMData.load(Warehouse(settings.warehouse_path(dataset)), cfg.n_users, cfg.seed)
+    data = LLMData.load(settings.warehouse(dataset), cfg.n_users, cfg.seed)
     return path, model_id, tok, data
 
 
 def _register(settings: Settings, dataset: str, name: str, out_dir: Path, card: dict):
-    return Registry(settings.registry_dir(dataset)).register(name, out_dir, card)
+    return settings.registry(dataset).register(name, out_dir, card)
 
 
 def _latest(settings: Settings, dataset: str, name: str):
-    v = Registry(settings.registry_dir(dataset)).latest(name)
+    v = settings.registry(dataset).latest(name)
     if v is None:
         raise RuntimeError(f"no {name} model for {dataset!r} yet: materialise {name} first")
     return v
@@ -99,10 +97,9 @@ def random_rejected(ex: Example, rng: np.random.Generator) -> int:
 
 def item_hardness(settings: Settings, dataset: str, pairs: list[tuple[int, int]], k: int) -> list[float]:
     """HaRS hardness: overlap of the Top-K neighbourhoods (item_text vectors in LanceDB) of chosen and rejected."""
-    from assets.embeddings.pipeline import store_for
     from training.llm.hanorec import neighbourhood_hardness
 
-    store = store_for(settings, dataset)
+    store = settings.vectors(dataset)
     if not store.has("item_text"):
         raise RuntimeError("HaNoRec needs the item_text embedding table: materialise item_text first")
     n = max(max(p) for p in pairs)
@@ -175,10 +172,8 @@ def grpo_stage(settings: Settings, dataset: str, cfg: TrackConfig, weights=None)
 
 def popularity_scores(settings: Settings, dataset: str, exs: list[Example]) -> list[np.ndarray]:
     """Each candidate's number of training interactions over all users (what sampled negatives reward)."""
-    c = Warehouse(settings.warehouse_path(dataset)).read(
-        "SELECT item_id, count(*) AS n FROM sequences WHERE split = 'train' GROUP BY item_id")
-    pop = dict(zip(c["item_id"].astype(int), c["n"].astype(float)))
-    return [np.array([pop.get(i, 0.0) for i in e.candidate_ids]) for e in exs]
+    counts = item_counts(settings.warehouse(dataset)).astype(np.float64)
+    return [counts[np.asarray(e.candidate_ids, dtype=np.int64)] for e in exs]
 
 
 def evaluate_track(settings: Settings, dataset: str, cfg: TrackConfig, split: str = "test",
@@ -186,7 +181,7 @@ def evaluate_track(settings: Settings, dataset: str, cfg: TrackConfig, split: st
     """Score 1 + 20 candidates per user for popularity, the base model and every trained stage; metrics into the store."""
     path, model_id, tok, data = _context(settings, dataset, cfg)
     exs = eval_examples(data, split, cfg.seed, **cfg.example_kw())[: cfg.eval_users]
-    reg, store, out = Registry(settings.registry_dir(dataset)), MetricsStore(settings.metrics_path), {}
+    reg, store, out = settings.registry(dataset), settings.metrics(), {}
     n_train = data.seqs[data.seqs["split"] == "train"].groupby("user_id").size()
     lengths = np.array([int(n_train.get(e.user_id, 0)) for e in exs])  # per-user ranks for paired tests
     for variant in variants:

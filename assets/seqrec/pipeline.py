@@ -13,16 +13,16 @@ import numpy as np
 import torch
 
 from assets.embeddings.pipeline import feature_matrix
-from assets.evaluation.store import MetricsStore
-from assets.ingest.warehouse import SequenceData, Warehouse, load_sequences
-from recalign.registry import Registry
+from recalign.metrics_store import MetricsStore
+from recalign.popularity import item_counts
 from recalign.settings import Settings
+from recalign.warehouse import SequenceData, Warehouse, load_sequences
 from training.metrics import metrics_from_ranks
 from training.seqrec.checkpoint import load_model, save_model
 from training.seqrec.data import EvalSet, training_windows
 from training.seqrec.evaluate import full_ranking_ranks
 from training.seqrec.model import MultimodalSASRec, SeqRecConfig
-from training.seqrec.trainer import SeqRecTrainConfig, SeqRecTrainer
+from training.seqrec.trainer import SeqRecDPOConfig, SeqRecTrainConfig, SeqRecTrainer
 from training.seqrec.warmstart import warm_start_ids
 
 FAMILY = "seqrec"
@@ -39,6 +39,7 @@ class SeqRecData:
     image: torch.Tensor | None
     attributes: torch.Tensor | None = None   # (n_items + 1, max attributes) ids, 0 = padding
     attribute_names: list[str] | None = None
+    item_counts: np.ndarray | None = None     # training interactions per item (popularity)
 
 
 def attribute_matrix(wh: Warehouse, n_items: int) -> tuple[torch.Tensor, list[str]]:
@@ -58,7 +59,7 @@ def attribute_matrix(wh: Warehouse, n_items: int) -> tuple[torch.Tensor, list[st
 
 def load_data(settings: Settings, dataset: str, max_len: int = 50, modalities: list[str] | None = None,
               attributes: bool = False) -> SeqRecData:
-    wh = Warehouse(settings.warehouse_path(dataset))
+    wh = settings.warehouse(dataset)
     seq = load_sequences(wh)
     x, y = training_windows(seq.train, max_len)
     mods = modalities or ["id"]
@@ -68,7 +69,7 @@ def load_data(settings: Settings, dataset: str, max_len: int = 50, modalities: l
     return SeqRecData(seq, x, y, EvalSet.build(seq.history("valid"), seq.valid, seq.user_ids, max_len),
                       EvalSet.build(seq.history("test"), seq.test, seq.user_ids, max_len),
                       None if text is None else torch.from_numpy(text), None if image is None else torch.from_numpy(image),
-                      attrs, names)
+                      attrs, names, item_counts(wh))
 
 
 def available_modalities(data: SeqRecData, wanted: list[str]) -> list[str]:
@@ -80,14 +81,12 @@ def available_modalities(data: SeqRecData, wanted: list[str]) -> list[str]:
 
 def upstream_versions(settings: Settings, dataset: str) -> dict:
     """What the run was trained on: raw-data fingerprint, sequences build, vector table versions."""
-    from assets.embeddings.pipeline import store_for
-
-    wh = Warehouse(settings.warehouse_path(dataset))
+    wh = settings.warehouse(dataset)
     info = wh.info()
     out = {"raw_fingerprint": info.get("raw_fingerprint"), "tables_built_at": info.get("built_at")}
     if wh.has_table("sequence_stats"):
         out["sequences"] = wh.read("SELECT * FROM sequence_stats").iloc[0].to_dict()
-    store = store_for(settings, dataset)
+    store = settings.vectors(dataset)
     for table in ("item_text", "item_image"):
         if store.has(table):
             out[f"{table}_version"] = int(store.open(table).version)
@@ -96,21 +95,19 @@ def upstream_versions(settings: Settings, dataset: str) -> dict:
 
 def evaluate_and_log(model, data: SeqRecData, store: MetricsStore, run_id: str) -> dict:
     out = {}
-    train = [s for s in data.seq.train if len(s)]
-    popularity = np.bincount(np.concatenate(train), minlength=data.seq.n_items + 1) if train else np.zeros(data.seq.n_items + 1, int)
     for split, es in (("valid", data.valid), ("test", data.test)):
         t0 = time.perf_counter()
         ranks = full_ranking_ranks(model, es)
         metrics = metrics_from_ranks(ranks)
         store.log_metrics(run_id, split, metrics, protocol="full_ranking")
         store.log_ranks(run_id, split, es.user_ids, ranks, np.array([len(h) for h in es.histories]),
-                        popularity[es.targets.numpy()])
+                        data.item_counts[es.targets.numpy()])
         out[split] = metrics | {"eval_seconds": round(time.perf_counter() - t0, 2), "users": len(ranks)}
     return out
 
 
 @torch.no_grad()
-def score_samples(model, data: SeqRecData, sampler: str = "stochastic_topk", k: int = 50, n: int = 2000,
+def score_samples(model, data: SeqRecData, k: int, sampler: str = "stochastic_topk", n: int = 2000,
                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Logits of positives and of sampled hard negatives on test contexts (RoDPO Fig. 4)."""
     from training.seqrec.samplers import SAMPLERS
@@ -124,7 +121,7 @@ def score_samples(model, data: SeqRecData, sampler: str = "stochastic_topk", k: 
     return scores.gather(1, tgt[:, None]).squeeze(1).numpy(), scores.gather(1, neg[:, None]).squeeze(1).numpy()
 
 
-def train_stage(settings: Settings, dataset: str, model_cfg: dict, train_cfg: SeqRecTrainConfig,
+def train_stage(settings: Settings, dataset: str, model_cfg: dict, train_cfg: SeqRecTrainConfig | SeqRecDPOConfig,
                 variant: str, reference: tuple[str, str] | None = None, data: SeqRecData | None = None,
                 upstream: dict | None = None, log=print, init: tuple[str, str] | None = None) -> dict:
     """Train one stage, register the model, write metrics; returns a summary for asset metadata.
@@ -133,8 +130,7 @@ def train_stage(settings: Settings, dataset: str, model_cfg: dict, train_cfg: Se
     init: (registry name, version) of a model to continue training from (same architecture), no reference.
     """
     t0 = time.perf_counter()
-    registry = Registry(settings.registry_dir(dataset))
-    store = MetricsStore(settings.metrics_path)
+    registry, store = settings.registry(dataset), settings.metrics()
     wanted = list(model_cfg.get("modalities", ["id"]))
     data = data or load_data(settings, dataset, model_cfg.get("max_len", 50), wanted, model_cfg.get("attributes", False))
     ref_model, ref_meta = None, None
@@ -147,6 +143,7 @@ def train_stage(settings: Settings, dataset: str, model_cfg: dict, train_cfg: Se
         model, _ = load_model(registry.get(*init).path)
         model_cfg = model.cfg.to_dict()
     else:
+        torch.manual_seed(train_cfg.seed)  # the initial weights
         mods = available_modalities(data, wanted)
         if model_cfg.get("attributes") and data.attributes is None:
             raise ValueError(f"{dataset}: attributes asked for, but the data was loaded without them (load_data(attributes=True))")
@@ -174,7 +171,7 @@ def train_stage(settings: Settings, dataset: str, model_cfg: dict, train_cfg: Se
         fit = trainer.fit()
     store.log_curve(run_id, train_cfg.stage, fit["history"])
     metrics = evaluate_and_log(trainer.model, data, store, run_id)
-    pos, neg = score_samples(trainer.model, data, k=train_cfg.topk)
+    pos, neg = score_samples(trainer.model, data, k=getattr(train_cfg, "topk", SeqRecDPOConfig.topk))
     store.log_scores(run_id, "positive", pos)
     store.log_scores(run_id, "negative", neg)
     version, staging = registry.new_version_dir(variant)

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from assets.ingest.warehouse import Warehouse, load_sequences
+from recalign.popularity import item_counts, popularity_order
 from recalign.registry import Registry
 from recalign.settings import Settings
+from recalign.warehouse import load_sequences
 from training.metrics import metrics_from_ranks
+
+STAGES = ("seqrec_dpo", "seqrec_sft")  # registry name prefixes of the sequential track's two stages
 
 
 def popularity_valid_ndcg(settings: Settings, dataset: str) -> float:
     """Popularity (training counts) under the same protocol: full ranking, history masked."""
-    seq = load_sequences(Warehouse(settings.warehouse_path(dataset)))
-    counts = np.bincount(np.concatenate(seq.train) if seq.train else np.zeros(0, np.int64), minlength=seq.n_items + 1)
-    counts = counts.astype(np.float64)
-    counts[0] = -np.inf
-    order = np.argsort(-counts, kind="stable")
-    position = np.empty_like(order)
+    wh = settings.warehouse(dataset)
+    seq = load_sequences(wh)
+    order = popularity_order(item_counts(wh))
+    position = np.full(seq.n_items + 1, len(order), dtype=np.int64)
     position[order] = np.arange(len(order))
     ranks = []
     for hist, target in zip(seq.history("valid"), seq.valid):
@@ -29,43 +30,52 @@ def popularity_valid_ndcg(settings: Settings, dataset: str) -> float:
 
 
 def choose_candidate(registry: Registry) -> dict | None:
-    """The newest SFT and DPO versions; the one with the better valid NDCG@10 is the candidate."""
+    """The newest SFT and DPO models (any variant); the one with the better valid NDCG@10 is the candidate."""
     best = None
-    for name in ("seqrec_dpo", "seqrec_sft"):
-        mv = registry.latest(name)
+    for prefix in STAGES:
+        mv = registry.newest(prefix)
         if mv is None:
             continue
         score = mv.card.get("valid", {}).get("ndcg@10", -1.0)
         if best is None or score > best["valid_ndcg@10"]:
-            best = {"name": mv.name, "version": mv.version, "path": str(mv.path), "valid_ndcg@10": score}
+            best = {"name": mv.name, "version": mv.version, "path": str(mv.path), "valid_ndcg@10": score,
+                    "test_ndcg@10": mv.card.get("test", {}).get("ndcg@10")}
     return best
 
 
 def evaluate_gate(settings: Settings, dataset: str) -> dict:
-    registry = Registry(settings.registry_dir(dataset))
+    """The gate's verdict on the newest candidate, once per publish: recorded in the registry as the proposal."""
+    registry = settings.registry(dataset)
     cand = choose_candidate(registry)
     pop = popularity_valid_ndcg(settings, dataset)
     pub = registry.published()
-    pub_score = -1.0
+    pub_card = {}
     if pub:
         try:
-            pub_score = registry.get(pub["name"], pub["version"]).card.get("valid", {}).get("ndcg@10", -1.0)
+            pub_card = registry.get(pub["name"], pub["version"]).card
         except KeyError:
-            pub_score = -1.0
+            pub_card = {}
+    pub_score = pub_card.get("valid", {}).get("ndcg@10", -1.0)
     if cand is None:
-        return {"passed": False, "reason": "no trained model in the registry", "popularity_valid_ndcg@10": pop}
-    already = bool(pub) and pub["name"] == cand["name"] and pub["version"] == cand["version"]
-    passed = cand["valid_ndcg@10"] > pop and (cand["valid_ndcg@10"] > pub_score or already)
-    reason = ("already published" if already and passed else "beats popularity and the published model" if passed
-              else f"candidate {cand['valid_ndcg@10']:.4f} vs popularity {pop:.4f} / published {pub_score:.4f}")
-    return {"passed": passed, "reason": reason, "candidate": cand, "popularity_valid_ndcg@10": pop,
-            "published_valid_ndcg@10": pub_score, "already_published": already}
+        gate = {"passed": False, "reason": "no trained model in the registry", "popularity_valid_ndcg@10": pop}
+    else:
+        already = bool(pub) and pub["name"] == cand["name"] and pub["version"] == cand["version"]
+        passed = cand["valid_ndcg@10"] > pop and (cand["valid_ndcg@10"] > pub_score or already)
+        reason = ("already published" if already and passed else "beats popularity and the published model" if passed
+                  else f"candidate {cand['valid_ndcg@10']:.4f} vs popularity {pop:.4f} / published {pub_score:.4f}")
+        gate = {"passed": passed, "reason": reason, "candidate": cand, "popularity_valid_ndcg@10": pop,
+                "published_valid_ndcg@10": pub_score, "published_test_ndcg@10": pub_card.get("test", {}).get("ndcg@10"),
+                "published": f"{pub['name']}/{pub['version']}" if pub else None, "already_published": already}
+    registry.propose(gate)
+    return gate
 
 
-def publish_candidate(settings: Settings, dataset: str, gate: dict) -> dict:
-    if not gate["passed"]:
-        raise ValueError(f"gate not passed: {gate['reason']}")
-    registry = Registry(settings.registry_dir(dataset))
+def publish_candidate(settings: Settings, dataset: str) -> dict:
+    """Swap the pointer to the proposed candidate, if the gate passed it."""
+    registry = settings.registry(dataset)
+    gate = registry.proposal()
+    if gate is None or not gate["passed"]:
+        raise ValueError(f"gate not passed: {gate['reason'] if gate else 'no candidate proposed'}")
     cand = gate["candidate"]
     if gate.get("already_published"):
         return registry.published()

@@ -3,8 +3,8 @@
 import dagster as dg
 
 from assets.common import to_metadata
-from assets.ingest.warehouse import Warehouse
-from orchestration.resources import DatasetResource, RecalignHome
+from assets.resources import DatasetResource, RecalignHome
+from recalign.warehouse import Warehouse
 
 from .backends import make_summarizer
 from .summarize import sample_users, summarize_items, summarize_users
@@ -42,7 +42,7 @@ def _summarizer(cfg: SummarizerConfig, recalign: RecalignHome):
 
 
 def _warehouse(recalign: RecalignHome, dataset: DatasetResource) -> Warehouse:
-    return Warehouse(recalign.settings().warehouse_path(dataset.spec().dataset))
+    return recalign.warehouse(dataset.dataset)
 
 
 def _sampled_items(wh: Warehouse, users: list[int]) -> list[int]:

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from assets.ingest.warehouse import Warehouse
+from recalign.warehouse import Warehouse
 
 from .backends import Request, Summarizer
 from .prompts import ITEM_PROMPT_VERSION, USER_PROMPT_VERSION

@@ -10,6 +10,7 @@ modality. Sequences are left-padded with 0.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +27,8 @@ class SeqRecConfig:
     n_layers: int = 2
     n_heads: int = 2
     inner: int = 256
-    dropout: float = 0.5
-    attn_dropout: float = 0.5
+    dropout: float = 0.3
+    attn_dropout: float = 0.3
     modalities: list[str] = field(default_factory=lambda: ["id"])
     text_dim: int = 0
     image_dim: int = 0
@@ -36,7 +37,7 @@ class SeqRecConfig:
     moe_top_k: int = 2
     moe_noise: float = 1.0
     moe_aux_weight: float = 0.01
-    id_init: str = "cooccurrence"  # or "random"; see warmstart.py (training split only)
+    id_init: Literal["cooccurrence", "random"] = "cooccurrence"  # see warmstart.py (training split only)
     attributes: bool = False       # e_id = Emb(i) + mean of the item's learned attribute embeddings (brand, categories)
     n_attributes: int = 0          # attribute vocabulary size (ids 1..n_attributes, 0 = padding)
 
@@ -248,10 +249,14 @@ class MultimodalSASRec(nn.Module):
             logits[rows, cols] = float("-inf")
         return logits, targets[sel]
 
-    def calculate_loss(self, seq: torch.Tensor, targets: torch.Tensor, mask_seen: bool = False) -> torch.Tensor:
-        """Cross-entropy over all items (the unseen ones with `mask_seen`) at every position, one causal pass."""
+    def calculate_loss(self, seq: torch.Tensor, targets: torch.Tensor, mask_seen: bool = False,
+                       return_logits: bool = False):
+        """Cross-entropy over all items (the unseen ones with `mask_seen`) at every position, one causal pass.
+
+        `return_logits`: also the position logits and their targets, (loss, logits, targets), for the DPO term."""
         logits, tgt = self.position_logits(seq, targets, mask_seen)
-        return F.cross_entropy(logits, tgt) + self.aux_loss()
+        loss = F.cross_entropy(logits, tgt) + self.aux_loss()
+        return (loss, logits, tgt) if return_logits else loss
 
     def full_sort_predict(self, seq: torch.Tensor) -> torch.Tensor:
         """Scores of every item after the last position: (B, n_items + 1), padding at -inf."""

@@ -12,8 +12,9 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 from tqdm.auto import tqdm
@@ -26,57 +27,76 @@ from .losses import dpo_logit_loss
 from .model import MultimodalSASRec
 from .samplers import SAMPLERS
 
+LR_SCHEDULES = ("constant", "cosine")
+KEEP = ("best", "last")
+
+
+def _check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}; got {value!r}")
+
 
 @dataclass
 class SeqRecTrainConfig:
-    stage: str = "sft"                 # "sft" (CE warm-up) or "dpo" (CE + lambda * DPO)
-    epochs: int = 200
-    batch_size: int = 256
-    lr: float = 1e-3
-    lr_schedule: str = "constant"      # "constant" or "cosine" (per step, to 0 at the last epoch)
+    """Stage 1 (CE warm-up, the reference policy). The single home of its defaults: the default recipe."""
+
+    stage: str = field(default="sft", init=False)
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 2e-3
+    lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: per step, to 0 at the last epoch
     weight_decay: float = 0.0
     ema_decay: float | None = None     # evaluate and keep an exponential moving average of the weights (e.g. 0.999)
-    swa_start: int | None = None       # evaluate and keep the uniform average of the weights after epochs swa_start..
-                                       # (1-based; SWA, Izmailov et al. 2018); e.g. 9 with 15 epochs averages 9-15
-    patience: int = 10                 # evaluations without a better valid NDCG@10
-    keep: str = "best"                 # "best": the best-validated weights (early stopping); "last": train all epochs
-                                       # and keep the final weights (RoDPO's fixed-length warm-up, Algorithm 1)
+    swa_start: int | None = 9          # evaluate and keep the uniform average of the weights after epochs swa_start..
+                                       # (1-based; SWA, Izmailov et al. 2018): 9 with 15 epochs averages 9-15
+    patience: int = 5                  # evaluations without a better valid NDCG@10 (with keep="best")
+    keep: Literal["best", "last"] = "last"  # "best": the best-validated weights (early stopping); "last": train all
+                                       # epochs and keep the final weights (RoDPO's fixed-length warm-up, Algorithm 1)
     min_epochs: int = 0
-    eval_every: int = 1
-    seed: int = 42
-    sampler: str = "stochastic_topk"   # random | argmax | stochastic_topk
-    topk: int = 50                     # K of the stochastic top-K pool (Eq. 4)
-    beta: float = 1.0                  # DPO beta (Eq. 5)
-    lam: float = 1.0                   # lambda of L = CE + lambda * DPO (Eq. 6)
+    eval_every: int = 5                # validate every N epochs (RecBole's eval_step); patience counts validations
+    seed: int = 42                     # the model's initial weights, batching and dropout
     mask_history: bool = True          # CE's softmax and the negative pool skip the items already in each prefix,
-                                       # as the evaluation and the serving API do (Beauty +0.0018 test MRR@5;
-                                       # on Sports it overfits sooner: README)
-    precompute_ref: bool = True        # encode every training position with the frozen reference once, before DPO
-                                       # (trl's precompute_ref_log_probs); y_l is sampled per step, so the reference's
-                                       # fused queries and item table are kept rather than its scores
+                                       # as the evaluation and the serving API do
     device: str = "auto"
     retain_freed_memory: bool = True   # CPU: glibc keeps freed memory for the next step instead of unmapping it
-                                       # (the per-step logits skip page faults: ~10% faster steps, same numbers)
+                                       # (the per-step logits skip page faults: faster steps, same numbers)
     max_minutes: float | None = None   # wall-clock budget; stops after the current epoch
     show_progress: bool = True
 
     def __post_init__(self):
-        if self.stage not in ("sft", "dpo"):
-            raise ValueError(f"stage must be 'sft' or 'dpo', got {self.stage!r}")
-        if self.keep not in ("best", "last"):
-            raise ValueError(f"keep must be 'best' or 'last', got {self.keep!r}")
-        if self.lr_schedule not in ("constant", "cosine"):
-            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        _check_choice("keep", self.keep, KEEP)
+        _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.ema_decay and self.swa_start:
-            raise ValueError("ema_decay and swa_start are two weight averages: set one")
+            raise ValueError("ema_decay and swa_start are two weight averages: set one (swa_start=None for EMA)")
         if self.swa_start is not None and not 1 <= self.swa_start <= self.epochs:
-            raise ValueError(f"swa_start must be an epoch in 1..{self.epochs}, got {self.swa_start!r}")
-        if self.sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {sorted(SAMPLERS)}, got {self.sampler!r}")
+            raise ValueError(f"swa_start must be an epoch in 1..{self.epochs} (or None), got {self.swa_start!r}")
+
+
+@dataclass
+class SeqRecDPOConfig(SeqRecTrainConfig):
+    """Stage 2: L = CE + lam * DPO against the frozen stage-1 model (RoDPO Eq. 6). The home of its defaults."""
+
+    stage: str = field(default="dpo", init=False)
+    epochs: int = 3
+    lr: float = 1e-3
+    swa_start: int | None = 1          # the running average of every DPO epoch's weights
+    keep: Literal["best", "last"] = "best"
+    eval_every: int = 1
+    sampler: Literal["random", "argmax", "stochastic_topk"] = "stochastic_topk"
+    topk: int = 50                     # K of the stochastic top-K pool (Eq. 4)
+    beta: float = 1.0                  # DPO beta (Eq. 5)
+    lam: float = 1.0                   # lambda of L = CE + lambda * DPO (Eq. 6)
+    precompute_ref: bool = True        # encode every training position with the frozen reference once, before DPO
+                                       # (trl's precompute_ref_log_probs); y_l is sampled per step, so the reference's
+                                       # fused queries and item table are kept rather than its scores
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check_choice("sampler", self.sampler, tuple(SAMPLERS))
 
 
 class SeqRecTrainer:
-    def __init__(self, model: MultimodalSASRec, cfg: SeqRecTrainConfig, train_inputs: torch.Tensor,
+    def __init__(self, model: MultimodalSASRec, cfg: SeqRecTrainConfig | SeqRecDPOConfig, train_inputs: torch.Tensor,
                  train_targets: torch.Tensor, valid: EvalSet, reference: MultimodalSASRec | None = None,
                  checkpoint_dir: str | Path | None = None,
                  on_epoch: Callable[[dict], None] | None = None):
@@ -162,10 +182,8 @@ class SeqRecTrainer:
 
     def compute_loss(self, seq: torch.Tensor, targets: torch.Tensor,
                      rows: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-        logits, tgt = self.model.position_logits(seq, targets, mask_seen=self.cfg.mask_history)
-        ce = torch.nn.functional.cross_entropy(logits, tgt)
-        loss = ce + self.model.aux_loss()
-        parts = {"ce": ce.item()}
+        loss, logits, tgt = self.model.calculate_loss(seq, targets, mask_seen=self.cfg.mask_history, return_logits=True)
+        parts = {"ce": (loss - self.model.aux_loss()).item()}
         if self.cfg.stage == "dpo":
             neg = self.sample_negatives(logits, tgt)
             margin = logits.gather(1, tgt[:, None]).squeeze(1) - logits.gather(1, neg[:, None]).squeeze(1)

@@ -20,8 +20,8 @@ import pandas as pd
 
 from training.metrics import per_user_metrics
 
+from .metrics_store import MetricsStore
 from .stats import bootstrap_ci, paired_test
-from .store import MetricsStore
 
 ANCHORS = Path(__file__).with_name("anchors.csv")
 SEQ_COLS = [f"{m}@{k}" for k in (5, 10, 20) for m in ("ndcg", "mrr", "hr")]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
@@ -13,7 +13,21 @@ import numpy as np
 import pandas as pd
 
 from .schemas import Interactions, Items, Sequences, Users
-from .tables import Tables
+
+
+@dataclass
+class Tables:
+    """One build of the base tables, written to the warehouse in one transaction."""
+
+    items: pd.DataFrame
+    users: pd.DataFrame
+    interactions: pd.DataFrame
+    item_images: pd.DataFrame
+    id_map: pd.DataFrame
+    rejected: pd.DataFrame
+    reconciliation: pd.DataFrame
+    info: dict = field(default_factory=dict)
+
 
 TABLES = ("items", "users", "interactions", "item_images", "id_map", "rejected_rows", "reconciliation")
 

@@ -81,6 +81,7 @@ class MetricsStore:
                            "rank": np.asarray(ranks, np.int64), "history_length": np.asarray(lengths, np.int32),
                            "target_count": counts})
         with self.connect() as con:
+            con.register("df", df)
             con.execute("INSERT INTO user_ranks (run_id, split, user_id, rank, history_length, target_count) "
                         "SELECT run_id, split, user_id, rank, history_length, target_count FROM df")
 
@@ -93,6 +94,7 @@ class MetricsStore:
     def log_scores(self, run_id: str, kind: str, values: np.ndarray) -> None:
         df = pd.DataFrame({"run_id": run_id, "kind": kind, "value": np.asarray(values, np.float64)})
         with self.connect() as con:
+            con.register("df", df)
             con.execute("INSERT INTO score_samples SELECT * FROM df")
 
     def read(self, sql: str, params: list | None = None) -> pd.DataFrame:

@@ -1,0 +1,72 @@
+"""The resources every asset asks for by type: where recalign lives (and the stores there) and which dataset a
+run builds. A leaf module: it imports the library, never the Definitions; `resources_for` picks a deployment's set."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from assets.ingest.pipeline import DatasetSpec
+from recalign.metrics_store import MetricsStore
+from recalign.registry import Registry
+from recalign.settings import Settings
+from recalign.vectors import VectorStore
+from recalign.warehouse import Warehouse
+
+
+class RecalignHome(dg.ConfigurableResource):
+    """RECALIGN_HOME and the stores under it: DuckDB warehouse, LanceDB vectors, model registry, metrics."""
+
+    home: str | None = None  # None: $RECALIGN_HOME when the run starts, else ./.recalign
+
+    def settings(self) -> Settings:
+        return Settings.from_env(self.home or None)
+
+    def warehouse(self, dataset: str) -> Warehouse:
+        return self.settings().warehouse(dataset)
+
+    def vectors(self, dataset: str) -> VectorStore:
+        return self.settings().vectors(dataset)
+
+    def registry(self, dataset: str) -> Registry:
+        return self.settings().registry(dataset)
+
+    def metrics(self) -> MetricsStore:
+        return self.settings().metrics()
+
+
+class DatasetResource(dg.ConfigurableResource):
+    """Which dataset a run builds: a source reader, its folder, k-core (run configuration)."""
+
+    source: str = "synthetic"
+    path: str | None = None  # "" counts as none (an empty environment variable)
+    name: str | None = None
+    kcore: int | None = None
+    synthetic_items: int | None = None  # size of the synthetic catalogue (tests, quick demos)
+    synthetic_users: int | None = None
+
+    def spec(self) -> DatasetSpec:
+        options = {k: v for k, v in (("n_items", self.synthetic_items), ("n_users", self.synthetic_users)) if v}
+        return DatasetSpec(source=self.source, path=self.path or None, name=self.name or None, kcore=self.kcore,
+                           options=options)
+
+    @property
+    def dataset(self) -> str:
+        """The dataset's name: its folder in raw/, warehouse/, lancedb/, registry/ and reports/."""
+        return self.spec().dataset
+
+
+DEPLOYMENTS = ("local", "docker")
+
+
+def resources_for(deployment: str = "local") -> dict:
+    """A deployment's resources. `local`: the home from $RECALIGN_HOME at run time (else ./.recalign) and the
+    synthetic dataset unless run config says otherwise. `docker`: home and dataset from the container's
+    environment (RECALIGN_HOME, RECALIGN_DATASET_SOURCE, RECALIGN_DATASET_PATH), required, read by dg.EnvVar
+    when a run starts."""
+    if deployment == "local":
+        return {"recalign": RecalignHome(), "dataset": DatasetResource()}
+    if deployment == "docker":
+        return {"recalign": RecalignHome(home=dg.EnvVar("RECALIGN_HOME")),
+                "dataset": DatasetResource(source=dg.EnvVar("RECALIGN_DATASET_SOURCE"),
+                                           path=dg.EnvVar("RECALIGN_DATASET_PATH"))}
+    raise ValueError(f"unknown deployment {deployment!r}: one of {', '.join(DEPLOYMENTS)}")
