@@ -66,7 +66,8 @@ def run() -> dict:
     work = Path(tempfile.mkdtemp(prefix="llmbench-"))
     rows = [{"prompt": prompt_text(tok, e), "completion": e.answer} for e in train_examples(data, 3, 1, 0, history_len=4)]
     sft = run_sft(path, tok, rows, work / "sft", SFTStageConfig(lr=1e-3, **common))
-    pairs = preference_rows(settings, ds, cfg, "hanorec", "random", 3, 10, tok, data, path, work / "sft")
+    pairs = preference_rows(settings, ds, cfg, PreferenceStageConfig(method="hanorec", sampler="random"), tok, data,
+                            path, work / "sft")
     dpo = run_preference(path, tok, work / "sft", pairs, work / "dpo", PreferenceStageConfig(method="dpo", **common))
     han = run_preference(path, tok, work / "sft", pairs, work / "han",
                          PreferenceStageConfig(method="hanorec", noise_sigma=0.05, **common))

@@ -94,23 +94,25 @@ def cmd_llm(args) -> int:
     On a CPU the same command runs without DeepSpeed."""
     from assets.llmrec import pipeline as llm
     from recalign.settings import Settings
-    from training.llm.trainers import LoRAConfig, PreferenceStageConfig, StageConfig
+    from training.llm.trainers import GRPOStageConfig, LoRAConfig, PreferenceStageConfig, SFTStageConfig, StageConfig
 
-    stage = StageConfig(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
-                        max_steps=args.max_steps, deepspeed=args.deepspeed,
-                        lora=LoRAConfig(r=args.lora_r, alpha=2 * args.lora_r))
-    track = llm.TrackConfig(base_model=args.base_model, n_users=args.users, stage=stage, eval_users=args.eval_users,
-                            targets_per_user=args.targets_per_user, train_negatives=args.train_negatives)
+    given = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731 - unset flags: the config's defaults
+    stage_cls = {"sft": SFTStageConfig, "dpo": PreferenceStageConfig, "hanorec": PreferenceStageConfig,
+                 "grpo": GRPOStageConfig}.get(args.stage, StageConfig)
+    extra = given(beta=args.beta, sampler=args.sampler, topk=args.topk, hardness_topk=args.hardness_topk,
+                  method=args.stage) if stage_cls is PreferenceStageConfig else {}
+    stage = stage_cls(**given(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
+                              max_steps=args.max_steps, deepspeed=args.deepspeed), **extra,
+                      lora=LoRAConfig(**given(r=args.lora_r, alpha=args.lora_alpha)))
+    track = llm.TrackConfig(**given(base_model=args.base_model, n_users=args.users, eval_users=args.eval_users,
+                                    targets_per_user=args.targets_per_user, train_negatives=args.train_negatives),
+                            stage=stage)
     settings = Settings.from_env()
     if args.stage == "sft":
         out = llm.sft_stage(settings, args.dataset, track)
     elif args.stage in ("dpo", "hanorec"):
-        track.stage = llm.stage_as(PreferenceStageConfig, stage, method=args.stage, beta=args.beta)
-        out = llm.preference_stage(settings, args.dataset, track, args.stage, args.sampler)
+        out = llm.preference_stage(settings, args.dataset, track)
     elif args.stage == "grpo":
-        from training.llm.trainers import GRPOStageConfig
-
-        track.stage = llm.stage_as(GRPOStageConfig, stage)
         out = llm.grpo_stage(settings, args.dataset, track)
     else:
         variants = tuple(args.variants.split(",")) if args.variants else llm.EVAL_VARIANTS
@@ -148,20 +150,24 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("llm", help="run one LLM-track stage (the multi-GPU launch path)")
     p.add_argument("stage", choices=["sft", "dpo", "hanorec", "grpo", "eval"])
     p.add_argument("--dataset", required=True)
-    p.add_argument("--base-model", default="smollm2")
-    p.add_argument("--users", type=int, default=300)
+    p.add_argument("--base-model", default=None, help="default: TrackConfig.base_model (SmolLM2-135M-Instruct)")
+    p.add_argument("--users", type=int, default=None, help="seeded user sample (default: TrackConfig.n_users)")
     p.add_argument("--eval-users", type=int, default=None)
     p.add_argument("--variants", default=None, help="eval: comma-separated, e.g. popularity,zero_shot,llm_sft (default: all)")
-    p.add_argument("--targets-per-user", type=int, default=2, help="training questions per user (last n train items)")
-    p.add_argument("--train-negatives", type=int, default=4, help="negatives in each training candidate list")
-    p.add_argument("--epochs", type=float, default=1.0)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--batch-size", type=int, default=4)
-    p.add_argument("--grad-accum", type=int, default=1)
-    p.add_argument("--max-steps", type=int, default=-1)
-    p.add_argument("--lora-r", type=int, default=8)
-    p.add_argument("--beta", type=float, default=0.1)
-    p.add_argument("--sampler", default="stochastic_topk")
+    p.add_argument("--targets-per-user", type=int, default=None, help="training questions per user (last n train items)")
+    p.add_argument("--train-negatives", type=int, default=None, help="negatives in each training candidate list")
+    # unset optimisation flags take the stage's config defaults (SFTStageConfig, PreferenceStageConfig, GRPOStageConfig)
+    p.add_argument("--epochs", type=float, default=None)
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--grad-accum", type=int, default=None)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--lora-r", type=int, default=None)
+    p.add_argument("--lora-alpha", type=int, default=None, help="default: 2 * r")
+    p.add_argument("--beta", type=float, default=None)
+    p.add_argument("--sampler", default=None, choices=["random", "stochastic_topk"])
+    p.add_argument("--topk", type=int, default=None, help="stochastic top-K pool of the rejected title")
+    p.add_argument("--hardness-topk", type=int, default=None, help="HaNoRec neighbourhood size")
     p.add_argument("--deepspeed", default=None, help="infra/deepspeed/zero2.json or zero3.json (GPUs only)")
     p.set_defaults(fn=cmd_llm)
     args = parser.parse_args(argv)

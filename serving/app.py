@@ -26,6 +26,9 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import (
+    CounterMetricFamily,
+)
 from pydantic import BaseModel, Field
 
 from recalign.settings import Settings
@@ -94,7 +97,18 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
     requests = Counter("recalign_requests_total", "requests", ["endpoint", "status"], registry=metrics)
     latency = Histogram("recalign_request_seconds", "latency", ["endpoint"], registry=metrics,
                         buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
-    switches = Counter("recalign_model_checks_total", "model pointer checks", registry=metrics)
+
+    class ModelCounts:
+        """The model holder's own counts, read at scrape time (models swapped in, published models refused)."""
+
+        def collect(self):
+            h = state.get("holder")
+            yield CounterMetricFamily("recalign_model_switches", "models loaded and swapped in",
+                                      value=h.switches if h else 0)
+            yield CounterMetricFamily("recalign_model_refusals", "published models refused (corrupt or incompatible)",
+                                      value=h.refusals if h else 0)
+
+    metrics.register(ModelCounts())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -162,7 +176,6 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
 
     @app.get("/metrics")
     def prometheus():
-        switches.inc(0)
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
     def _recommend(history: np.ndarray, k: int, exclude_seen: bool, category: str | None, user_known: bool,

@@ -32,11 +32,11 @@ def sft_config(**kw):
     """A stage-1 config for short test runs: no weight averaging, validate every epoch, keep the best."""
     from training.seqrec.trainer import SeqRecTrainConfig
 
-    return SeqRecTrainConfig(**{"swa_start": None, "eval_every": 1, "keep": "best", "patience": 10, **kw})
+    return SeqRecTrainConfig(**{"swa_last": None, "eval_every": 1, "keep": "best", "patience": 10, **kw})
 
 
 def dpo_config(**kw):
     """A stage-2 config for short test runs: no weight averaging."""
     from training.seqrec.trainer import SeqRecDPOConfig
 
-    return SeqRecDPOConfig(**{"swa_start": None, **kw})
+    return SeqRecDPOConfig(**{"swa_last": None, **kw})

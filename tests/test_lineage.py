@@ -24,7 +24,7 @@ def lineage(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     home = tmp_path_factory.mktemp("lineage")
     mp.setenv("RECALIGN_HOME", str(home))
-    from orchestration.resources import RecalignHome
+    from assets.resources import RecalignHome
 
     result = defs.resolve_job_def("full_lineage").execute_in_process(
         run_config=run_config(), instance=dg.DagsterInstance.ephemeral(),
@@ -71,7 +71,7 @@ def test_landing_logs_ingested_once_then_retrain_then_skip(lineage):
     import datetime
     import time as _time
 
-    from orchestration.resources import DatasetResource, RecalignHome
+    from assets.resources import DatasetResource, RecalignHome
 
     from orchestration.automation import landing_sensor, nightly_retrain
     from recalign.settings import Settings
@@ -110,6 +110,8 @@ def test_landing_logs_ingested_once_then_retrain_then_skip(lineage):
     tick = nightly_retrain(dg.build_schedule_context(instance=instance, resources=res, scheduled_execution_time=when))
     assert isinstance(tick, dg.RunRequest)
     _time.sleep(1.1)
+    reg = settings.registry("synthetic-96x160")
+    before = reg.published()
     r = defs.resolve_job_def("retrain").execute_in_process(run_config={"ops": {k: v for k, v in run_config()["ops"].items()
                                                                                if k != "item_text"}},
                                                           instance=instance, resources=res, raise_on_error=False)
@@ -117,6 +119,38 @@ def test_landing_logs_ingested_once_then_retrain_then_skip(lineage):
     assert {"seqrec_sft", "seqrec_dpo", "publish_candidate_model"} <= retrained
     gate = [c for c in r.get_asset_check_evaluations() if c.check_name == "candidate_beats_baselines"]
     assert len(gate) == 1  # published only when the gate passed; a blocked gate stops published_model
+    proposal = reg.proposal()  # the verdict, computed once by publish_candidate_model
+    assert gate[0].passed == proposal["passed"] and proposal["candidate"]["version"] != before["version"]
     assert ("published_model" in retrained) == gate[0].passed
+    now = reg.published()
+    expected = proposal["candidate"] if gate[0].passed else before
+    assert (now["name"], now["version"]) == (expected["name"], expected["version"])
     tick2 = nightly_retrain(dg.build_schedule_context(instance=instance, resources=res, scheduled_execution_time=when))
     assert isinstance(tick2, dg.SkipReason) and "no new interactions" in tick2.skip_message
+
+
+def test_gate_refuses_a_candidate_below_popularity_and_nothing_is_published(lineage, monkeypatch):
+    import json
+
+    import pytest as _pytest
+
+    from assets.seqrec.publish import evaluate_gate, publish_candidate
+    from recalign.settings import Settings
+
+    _, home = lineage
+    settings = Settings.from_env(home)
+    reg = settings.registry("synthetic-96x160")
+    pointer = reg.pointer.read_text()
+    newest = [reg.newest(p) for p in ("seqrec_sft", "seqrec_dpo")]
+    for mv in newest:  # both stages' candidates score worse than popularity on validation
+        (mv.path / "card.json").write_text(json.dumps({**mv.card, "valid": {**mv.card["valid"], "ndcg@10": 0.0}}))
+    try:
+        gate = evaluate_gate(settings, "synthetic-96x160")
+        assert not gate["passed"] and "popularity" in gate["reason"]
+        assert reg.proposal() == json.loads(json.dumps(gate))
+        with _pytest.raises(ValueError, match="gate not passed"):
+            publish_candidate(settings, "synthetic-96x160")
+        assert reg.pointer.read_text() == pointer
+    finally:
+        for mv in newest:
+            (mv.path / "card.json").write_text(json.dumps(mv.card))

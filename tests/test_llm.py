@@ -41,7 +41,48 @@ def test_hardness_aware_beta_stands_in_for_trls_scalar():
     assert (b * torch.tensor([1.0, 1.0])).tolist() == pytest.approx([0.1, 0.05])  # reused for logged rewards
     loss_term.sum().backward()
     assert delta.grad.tolist() == pytest.approx([0.1, 0.05])  # beta itself carries no gradient
-    assert float(b) == 0.1
+    with pytest.raises(TypeError, match="per pair"):  # never silently one number (plain DPO)
+        float(b)
+
+
+def test_hanorec_step_puts_the_per_pair_betas_into_trls_loss(tmp_path, models_dir):
+    """One HaNoRec step on a tiny model through trl's DPOTrainer: the per-pair beta_i reach the loss. At the first
+    step policy = reference, so the gradient of -log sigma(beta_i * delta_i) is -beta_i / 2 * grad delta_i: with SGD
+    the update of pairs whose beta_i is halved (hardness 1, gamma 0.5) is exactly half the update at hardness 0."""
+    from transformers import AutoTokenizer
+
+    from training.llm.hanorec import HaNoRecConfig, HaNoRecTrainer
+    from training.llm.tiny import build_tiny_causal_lm
+    from training.llm.trainers import LoRAConfig, StageConfig, _dataset, load_adapter, load_base
+
+    tiny = str(build_tiny_causal_lm(models_dir / "tiny-llama", models_dir))
+    tok = AutoTokenizer.from_pretrained(tiny)
+    from peft import get_peft_model
+
+    torch.manual_seed(0)
+    sft = get_peft_model(load_base(tiny), LoRAConfig(r=4, target_modules=["q_proj", "v_proj"]).peft())
+    for name, p in sft.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.02)
+    sft.save_pretrained(tmp_path / "sft")
+    prompts = ["Which film next? A or B", "Pick one: tea or coffee"]
+    updates, betas = [], []
+    for hardness in (0.0, 1.0):
+        rows = [{"prompt": p, "chosen": " A", "rejected": " B", "hardness": hardness} for p in prompts]
+        kw = StageConfig(batch_size=2, max_steps=1, lr=1.0, seed=0).trainer_kwargs(tmp_path / f"out{hardness}")
+        args = HaNoRecConfig(**{**kw, "optim": "sgd", "max_grad_norm": 0.0}, beta=0.1, max_length=64,
+                             precompute_ref_log_probs=False, hardness_gamma=0.5, responsiveness_alpha=0.0,
+                             noise_sigma=0.0)
+        policy = load_adapter(tiny, tmp_path / "sft", trainable=True)
+        before = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
+        trainer = HaNoRecTrainer(model=policy, args=args, train_dataset=_dataset(rows), processing_class=tok)
+        trainer.train()
+        betas.append(trainer.beta.current.tolist())
+        updates.append(torch.cat([(p.detach() - before[n]).flatten() for n, p in policy.named_parameters()
+                                  if n in before]))
+    assert betas == [pytest.approx([0.1, 0.1]), pytest.approx([0.05, 0.05])]
+    assert updates[0].norm() > 0
+    torch.testing.assert_close(updates[1], updates[0] / 2, rtol=1e-3, atol=1e-7)
 
 
 def _tiny_peft():
@@ -166,7 +207,7 @@ def test_llm_track_end_to_end_through_dagster(tmp_path, models_dir, monkeypatch)
     """SFT -> DPO (stochastic top-K) / HaNoRec / GRPO -> evaluation on a tiny random-weight model, synthetic data:
     every stage registers an adapter and the evaluation writes sampled_21 metrics for all five models."""
     import dagster as dg
-    from orchestration.resources import DatasetResource, RecalignHome
+    from assets.resources import DatasetResource, RecalignHome
 
     from assets.embeddings.pipeline import embed_text_table
     from assets.ingest.pipeline import DatasetSpec, build_sequences, build_warehouse

@@ -154,7 +154,7 @@ def _toy_data():
 
 
 @pytest.mark.parametrize("schedule,average", [("constant", {}), ("cosine", {}), ("constant", {"ema_decay": 0.9}),
-                                              ("constant", {"swa_start": 2})])
+                                              ("constant", {"swa_last": 7})])
 def test_training_is_deterministic_learns_and_resumes(tmp_path, schedule, average):
     x, y, valid = _toy_data()
     cfg = sft_config(epochs=8, batch_size=16, lr=1e-2, show_progress=False, patience=10, lr_schedule=schedule,
@@ -214,7 +214,7 @@ def test_swa_keeps_the_uniform_average_of_the_weights_after_the_last_epochs():
             return out
 
     Snapshots(small_model(), sft_config(**cfg), x, y, valid).fit()
-    t = SeqRecTrainer(small_model(), sft_config(**cfg, swa_start=3), x, y, valid)
+    t = SeqRecTrainer(small_model(), sft_config(**cfg, swa_last=2), x, y, valid)
     out = t.fit()
     assert [r.get("swa_epochs") for r in out["history"]] == [None, None, 1, 2]
     for k, v in t.model.named_parameters():  # the kept weights: mean of the weights after epochs 3 and 4
@@ -223,10 +223,11 @@ def test_swa_keeps_the_uniform_average_of_the_weights_after_the_last_epochs():
     from training.seqrec.evaluate import evaluate
 
     assert evaluate(t.model, valid)["ndcg@10"] == pytest.approx(out["history"][-1]["valid_ndcg@10"])  # validated = kept
-    with pytest.raises(ValueError, match="swa_start"):
-        sft_config(epochs=4, swa_start=5)
+    assert sft_config(epochs=4, swa_last=9).swa_start == 1 and sft_config(epochs=15, swa_last=7).swa_start == 9
+    with pytest.raises(ValueError, match="swa_last"):
+        sft_config(epochs=4, swa_last=0)
     with pytest.raises(ValueError, match="one"):
-        sft_config(epochs=4, swa_start=2, ema_decay=0.9)
+        sft_config(epochs=4, swa_last=2, ema_decay=0.9)
 
 
 def test_keep_last_trains_every_epoch_and_keeps_the_final_weights():

@@ -123,6 +123,9 @@ def test_hot_switch_without_dropping_requests_and_corrupt_model_refused(beauty):
         assert "model.safetensors" in ready["last_error"]["error"] or "Error" in ready["last_error"]["error"]
         r = httpx.post(svc.url + "/v1/recommend", json={"user_id": 5, "k": 5}).json()
         assert r["model_version"] == f"{mv2.name}/{mv2.version}"
+        metrics = httpx.get(svc.url + "/metrics").text  # the holder's own counts, not a placeholder
+        assert f"recalign_model_switches_total {float(ready['switches'])}" in metrics and ready["switches"] >= 2
+        assert f"recalign_model_refusals_total {float(ready['refused'])}" in metrics
     finally:
         stop.set()
         t.join()

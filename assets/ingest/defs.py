@@ -9,6 +9,7 @@ from assets.resources import DatasetResource, RecalignHome
 from recalign.schemas import Interactions, Items, Sequences, Users
 from recalign.warehouse import Warehouse
 
+from .landing import ingest_batch, scan
 from .pipeline import build_sequences, build_warehouse, land_raw, sequence_problems
 
 OWNERS = ["team:recalign"]
@@ -103,14 +104,9 @@ def sequences_valid(recalign: RecalignHome, dataset: DatasetResource) -> dg.Asse
                                metadata={**problems, "schema": schema})
 
 
-assets = [raw_dataset, base_tables, sequences]
-asset_checks = [rows_reconcile, referential_integrity, sequences_valid]
 
 
 # --- incremental interaction logs: one dynamic partition per landed file ---------------------------
-
-from .landing import ingest_batch, scan
-from .pipeline import build_sequences as _rebuild_sequences
 
 landing_files = dg.DynamicPartitionsDefinition(name="landing_files")
 
@@ -125,7 +121,7 @@ def interaction_log_batch(context: dg.AssetExecutionContext, recalign: RecalignH
     if key not in files:
         raise dg.Failure(f"landed file for partition {key!r} is gone or changed; drop it again to ingest it")
     stats = ingest_batch(settings.warehouse(spec.dataset), files[key], key)
-    seq = _rebuild_sequences(settings, spec)
+    seq = build_sequences(settings, spec)
     context.log.info(f"batch {key}: {stats}; sequences: {seq}")
     return dg.MaterializeResult(metadata={**to_metadata(stats), "users_after": seq["users"],
                                           "interactions_after": seq["interactions_kept"]})
@@ -139,5 +135,5 @@ def batch_reconciles(context: dg.AssetCheckExecutionContext, recalign: RecalignH
     return dg.AssetCheckResult(passed=ok, metadata={"batch": str(row["batch"].iloc[0]) if len(row) else ""})
 
 
-assets.append(interaction_log_batch)
-asset_checks.append(batch_reconciles)
+assets = [raw_dataset, base_tables, sequences, interaction_log_batch]
+asset_checks = [rows_reconcile, referential_integrity, sequences_valid, batch_reconciles]

@@ -1,80 +1,87 @@
 """Dagster layer of the LLM track: llm_sft -> llm_dpo, llm_hanorec, llm_grpo -> llm_eval (model registry + metrics)."""
 
+import dataclasses
+from typing import Literal
+
 import dagster as dg
 
 from assets.common import md_table, to_metadata
 from assets.resources import DatasetResource, RecalignHome
 from training.llm.rewards import RewardWeights
-from training.llm.trainers import LoRAConfig, StageConfig
+from training.llm.trainers import GRPOStageConfig, LoRAConfig, PreferenceStageConfig, SFTStageConfig, StageConfig
 
-from .pipeline import TrackConfig, evaluate_track, grpo_stage, preference_stage, sft_stage, stage_as
+from .pipeline import TrackConfig, evaluate_track, grpo_stage, preference_stage, sft_stage
 
 OWNERS = ["team:recalign"]
+
+
+_T, _S, _L = TrackConfig, StageConfig, LoRAConfig  # every default below is read from these dataclasses
 
 
 class LLMStageConfig(dg.Config):
     """Base model, user sample and optimisation of one LLM stage. `deepspeed` names a ZeRO config
     (infra/deepspeed/zero2.json or zero3.json), used where CUDA exists; on a CPU the stage runs without it."""
 
-    base_model: str = "smollm2"  # SmolLM2-135M-Instruct offline; any causal LM name or path (e.g. Qwen2.5-3B-Instruct)
-    n_users: int | None = 300
-    seed: int = 0
-    train_negatives: int = 4
-    targets_per_user: int = 2
-    history_len: int = 5
-    item_notes: bool = False
-    epochs: float = 1.0
-    lr: float = 2e-4
-    batch_size: int = 4
-    grad_accum: int = 1
-    max_steps: int = -1
-    max_length: int = 1024
-    lora_r: int = 8
-    lora_alpha: int = 16
-    deepspeed: str | None = None
+    base_model: str = _T.base_model  # SmolLM2-135M-Instruct offline; any causal LM name or path
+    n_users: int | None = _T.n_users
+    seed: int = _T.seed
+    train_negatives: int = _T.train_negatives
+    targets_per_user: int = _T.targets_per_user
+    history_len: int = _T.history_len
+    item_notes: bool = _T.item_notes
+    epochs: float = _S.epochs
+    lr: float = _S.lr
+    batch_size: int = _S.batch_size
+    grad_accum: int = _S.grad_accum
+    max_steps: int = _S.max_steps
+    max_length: int = _S.max_length
+    lora_r: int = _L.r
+    lora_alpha: int | None = _L.alpha
+    deepspeed: str | None = _S.deepspeed
 
-    def track(self) -> TrackConfig:
-        stage = StageConfig(epochs=self.epochs, lr=self.lr, batch_size=self.batch_size, grad_accum=self.grad_accum,
-                            max_steps=self.max_steps, max_length=self.max_length, seed=42 + self.seed,
-                            deepspeed=self.deepspeed, lora=LoRAConfig(r=self.lora_r, alpha=self.lora_alpha))
+    def track(self, stage_cls=StageConfig, **stage_fields) -> TrackConfig:
+        """The TrackConfig of this run, its stage config of `stage_cls` from this config's fields of that class."""
+        names = {f.name for f in dataclasses.fields(stage_cls)} - {"lora", "seed"}
+        given = {k: v for k, v in self.model_dump().items() if k in names}
+        stage = stage_cls(**given, **stage_fields, seed=42 + self.seed, lora=LoRAConfig(r=self.lora_r, alpha=self.lora_alpha))
         return TrackConfig(base_model=self.base_model, n_users=self.n_users, seed=self.seed,
                            train_negatives=self.train_negatives, targets_per_user=self.targets_per_user,
                            history_len=self.history_len, item_notes=self.item_notes, stage=stage)
 
 
 class LLMSFTConfig(LLMStageConfig):
-    lr: float = 5e-4
-    epochs: float = 2.0
+    lr: float = SFTStageConfig.lr
+    epochs: float = SFTStageConfig.epochs
 
 
 class LLMDPOConfig(LLMStageConfig):
-    lr: float = 5e-5
-    beta: float = 0.1
-    sampler: str = "stochastic_topk"  # random | stochastic_topk (over the SFT model's candidate scores)
-    topk: int = 3
+    lr: float = PreferenceStageConfig.lr
+    beta: float = PreferenceStageConfig.beta
+    sampler: Literal["random", "stochastic_topk"] = PreferenceStageConfig.sampler
+    topk: int = PreferenceStageConfig.topk
 
 
 class LLMHaNoRecConfig(LLMDPOConfig):
     """HaNoRec defaults from the paper: beta0 0.1, Top-K 10, sigma 0.05."""
 
-    hardness_topk: int = 10
-    hardness_gamma: float = 0.5
-    responsiveness_alpha: float = 0.5
-    noise_sigma: float = 0.05
+    hardness_topk: int = PreferenceStageConfig.hardness_topk
+    hardness_gamma: float = PreferenceStageConfig.hardness_gamma
+    responsiveness_alpha: float = PreferenceStageConfig.responsiveness_alpha
+    noise_sigma: float = PreferenceStageConfig.noise_sigma
 
 
 class LLMGRPOConfig(LLMStageConfig):
-    lr: float = 2e-5
-    num_generations: int = 4
-    max_completion_length: int = 24
-    accuracy_weight: float = 1.0
-    format_weight: float = 0.5
-    similarity_weight: float = 0.5
+    lr: float = GRPOStageConfig.lr
+    num_generations: int = GRPOStageConfig.num_generations
+    max_completion_length: int = GRPOStageConfig.max_completion_length
+    accuracy_weight: float = RewardWeights.accuracy
+    format_weight: float = RewardWeights.format
+    similarity_weight: float = RewardWeights.similarity
 
 
 class LLMEvalConfig(LLMStageConfig):
-    split: str = "test"
-    eval_users: int | None = None
+    split: Literal["valid", "test"] = "test"
+    eval_users: int | None = _T.eval_users
 
 
 def _result(stats: dict) -> dg.MaterializeResult:
@@ -89,17 +96,12 @@ def _home(recalign: RecalignHome, dataset: DatasetResource):
           kinds={"pytorch", "peft"}, description="Stage 1: LoRA SFT of the LLM recommender (completion-only loss).")
 def llm_sft(context: dg.AssetExecutionContext, config: LLMSFTConfig, recalign: RecalignHome,
             dataset: DatasetResource) -> dg.MaterializeResult:
-    return _result(sft_stage(*_home(recalign, dataset), config.track()))
+    return _result(sft_stage(*_home(recalign, dataset), config.track(SFTStageConfig)))
 
 
-def _preference(config, recalign, dataset, method: str, **extra) -> dg.MaterializeResult:
-    from training.llm.trainers import PreferenceStageConfig
-
-    track = config.track()
-    settings, name = _home(recalign, dataset)
-    track.stage = stage_as(PreferenceStageConfig, track.stage, method=method, beta=config.beta, **extra)
-    return _result(preference_stage(settings, name, track, method, config.sampler, config.topk,
-                                    getattr(config, "hardness_topk", 10)))
+def _preference(config: LLMDPOConfig, recalign, dataset, method: str) -> dg.MaterializeResult:
+    track = config.track(PreferenceStageConfig, method=method)
+    return _result(preference_stage(*_home(recalign, dataset), track))
 
 
 @dg.asset(deps=["llm_sft"], group_name="llm", owners=OWNERS, kinds={"pytorch", "trl"},
@@ -113,21 +115,16 @@ def llm_dpo(context: dg.AssetExecutionContext, config: LLMDPOConfig, recalign: R
           description="Stage 2: HaNoRec = DPO with HaRS per-pair beta (hardness x responsiveness) and NoDO LoRA noise.")
 def llm_hanorec(context: dg.AssetExecutionContext, config: LLMHaNoRecConfig, recalign: RecalignHome,
                 dataset: DatasetResource) -> dg.MaterializeResult:
-    return _preference(config, recalign, dataset, "hanorec", hardness_gamma=config.hardness_gamma,
-                       responsiveness_alpha=config.responsiveness_alpha, noise_sigma=config.noise_sigma)
+    return _preference(config, recalign, dataset, "hanorec")
 
 
 @dg.asset(deps=["llm_sft"], group_name="llm", owners=OWNERS, kinds={"pytorch", "trl"},
           description="Stage 2: GRPO with MSPA's hybrid reward (accuracy + format + similarity).")
 def llm_grpo(context: dg.AssetExecutionContext, config: LLMGRPOConfig, recalign: RecalignHome,
              dataset: DatasetResource) -> dg.MaterializeResult:
-    track = config.track()
-    from training.llm.trainers import GRPOStageConfig
-
-    track.stage = stage_as(GRPOStageConfig, track.stage, num_generations=config.num_generations,
-                           max_completion_length=config.max_completion_length)
     weights = RewardWeights(config.accuracy_weight, config.format_weight, config.similarity_weight)
-    return _result(grpo_stage(*_home(recalign, dataset), track, weights))
+    track = config.track(GRPOStageConfig, weights=weights)
+    return _result(grpo_stage(*_home(recalign, dataset), track))
 
 
 @dg.asset(deps=["llm_sft", "llm_dpo", "llm_hanorec", "llm_grpo"], group_name="llm", owners=OWNERS,

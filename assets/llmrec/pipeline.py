@@ -112,8 +112,10 @@ def item_hardness(settings: Settings, dataset: str, pairs: list[tuple[int, int]]
     return neighbourhood_hardness([top[c] for c, _ in pairs], [top[r] for _, r in pairs], k).tolist()
 
 
-def preference_rows(settings: Settings, dataset: str, cfg: TrackConfig, method: str, sampler: str, topk: int,
-                    hardness_k: int, tok, data: LLMData, path: str, sft_path: Path) -> list[dict]:
+def preference_rows(settings: Settings, dataset: str, cfg: TrackConfig, pcfg: PreferenceStageConfig, tok,
+                    data: LLMData, path: str, sft_path: Path) -> list[dict]:
+    """(prompt, chosen, rejected[, hardness]) rows; the rejected title from `pcfg.sampler`."""
+    method, sampler, topk, hardness_k = pcfg.method, pcfg.sampler, pcfg.topk, pcfg.hardness_topk
     exs = train_examples(data, cfg.train_negatives, cfg.targets_per_user, cfg.seed, **cfg.example_kw())
     rng = np.random.default_rng(cfg.seed)
     if sampler == "stochastic_topk":
@@ -134,13 +136,15 @@ def preference_rows(settings: Settings, dataset: str, cfg: TrackConfig, method: 
     return rows
 
 
-def preference_stage(settings: Settings, dataset: str, cfg: TrackConfig, method: str, sampler: str = "random",
-                     topk: int = 5, hardness_k: int = 10) -> dict:
+def preference_stage(settings: Settings, dataset: str, cfg: TrackConfig) -> dict:
+    """DPO or HaNoRec (cfg.stage.method) on the newest SFT adapter."""
+    pcfg = cfg.stage
+    if not isinstance(pcfg, PreferenceStageConfig):
+        raise TypeError(f"a preference stage needs a PreferenceStageConfig, got {type(pcfg).__name__}")
+    method, sampler = pcfg.method, pcfg.sampler
     path, model_id, tok, data = _context(settings, dataset, cfg)
     sft = _latest(settings, dataset, "llm_sft")
-    rows = preference_rows(settings, dataset, cfg, method, sampler, topk, hardness_k, tok, data, path, sft.path)
-    pcfg = cfg.stage if isinstance(cfg.stage, PreferenceStageConfig) else stage_as(PreferenceStageConfig, cfg.stage)
-    pcfg.method = method
+    rows = preference_rows(settings, dataset, cfg, pcfg, tok, data, path, sft.path)
     hard = [r["hardness"] for r in rows if "hardness" in r]
     info = {"sampler": sampler, "mean_hardness": round(float(np.mean(hard)), 4) if hard else None}
     with tempfile.TemporaryDirectory() as tmp:
@@ -150,7 +154,8 @@ def preference_stage(settings: Settings, dataset: str, cfg: TrackConfig, method:
     return {**_card(stats), "version": v.version, **info}
 
 
-def grpo_stage(settings: Settings, dataset: str, cfg: TrackConfig, weights=None) -> dict:
+def grpo_stage(settings: Settings, dataset: str, cfg: TrackConfig) -> dict:
+    """GRPO (cfg.stage, a GRPOStageConfig: generations, reward weights) on the newest SFT adapter."""
     from assets.embeddings.pipeline import text_encoder
 
     path, model_id, tok, data = _context(settings, dataset, cfg)
@@ -160,9 +165,9 @@ def grpo_stage(settings: Settings, dataset: str, cfg: TrackConfig, weights=None)
     answer_vecs = enc.encode([e.answer for e in exs])
     rows = [{"prompt": prompt_text(tok, e), "answer": e.answer, "candidates": e.candidates,
              "answer_vec": v.tolist()} for e, v in zip(exs, answer_vecs)]
-    gcfg = cfg.stage if isinstance(cfg.stage, GRPOStageConfig) else stage_as(GRPOStageConfig, cfg.stage)
-    if weights is not None:
-        gcfg.weights = weights
+    gcfg = cfg.stage
+    if not isinstance(gcfg, GRPOStageConfig):
+        raise TypeError(f"the GRPO stage needs a GRPOStageConfig, got {type(gcfg).__name__}")
     with tempfile.TemporaryDirectory() as tmp:
         stats = run_grpo(path, tok, sft.path, rows, Path(tmp), gcfg, enc.encode)
         v = _register(settings, dataset, "llm_grpo", Path(tmp), {"base_model": model_id, "sft_version": sft.version,
@@ -204,12 +209,6 @@ def evaluate_track(settings: Settings, dataset: str, cfg: TrackConfig, split: st
         out[variant] = {**{k: round(v, 4) for k, v in res["metrics"].items()}, "seconds": round(secs, 1),
                         "candidates_per_s": round(len(exs) * len(exs[0].candidates) / secs, 2), "run_id": run}
     return out
-
-
-def stage_as(cls, stage: StageConfig, **over):
-    """A stage-specific config carrying the shared settings the user gave."""
-    base = {k: getattr(stage, k) for k in StageConfig.__dataclass_fields__}
-    return cls(**{**base, **over})
 
 
 def _card(stats: dict) -> dict:

@@ -59,7 +59,8 @@ class HardnessAwareBeta:
     __rmul__ = __mul__
 
     def __float__(self) -> float:
-        return float(self.beta0)
+        raise TypeError("HaNoRec's beta is per pair: a trl code path that reads it as one number would silently "
+                        "train plain DPO (trl's DPOTrainer changed; see the pinned range in pyproject.toml)")
 
 
 # --- NoDO -----------------------------------------------------------------------------------------

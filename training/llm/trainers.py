@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -21,14 +22,14 @@ from .rewards import RewardWeights, mspa_rewards
 @dataclass
 class LoRAConfig:
     r: int = 8
-    alpha: int = 16
+    alpha: int | None = None  # None: 2 * r
     dropout: float = 0.05
     target_modules: str | list[str] = "all-linear"
 
     def peft(self):
         from peft import LoraConfig
 
-        return LoraConfig(r=self.r, lora_alpha=self.alpha, lora_dropout=self.dropout,
+        return LoraConfig(r=self.r, lora_alpha=self.alpha or 2 * self.r, lora_dropout=self.dropout,
                           target_modules=self.target_modules, task_type="CAUSAL_LM")
 
 
@@ -61,15 +62,20 @@ class StageConfig:
 @dataclass
 class SFTStageConfig(StageConfig):
     lr: float = 5e-4
+    epochs: float = 2.0
 
 
 @dataclass
 class PreferenceStageConfig(StageConfig):
     """Stage 2 on pairs: `dpo` (trl sigmoid loss) or `hanorec` (HaRS beta + NoDO noise)."""
 
-    method: str = "dpo"
+    method: Literal["dpo", "hanorec"] = "dpo"
     beta: float = 0.1
     lr: float = 5e-5
+    sampler: Literal["random", "stochastic_topk"] = "stochastic_topk"  # the rejected title: uniform, or drawn from
+                                                                       # the SFT model's top-K candidates
+    topk: int = 3
+    hardness_topk: int = 10  # HaNoRec: Top-K embedding neighbourhoods whose overlap is a pair's hardness
     hardness_gamma: float = 0.5
     responsiveness_alpha: float = 0.5
     noise_sigma: float = 0.05

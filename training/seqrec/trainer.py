@@ -47,8 +47,9 @@ class SeqRecTrainConfig:
     lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: per step, to 0 at the last epoch
     weight_decay: float = 0.0
     ema_decay: float | None = None     # evaluate and keep an exponential moving average of the weights (e.g. 0.999)
-    swa_start: int | None = 9          # evaluate and keep the uniform average of the weights after epochs swa_start..
-                                       # (1-based; SWA, Izmailov et al. 2018): 9 with 15 epochs averages 9-15
+    swa_last: int | None = 7           # evaluate and keep the uniform average of the weights after each of the last
+                                       # N epochs of the budget (SWA, Izmailov et al. 2018): 7 of 15 averages 9-15;
+                                       # N >= epochs averages every epoch
     patience: int = 5                  # evaluations without a better valid NDCG@10 (with keep="best")
     keep: Literal["best", "last"] = "last"  # "best": the best-validated weights (early stopping); "last": train all
                                        # epochs and keep the final weights (RoDPO's fixed-length warm-up, Algorithm 1)
@@ -66,10 +67,15 @@ class SeqRecTrainConfig:
     def __post_init__(self):
         _check_choice("keep", self.keep, KEEP)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        if self.ema_decay and self.swa_start:
-            raise ValueError("ema_decay and swa_start are two weight averages: set one (swa_start=None for EMA)")
-        if self.swa_start is not None and not 1 <= self.swa_start <= self.epochs:
-            raise ValueError(f"swa_start must be an epoch in 1..{self.epochs} (or None), got {self.swa_start!r}")
+        if self.ema_decay and self.swa_last:
+            raise ValueError("ema_decay and swa_last are two weight averages: set one (swa_last=None for EMA)")
+        if self.swa_last is not None and self.swa_last < 1:
+            raise ValueError(f"swa_last must be a number of epochs >= 1 (or None: no average), got {self.swa_last!r}")
+
+    @property
+    def swa_start(self) -> int | None:
+        """The first averaged epoch (1-based), or None without SWA."""
+        return max(1, self.epochs - self.swa_last + 1) if self.swa_last else None
 
 
 @dataclass
@@ -79,7 +85,7 @@ class SeqRecDPOConfig(SeqRecTrainConfig):
     stage: str = field(default="dpo", init=False)
     epochs: int = 3
     lr: float = 1e-3
-    swa_start: int | None = 1          # the running average of every DPO epoch's weights
+    swa_last: int | None = 3           # the running average of every DPO epoch's weights
     keep: Literal["best", "last"] = "best"
     eval_every: int = 1
     sampler: Literal["random", "argmax", "stochastic_topk"] = "stochastic_topk"
