@@ -46,8 +46,9 @@ class DatasetResource(dg.ConfigurableResource):
 
     def spec(self) -> DatasetSpec:
         options = {k: v for k, v in (("n_items", self.synthetic_items), ("n_users", self.synthetic_users)) if v}
-        return DatasetSpec(source=self.source, path=self.path or None, name=self.name or None, kcore=self.kcore,
-                           options=options)
+        return DatasetSpec(
+            source=self.source, path=self.path or None, name=self.name or None, kcore=self.kcore, options=options
+        )
 
     @property
     def dataset(self) -> str:
@@ -66,7 +67,10 @@ def resources_for(deployment: str = "local") -> dict:
     if deployment == "local":
         return {"recalign": RecalignHome(), "dataset": DatasetResource()}
     if deployment == "docker":
-        return {"recalign": RecalignHome(home=dg.EnvVar("RECALIGN_HOME")),
-                "dataset": DatasetResource(source=dg.EnvVar("RECALIGN_DATASET_SOURCE"),
-                                           path=dg.EnvVar("RECALIGN_DATASET_PATH"))}
+        return {
+            "recalign": RecalignHome(home=dg.EnvVar("RECALIGN_HOME")),
+            "dataset": DatasetResource(
+                source=dg.EnvVar("RECALIGN_DATASET_SOURCE"), path=dg.EnvVar("RECALIGN_DATASET_PATH")
+            ),
+        }
     raise ValueError(f"unknown deployment {deployment!r}: one of {', '.join(DEPLOYMENTS)}")

@@ -37,7 +37,9 @@ def main() -> None:
 
     shared = shared_data_dir()
     settings = Settings.from_env(args.home or tempfile.mkdtemp(prefix="recalign-bench-"))
-    ingest(settings, DatasetSpec("amazon-s3rec", str(shared / "amazon_beauty"), name=args.dataset), only_if_missing=True)
+    ingest(
+        settings, DatasetSpec("amazon-s3rec", str(shared / "amazon_beauty"), name=args.dataset), only_if_missing=True
+    )
     wh = Warehouse(settings.warehouse_path(args.dataset))
     texts = item_metadata_text(wh)["content"].tolist()[: args.texts]
     enc = text_encoder()
@@ -50,7 +52,7 @@ def main() -> None:
     ienc.encode(posters[:4])
     t0 = time.perf_counter()
     for i in range(0, len(posters), 16):
-        ienc.encode(posters[i:i + 16])
+        ienc.encode(posters[i : i + 16])
     image_rate = len(posters) / (time.perf_counter() - t0)
     stats = embed_text_table(settings, args.dataset, "item_text")
     store = settings.vectors(args.dataset)
@@ -75,13 +77,26 @@ def main() -> None:
     counts = items["brand"].value_counts()
     chance = float(((counts / counts.sum()) ** 2).sum())
     lat.sort()
-    print(json.dumps({
-        "benchmark": "embeddings", "text_items_per_s": round(text_rate, 1), "image_items_per_s": round(image_rate, 2),
-        "text_model": enc.model_id, "image_model": ienc.model_id, "table_rows": stats["rows"], "indexed": stats["indexed"],
-        "ann_recall@10": round(float(np.mean(recalls)), 4), "search_p50_ms": round(lat[len(lat) // 2], 2),
-        "search_p99_ms": round(lat[int(0.99 * len(lat))], 2), "same_brand_neighbour_rate": round(same / total, 4),
-        "same_brand_chance_rate": round(chance, 4), "same_brand_ratio": round(same / total / chance, 1),
-        "peak_rss_mb": round(peak_rss_mb(), 1)}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "embeddings",
+                "text_items_per_s": round(text_rate, 1),
+                "image_items_per_s": round(image_rate, 2),
+                "text_model": enc.model_id,
+                "image_model": ienc.model_id,
+                "table_rows": stats["rows"],
+                "indexed": stats["indexed"],
+                "ann_recall@10": round(float(np.mean(recalls)), 4),
+                "search_p50_ms": round(lat[len(lat) // 2], 2),
+                "search_p99_ms": round(lat[int(0.99 * len(lat))], 2),
+                "same_brand_neighbour_rate": round(same / total, 4),
+                "same_brand_chance_rate": round(chance, 4),
+                "same_brand_ratio": round(same / total / chance, 1),
+                "peak_rss_mb": round(peak_rss_mb(), 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

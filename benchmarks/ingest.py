@@ -40,13 +40,26 @@ def main() -> None:
     t2 = time.perf_counter()
     stats = build_sequences(settings, spec)
     t3 = time.perf_counter()
-    print(json.dumps({
-        "benchmark": "ingest", "dataset": spec.dataset, "source": args.dataset,
-        "users": md["users"], "items": md["items"], "interactions": md["interactions"],
-        "rejected": md["rejected"], "reconciled": md["reconciled"], "evaluable_users": stats["evaluable_users"],
-        "seconds": round(t3 - t0, 2), "land_seconds": round(t1 - t0, 2), "tables_seconds": round(t2 - t1, 2),
-        "sequences_seconds": round(t3 - t2, 2), "peak_rss_mb": round(peak_rss_mb(), 1),
-    }))
+    print(
+        json.dumps(
+            {
+                "benchmark": "ingest",
+                "dataset": spec.dataset,
+                "source": args.dataset,
+                "users": md["users"],
+                "items": md["items"],
+                "interactions": md["interactions"],
+                "rejected": md["rejected"],
+                "reconciled": md["reconciled"],
+                "evaluable_users": stats["evaluable_users"],
+                "seconds": round(t3 - t0, 2),
+                "land_seconds": round(t1 - t0, 2),
+                "tables_seconds": round(t2 - t1, 2),
+                "sequences_seconds": round(t3 - t2, 2),
+                "peak_rss_mb": round(peak_rss_mb(), 1),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

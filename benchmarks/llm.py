@@ -55,8 +55,11 @@ def run() -> dict:
 
     ds = "movielens_100k"
     settings = Settings.from_env(args.home or tempfile.mkdtemp(prefix="recalign-bench-"))
-    ingest(settings, DatasetSpec("movielens-100k", str(shared_data_dir() / "movielens_100k"), name=ds),
-           only_if_missing=True)
+    ingest(
+        settings,
+        DatasetSpec("movielens-100k", str(shared_data_dir() / "movielens_100k"), name=ds),
+        only_if_missing=True,
+    )
     wh = Warehouse(settings.warehouse_path(ds))
     summarize_users(wh, TemplateSummarizer(), sample_users(wh, args.users, 0), max_blocks=4)
     embed_text_table(settings, ds, "item_text")
@@ -64,25 +67,39 @@ def run() -> dict:
     path, model_id, tok, data = _context(settings, ds, cfg)
     common = dict(batch_size=2, max_steps=args.steps, max_length=384, logging_steps=1)
     work = Path(tempfile.mkdtemp(prefix="llmbench-"))
-    rows = [{"prompt": prompt_text(tok, e), "completion": e.answer} for e in train_examples(data, 3, 1, 0, history_len=4)]
+    rows = [
+        {"prompt": prompt_text(tok, e), "completion": e.answer} for e in train_examples(data, 3, 1, 0, history_len=4)
+    ]
     sft = run_sft(path, tok, rows, work / "sft", SFTStageConfig(lr=1e-3, **common))
-    pairs = preference_rows(settings, ds, cfg, PreferenceStageConfig(method="hanorec", sampler="random"), tok, data,
-                            path, work / "sft")
+    pairs = preference_rows(
+        settings, ds, cfg, PreferenceStageConfig(method="hanorec", sampler="random"), tok, data, path, work / "sft"
+    )
     dpo = run_preference(path, tok, work / "sft", pairs, work / "dpo", PreferenceStageConfig(method="dpo", **common))
-    han = run_preference(path, tok, work / "sft", pairs, work / "han",
-                         PreferenceStageConfig(method="hanorec", noise_sigma=0.05, **common))
+    han = run_preference(
+        path,
+        tok,
+        work / "sft",
+        pairs,
+        work / "han",
+        PreferenceStageConfig(method="hanorec", noise_sigma=0.05, **common),
+    )
     exs = eval_examples(data, "test", 0, history_len=4)[: args.eval_users]
     model = load_base(path)
     t0 = time.perf_counter()
     evaluate_examples(model, tok, exs)
     cand_rate = len(exs) * len(exs[0].candidates) / (time.perf_counter() - t0)
-    return ({
-        "benchmark": "llm", "model": model_id, "dataset": ds,
+    return {
+        "benchmark": "llm",
+        "model": model_id,
+        "dataset": ds,
         "sft_train_tokens_per_s": round(sft["train_tokens"] / sft["seconds"], 1),
         "eval_candidates_per_s": round(cand_rate, 2),
-        "dpo_step_s": dpo["step_seconds_median"], "hanorec_step_s": han["step_seconds_median"],
+        "dpo_step_s": dpo["step_seconds_median"],
+        "hanorec_step_s": han["step_seconds_median"],
         "hanorec_to_dpo_step_ratio": round(han["step_seconds_median"] / dpo["step_seconds_median"], 3),
-        "peak_rss_mb": round(peak_rss_mb(), 1), "targets": {"hanorec_to_dpo_step_ratio": 1.2}})
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "targets": {"hanorec_to_dpo_step_ratio": 1.2},
+    }
 
 
 if __name__ == "__main__":

@@ -27,9 +27,16 @@ from training.seqrec.trainer import SeqRecDPOConfig, SeqRecTrainConfig  # noqa: 
 def registered_summary(settings, dataset: str, name: str, version: str) -> dict:
     """The summary `train_stage` returns, read back from a registered model's card (no training)."""
     card = settings.registry(dataset).get(name, version).card
-    return {"name": name, "version": version, "test": card["test"], "valid": card["valid"],
-            "epochs_run": card["epochs_run"], "seconds_per_epoch": None,
-            "modalities": card["config"]["model"]["modalities"], "moe": card["config"]["model"]["moe"]}
+    return {
+        "name": name,
+        "version": version,
+        "test": card["test"],
+        "valid": card["valid"],
+        "epochs_run": card["epochs_run"],
+        "seconds_per_epoch": None,
+        "modalities": card["config"]["model"]["modalities"],
+        "moe": card["config"]["model"]["moe"],
+    }
 
 
 def parse_args():
@@ -42,15 +49,31 @@ def parse_args():
     ap.add_argument("--seed", type=int, default=UNSET, help="both stages' seed")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--sft-init", default=None, help="name/version of a registered model to continue SFT from")
-    ap.add_argument("--sft-from", default=None,
-                    help="name/version of a registered SFT model to use as the DPO reference (no SFT training)")
+    ap.add_argument(
+        "--sft-from",
+        default=None,
+        help="name/version of a registered SFT model to use as the DPO reference (no SFT training)",
+    )
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2, help="torch threads (default: all cores)")
     fields = {
-        "model": add_config_args(ap.add_argument_group("model (SeqRecConfig)"), SeqRecConfig, skip=DERIVED, unset=UNSET),
-        "sft": add_config_args(ap.add_argument_group("stage 1 (SeqRecTrainConfig)"), SeqRecTrainConfig, "sft",
-                               skip=DERIVED | {"seed"}, unset=UNSET),
-        "dpo": add_config_args(ap.add_argument_group("stage 2 (SeqRecDPOConfig)"), SeqRecDPOConfig, "dpo",
-                               skip=DERIVED | {"seed", "sampler"}, unset=UNSET)}
+        "model": add_config_args(
+            ap.add_argument_group("model (SeqRecConfig)"), SeqRecConfig, skip=DERIVED, unset=UNSET
+        ),
+        "sft": add_config_args(
+            ap.add_argument_group("stage 1 (SeqRecTrainConfig)"),
+            SeqRecTrainConfig,
+            "sft",
+            skip=DERIVED | {"seed"},
+            unset=UNSET,
+        ),
+        "dpo": add_config_args(
+            ap.add_argument_group("stage 2 (SeqRecDPOConfig)"),
+            SeqRecDPOConfig,
+            "dpo",
+            skip=DERIVED | {"seed", "sampler"},
+            unset=UNSET,
+        ),
+    }
     return ap.parse_args(), fields
 
 
@@ -87,25 +110,60 @@ def main() -> None:
     if args.sft_from:
         sft = registered_summary(settings, spec.dataset, *args.sft_from.split("/"))
     else:
-        sft = train_stage(settings, spec.dataset, model_cfg, sft_cfg, variant=run_name("sft", model_cfg, sft_cfg),
-                          data=data, log=log, init=tuple(args.sft_init.split("/")) if args.sft_init else None)
-    out = {"benchmark": "seqrec", "dataset": args.dataset, "recipe": recipe.name, "modalities": sft["modalities"],
-           "moe": model_cfg["moe"], "mask_history": {"sft": sft_cfg.mask_history, "dpo": dpo_base.mask_history},
-           "sft": {"name": sft["name"], "version": sft["version"], "test": sft["test"],
-                   "valid_ndcg@10": sft["valid"]["ndcg@10"], "epochs": sft["epochs_run"],
-                   "seconds_per_epoch": sft["seconds_per_epoch"], "seconds": round(time.perf_counter() - t_sft, 1),
-                   "trained_here": not args.sft_from},
-           "full_eval_seconds": sft["test"].get("eval_seconds"), "eval_users": sft["test"].get("users")}
+        sft = train_stage(
+            settings,
+            spec.dataset,
+            model_cfg,
+            sft_cfg,
+            variant=run_name("sft", model_cfg, sft_cfg),
+            data=data,
+            log=log,
+            init=tuple(args.sft_init.split("/")) if args.sft_init else None,
+        )
+    out = {
+        "benchmark": "seqrec",
+        "dataset": args.dataset,
+        "recipe": recipe.name,
+        "modalities": sft["modalities"],
+        "moe": model_cfg["moe"],
+        "mask_history": {"sft": sft_cfg.mask_history, "dpo": dpo_base.mask_history},
+        "sft": {
+            "name": sft["name"],
+            "version": sft["version"],
+            "test": sft["test"],
+            "valid_ndcg@10": sft["valid"]["ndcg@10"],
+            "epochs": sft["epochs_run"],
+            "seconds_per_epoch": sft["seconds_per_epoch"],
+            "seconds": round(time.perf_counter() - t_sft, 1),
+            "trained_here": not args.sft_from,
+        },
+        "full_eval_seconds": sft["test"].get("eval_seconds"),
+        "eval_users": sft["test"].get("users"),
+    }
     for sampler in samplers:
         t_dpo = time.perf_counter()
-        dpo_cfg = recipe.dpo_config(**picked(args, fields["dpo"], "dpo"), seed=args.seed, sampler=sampler,
-                                    show_progress=False)
-        dpo = train_stage(settings, spec.dataset, {}, dpo_cfg, variant=run_name("dpo", {}, dpo_cfg),
-                          reference=(sft["name"], sft["version"]), data=data, log=log)
-        out[f"dpo_{sampler}"] = {"name": dpo["name"], "version": dpo["version"], "test": dpo["test"],
-                                 "valid_ndcg@10": dpo["valid"]["ndcg@10"], "epochs": dpo["epochs_run"],
-                                 "seconds_per_epoch": dpo["seconds_per_epoch"],
-                                 "seconds": round(time.perf_counter() - t_dpo, 1)}
+        dpo_cfg = recipe.dpo_config(
+            **picked(args, fields["dpo"], "dpo"), seed=args.seed, sampler=sampler, show_progress=False
+        )
+        dpo = train_stage(
+            settings,
+            spec.dataset,
+            {},
+            dpo_cfg,
+            variant=run_name("dpo", {}, dpo_cfg),
+            reference=(sft["name"], sft["version"]),
+            data=data,
+            log=log,
+        )
+        out[f"dpo_{sampler}"] = {
+            "name": dpo["name"],
+            "version": dpo["version"],
+            "test": dpo["test"],
+            "valid_ndcg@10": dpo["valid"]["ndcg@10"],
+            "epochs": dpo["epochs_run"],
+            "seconds_per_epoch": dpo["seconds_per_epoch"],
+            "seconds": round(time.perf_counter() - t_dpo, 1),
+        }
     out["total_seconds"] = round(time.perf_counter() - t0, 1)
     out["peak_rss_mb"] = round(peak_rss_mb(), 1)
     print(json.dumps(out))

@@ -51,8 +51,13 @@ def load(url: str, n: int, concurrency: int, body_fn) -> dict:
             wall = time.perf_counter() - t0
         lat.sort()
         q = lambda p: 1000 * lat[min(len(lat) - 1, int(p * len(lat)))]
-        return {"requests": n, "rps": round(n / wall, 1), "p50_ms": round(q(0.5), 2), "p99_ms": round(q(0.99), 2),
-                "errors": errors}
+        return {
+            "requests": n,
+            "rps": round(n / wall, 1),
+            "p50_ms": round(q(0.5), 2),
+            "p99_ms": round(q(0.99), 2),
+            "errors": errors,
+        }
 
     return asyncio.run(run())
 
@@ -74,16 +79,22 @@ def wrk_load(url: str, n: int, concurrency: int, endpoint: str, users: list[int]
     import tempfile
 
     if endpoint == "recommend":
-        req = ('local body = string.format(\'{"user_id": %d, "k": 10}\', users[(i % #users) + 1])\n'
-               '  return wrk.format("POST", "/v1/recommend", {["Content-Type"] = "application/json"}, body)')
+        req = (
+            'local body = string.format(\'{"user_id": %d, "k": 10}\', users[(i % #users) + 1])\n'
+            '  return wrk.format("POST", "/v1/recommend", {["Content-Type"] = "application/json"}, body)'
+        )
     else:
         req = 'return wrk.format("GET", "/healthz")'
     script = WRK_SCRIPT % (", ".join(map(str, users)), req)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
         fh.write(script)
     # wrk bounds by time: the duration that gives about n requests at the warm-up's rate (at least 5 s)
-    proc = subprocess.run(["wrk", "-t1", f"-c{concurrency}", f"-d{max(5, n)}s", "--latency", "-s", fh.name, url],
-                          capture_output=True, text=True, check=True)
+    proc = subprocess.run(
+        ["wrk", "-t1", f"-c{concurrency}", f"-d{max(5, n)}s", "--latency", "-s", fh.name, url],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     text = proc.stdout
 
     def ms(label):
@@ -95,8 +106,14 @@ def wrk_load(url: str, n: int, concurrency: int, endpoint: str, users: list[int]
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", text)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", text)
     errors = (int(non2xx.group(1)) if non2xx else 0) + (sum(map(int, sock.groups())) if sock else 0)
-    return {"requests": done, "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
-            "p50_ms": ms(50), "p99_ms": ms(99), "errors": errors, "client": "wrk"}
+    return {
+        "requests": done,
+        "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1)),
+        "p50_ms": ms(50),
+        "p99_ms": ms(99),
+        "errors": errors,
+        "client": "wrk",
+    }
 
 
 def client_main(args) -> None:
@@ -137,7 +154,9 @@ def main() -> None:
         import duckdb
 
         con = duckdb.connect(str(settings.warehouse_path(args.dataset)), read_only=True)
-        users = [int(u) for (u,) in con.execute("SELECT DISTINCT user_id FROM sequences USING SAMPLE 500 ROWS").fetchall()]
+        users = [
+            int(u) for (u,) in con.execute("SELECT DISTINCT user_id FROM sequences USING SAMPLE 500 ROWS").fetchall()
+        ]
         con.close()
         out = {"benchmark": "serving", "dataset": args.dataset, "concurrency": args.concurrency}
         import shutil
@@ -147,9 +166,24 @@ def main() -> None:
                 wrk_load(svc.url, 3, args.concurrency, endpoint, users)  # warm-up
                 out[endpoint] = wrk_load(svc.url, args.seconds, args.concurrency, endpoint, users)
                 continue
-            cmd = [sys.executable, __file__, "--client", "--url", svc.url, "--endpoint", endpoint, "--users",
-                   json.dumps(users), "--requests", str(args.requests), "--concurrency", str(args.concurrency)]
-            subprocess.run(cmd[:-4] + ["--requests", "200", "--concurrency", str(args.concurrency)], capture_output=True)  # warm-up
+            cmd = [
+                sys.executable,
+                __file__,
+                "--client",
+                "--url",
+                svc.url,
+                "--endpoint",
+                endpoint,
+                "--users",
+                json.dumps(users),
+                "--requests",
+                str(args.requests),
+                "--concurrency",
+                str(args.concurrency),
+            ]
+            subprocess.run(
+                cmd[:-4] + ["--requests", "200", "--concurrency", str(args.concurrency)], capture_output=True
+            )  # warm-up
             res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
             out[endpoint] = {**res, "client": "httpx"}
         out["recommend_to_healthz_rps"] = round(out["recommend"]["rps"] / out["healthz"]["rps"], 3)

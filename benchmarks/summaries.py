@@ -35,8 +35,11 @@ def main() -> None:
     from recalign.warehouse import Warehouse
 
     settings = Settings.from_env(args.home or tempfile.mkdtemp(prefix="recalign-bench-"))
-    ingest(settings, DatasetSpec("amazon-s3rec", str(shared_data_dir() / "amazon_beauty"), name=args.dataset),
-           only_if_missing=True)
+    ingest(
+        settings,
+        DatasetSpec("amazon-s3rec", str(shared_data_dir() / "amazon_beauty"), name=args.dataset),
+        only_if_missing=True,
+    )
     wh = Warehouse(settings.warehouse_path(args.dataset))
     reqs = item_requests(wh, list(range(1, args.items + 1)))["request"].tolist()
     llm = LLMSummarizer(args.model, settings.models_dir, args.max_new_tokens, vision_bridge=False)
@@ -44,19 +47,31 @@ def main() -> None:
     t0 = time.perf_counter()
     batched = []
     for i in range(0, len(reqs), args.batch_size):
-        batched += llm.summarize(reqs[i:i + args.batch_size])
+        batched += llm.summarize(reqs[i : i + args.batch_size])
     batched_rate = len(reqs) / (time.perf_counter() - t0)
     single_reqs = reqs[: max(8, args.items // 3)]
     t0 = time.perf_counter()
     single = [llm.summarize([r])[0] for r in single_reqs]
     single_rate = len(single_reqs) / (time.perf_counter() - t0)
     same = sum(a.text == b.text for a, b in zip(batched, single)) / len(single)
-    print(json.dumps({
-        "benchmark": "summaries", "dataset": args.dataset, "model": llm.model_id, "items": len(reqs),
-        "batch_size": args.batch_size, "max_new_tokens": args.max_new_tokens,
-        "batched_items_per_s": round(batched_rate, 3), "single_items_per_s": round(single_rate, 3),
-        "speedup": round(batched_rate / single_rate, 2), "batched_equals_single_fraction": round(same, 3),
-        "peak_rss_mb": round(peak_rss_mb(), 1), "targets": {"speedup": 3.0, "peak_rss_mb": 3072}}))
+    print(
+        json.dumps(
+            {
+                "benchmark": "summaries",
+                "dataset": args.dataset,
+                "model": llm.model_id,
+                "items": len(reqs),
+                "batch_size": args.batch_size,
+                "max_new_tokens": args.max_new_tokens,
+                "batched_items_per_s": round(batched_rate, 3),
+                "single_items_per_s": round(single_rate, 3),
+                "speedup": round(batched_rate / single_rate, 2),
+                "batched_equals_single_fraction": round(same, 3),
+                "peak_rss_mb": round(peak_rss_mb(), 1),
+                "targets": {"speedup": 3.0, "peak_rss_mb": 3072},
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

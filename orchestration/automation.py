@@ -9,17 +9,27 @@ from assets.ingest.defs import landing_files
 from assets.ingest.landing import last_ingest_time, scan
 from assets.resources import DatasetResource, RecalignHome
 
-ingest_logs = dg.define_asset_job("ingest_logs", selection=dg.AssetSelection.assets("interaction_log_batch"),
-                                  partitions_def=landing_files,
-                                  description="Validate and append one landed interaction-log file.")
+ingest_logs = dg.define_asset_job(
+    "ingest_logs",
+    selection=dg.AssetSelection.assets("interaction_log_batch"),
+    partitions_def=landing_files,
+    description="Validate and append one landed interaction-log file.",
+)
 retrain = dg.define_asset_job(
-    "retrain", selection=dg.AssetSelection.assets("user_text", "seqrec_sft", "seqrec_dpo", "publish_candidate_model",
-                                                  "published_model", "evaluation_report"),
-    description="Retrain, re-evaluate and publish through the gate.")
+    "retrain",
+    selection=dg.AssetSelection.assets(
+        "user_text", "seqrec_sft", "seqrec_dpo", "publish_candidate_model", "published_model", "evaluation_report"
+    ),
+    description="Retrain, re-evaluate and publish through the gate.",
+)
 
 
-@dg.sensor(job=ingest_logs, minimum_interval_seconds=30, default_status=dg.DefaultSensorStatus.RUNNING,
-           description="Each file in landing/interactions/ once, keyed by name + sha256 (a changed file is a new batch).")
+@dg.sensor(
+    job=ingest_logs,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Each file in landing/interactions/ once, keyed by name + sha256 (a changed file is a new batch).",
+)
 def landing_sensor(context: dg.SensorEvaluationContext, recalign: RecalignHome):
     seen = set(json.loads(context.cursor)) if context.cursor else set()
     files = scan(recalign.settings().landing_dir)
@@ -49,10 +59,16 @@ def retrain_decision(recalign: RecalignHome, dataset: DatasetResource) -> tuple[
     return True, f"new interactions at {time.strftime('%Y-%m-%d %H:%M', time.gmtime(arrived))} after {latest.version}"
 
 
-@dg.schedule(job=retrain, cron_schedule="0 2 * * *", default_status=dg.DefaultScheduleStatus.RUNNING,
-             description="Nightly: retrain, re-evaluate and publish when new interactions arrived, else skip with the reason.")
+@dg.schedule(
+    job=retrain,
+    cron_schedule="0 2 * * *",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    description="Nightly: retrain, re-evaluate and publish when new interactions arrived, else skip with the reason.",
+)
 def nightly_retrain(context: dg.ScheduleEvaluationContext, recalign: RecalignHome, dataset: DatasetResource):
     go, reason = retrain_decision(recalign, dataset)
     if not go:
         return dg.SkipReason(reason)
-    return dg.RunRequest(run_key=f"retrain-{context.scheduled_execution_time:%Y%m%dT%H%M}", tags={"reason": reason[:200]})
+    return dg.RunRequest(
+        run_key=f"retrain-{context.scheduled_execution_time:%Y%m%dT%H%M}", tags={"reason": reason[:200]}
+    )

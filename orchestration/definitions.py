@@ -19,13 +19,22 @@ all_assets = [*ingest.assets, *summaries.assets, *embeddings.assets, *seqrec.ass
 all_checks = [*ingest.asset_checks, *embeddings.asset_checks, *seqrec.asset_checks]
 
 full_lineage = dg.define_asset_job(
-    "full_lineage", selection=dg.AssetSelection.all() - dg.AssetSelection.assets("interaction_log_batch")
+    "full_lineage",
+    selection=dg.AssetSelection.all()
+    - dg.AssetSelection.assets("interaction_log_batch")
     - dg.AssetSelection.groups("llm"),
-    description="Rebuild the whole lineage for the configured dataset (the LLM track is its own job: llm_track).")
-llm_track = dg.define_asset_job("llm_track", selection=dg.AssetSelection.groups("llm"),
-                                description="LoRA SFT, then DPO / HaNoRec / GRPO, then the 1+20 candidate evaluation.")
-ingest_job = dg.define_asset_job("ingest", selection=dg.AssetSelection.groups("ingest", "tables") - dg.AssetSelection.assets("interaction_log_batch"),
-                                 description="Land the raw dataset and build the validated tables.")
+    description="Rebuild the whole lineage for the configured dataset (the LLM track is its own job: llm_track).",
+)
+llm_track = dg.define_asset_job(
+    "llm_track",
+    selection=dg.AssetSelection.groups("llm"),
+    description="LoRA SFT, then DPO / HaNoRec / GRPO, then the 1+20 candidate evaluation.",
+)
+ingest_job = dg.define_asset_job(
+    "ingest",
+    selection=dg.AssetSelection.groups("ingest", "tables") - dg.AssetSelection.assets("interaction_log_batch"),
+    description="Land the raw dataset and build the validated tables.",
+)
 
 defs = dg.Definitions(
     assets=all_assets,

@@ -29,13 +29,26 @@ def cmd_demo(args) -> int:
     settings = Settings.from_env()
     name = args.name or (os.path.basename(args.path.rstrip("/")) if args.path else args.source)
     checks = result.get_asset_check_evaluations()
-    print(json.dumps({
-        "success": result.success, "job": args.job, "dataset": name,
-        "materialized": sorted({ev.event_specific_data.materialization.asset_key.to_user_string()
-                                for ev in result.get_asset_materialization_events()}),
-        "checks_passed": sum(c.passed for c in checks), "checks_failed": sum(not c.passed for c in checks),
-        "warehouse": str(settings.warehouse_path(name)), "recalign_home": str(settings.home),
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "success": result.success,
+                "job": args.job,
+                "dataset": name,
+                "materialized": sorted(
+                    {
+                        ev.event_specific_data.materialization.asset_key.to_user_string()
+                        for ev in result.get_asset_materialization_events()
+                    }
+                ),
+                "checks_passed": sum(c.passed for c in checks),
+                "checks_failed": sum(not c.passed for c in checks),
+                "warehouse": str(settings.warehouse_path(name)),
+                "recalign_home": str(settings.home),
+            },
+            indent=1,
+        )
+    )
     if not result.success:
         for ev in result.all_events:
             if ev.is_failure and ev.step_failure_data is not None:
@@ -80,8 +93,10 @@ def cmd_report(args) -> int:
     from recalign.settings import Settings
 
     settings = Settings.from_env()
-    out = write_report(build_report(settings.metrics(), args.dataset),
-                       Path(args.out) if args.out else settings.reports_dir(args.dataset) / "latest")
+    out = write_report(
+        build_report(settings.metrics(), args.dataset),
+        Path(args.out) if args.out else settings.reports_dir(args.dataset) / "latest",
+    )
     print(json.dumps(out))
     return 0
 
@@ -97,16 +112,39 @@ def cmd_llm(args) -> int:
     from training.llm.trainers import GRPOStageConfig, LoRAConfig, PreferenceStageConfig, SFTStageConfig, StageConfig
 
     given = lambda **kw: {k: v for k, v in kw.items() if v is not None}  # noqa: E731 - unset flags: the config's defaults
-    stage_cls = {"sft": SFTStageConfig, "dpo": PreferenceStageConfig, "hanorec": PreferenceStageConfig,
-                 "grpo": GRPOStageConfig}.get(args.stage, StageConfig)
-    extra = given(beta=args.beta, sampler=args.sampler, topk=args.topk, hardness_topk=args.hardness_topk,
-                  method=args.stage) if stage_cls is PreferenceStageConfig else {}
-    stage = stage_cls(**given(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
-                              max_steps=args.max_steps, deepspeed=args.deepspeed), **extra,
-                      lora=LoRAConfig(**given(r=args.lora_r, alpha=args.lora_alpha)))
-    track = llm.TrackConfig(**given(base_model=args.base_model, n_users=args.users, eval_users=args.eval_users,
-                                    targets_per_user=args.targets_per_user, train_negatives=args.train_negatives),
-                            stage=stage)
+    stage_cls = {
+        "sft": SFTStageConfig,
+        "dpo": PreferenceStageConfig,
+        "hanorec": PreferenceStageConfig,
+        "grpo": GRPOStageConfig,
+    }.get(args.stage, StageConfig)
+    extra = (
+        given(beta=args.beta, sampler=args.sampler, topk=args.topk, hardness_topk=args.hardness_topk, method=args.stage)
+        if stage_cls is PreferenceStageConfig
+        else {}
+    )
+    stage = stage_cls(
+        **given(
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            grad_accum=args.grad_accum,
+            max_steps=args.max_steps,
+            deepspeed=args.deepspeed,
+        ),
+        **extra,
+        lora=LoRAConfig(**given(r=args.lora_r, alpha=args.lora_alpha)),
+    )
+    track = llm.TrackConfig(
+        **given(
+            base_model=args.base_model,
+            n_users=args.users,
+            eval_users=args.eval_users,
+            targets_per_user=args.targets_per_user,
+            train_negatives=args.train_negatives,
+        ),
+        stage=stage,
+    )
     settings = Settings.from_env()
     if args.stage == "sft":
         out = llm.sft_stage(settings, args.dataset, track)
@@ -124,8 +162,10 @@ def cmd_llm(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="recalign", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for name, fn, help_ in [("demo", cmd_demo, "run the main Dagster job (synthetic by default)"),
-                            ("ingest", cmd_ingest, "land + validate + sequence one dataset, no Dagster")]:
+    for name, fn, help_ in [
+        ("demo", cmd_demo, "run the main Dagster job (synthetic by default)"),
+        ("ingest", cmd_ingest, "land + validate + sequence one dataset, no Dagster"),
+    ]:
         p = sub.add_parser(name, help=help_)
         p.add_argument("--source", default="synthetic")
         p.add_argument("--path", default=None)
@@ -153,8 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-model", default=None, help="default: TrackConfig.base_model (SmolLM2-135M-Instruct)")
     p.add_argument("--users", type=int, default=None, help="seeded user sample (default: TrackConfig.n_users)")
     p.add_argument("--eval-users", type=int, default=None)
-    p.add_argument("--variants", default=None, help="eval: comma-separated, e.g. popularity,zero_shot,llm_sft (default: all)")
-    p.add_argument("--targets-per-user", type=int, default=None, help="training questions per user (last n train items)")
+    p.add_argument(
+        "--variants", default=None, help="eval: comma-separated, e.g. popularity,zero_shot,llm_sft (default: all)"
+    )
+    p.add_argument(
+        "--targets-per-user", type=int, default=None, help="training questions per user (last n train items)"
+    )
     p.add_argument("--train-negatives", type=int, default=None, help="negatives in each training candidate list")
     # unset optimisation flags take the stage's config defaults (SFTStageConfig, PreferenceStageConfig, GRPOStageConfig)
     p.add_argument("--epochs", type=float, default=None)

@@ -23,7 +23,11 @@ def _parser_for(tp):
     if origin in (typing.Union, types.UnionType) and type(None) in args:
         inner = [a for a in args if a is not type(None)][0]
         conv, choices, nargs = _parser_for(inner)
-        return (lambda v: None if v.lower() in NONE_WORDS else conv(v)), None if choices is None else (*choices, None), nargs
+        return (
+            (lambda v: None if v.lower() in NONE_WORDS else conv(v)),
+            None if choices is None else (*choices, None),
+            nargs,
+        )
     if origin is typing.Literal:
         return type(args[0]), args, None
     if origin in (list, tuple):
@@ -42,8 +46,9 @@ def _boolean(v: str) -> bool:
     raise argparse.ArgumentTypeError(f"expected true or false, got {v!r}")
 
 
-def add_config_args(parser: argparse.ArgumentParser, cls, prefix: str = "", skip=(), unset=None,
-                    help_of: dict | None = None) -> list[str]:
+def add_config_args(
+    parser: argparse.ArgumentParser, cls, prefix: str = "", skip=(), unset=None, help_of: dict | None = None
+) -> list[str]:
     """One --[prefix-]name flag per field of `cls` (not in `skip`), default `unset`; returns the field names."""
     names = []
     types_ = field_types(cls)
@@ -52,9 +57,16 @@ def add_config_args(parser: argparse.ArgumentParser, cls, prefix: str = "", skip
             continue
         conv, choices, nargs = _parser_for(types_[f.name])
         flag = "--" + (prefix + "-" if prefix else "") + f.name.replace("_", "-")
-        parser.add_argument(flag, dest=(prefix + "_" if prefix else "") + f.name, type=conv, choices=choices,
-                            nargs=nargs, default=unset, metavar=None if choices else f.name.upper(),
-                            help=(help_of or {}).get(f.name, f"{cls.__name__}.{f.name}"))
+        parser.add_argument(
+            flag,
+            dest=(prefix + "_" if prefix else "") + f.name,
+            type=conv,
+            choices=choices,
+            nargs=nargs,
+            default=unset,
+            metavar=None if choices else f.name.upper(),
+            help=(help_of or {}).get(f.name, f"{cls.__name__}.{f.name}"),
+        )
         names.append(f.name)
     return names
 

@@ -27,8 +27,9 @@ def locate(name: str, path: str | None = None) -> tuple[str, str | None]:
     if path is None:
         shared = shared_data_dir()
         if shared is None:
-            raise FileNotFoundError(f"{name}: no folder given and no ../shared/data here; pass --path <folder with "
-                                    f"the {source} files>")
+            raise FileNotFoundError(
+                f"{name}: no folder given and no ../shared/data here; pass --path <folder with the {source} files>"
+            )
         path = str(shared / folder)
     if not Path(path).is_dir():
         raise FileNotFoundError(f"{name}: folder {path} does not exist")

@@ -1,7 +1,7 @@
 """Model registry on the filesystem: immutable versions + one `published.json` pointer swapped atomically.
 
-    registry/<dataset>/models/<name>/<version>/   model.safetensors, config.json, card.json
-    registry/<dataset>/published.json            {"name", "version", "path", "published_at", ...}
+registry/<dataset>/models/<name>/<version>/   model.safetensors, config.json, card.json
+registry/<dataset>/published.json            {"name", "version", "path", "published_at", ...}
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ class Registry:
 
     def commit(self, name: str, version: str, staging: Path, card: dict) -> ModelVersion:
         """Write the card, then rename the staging folder into place: a version appears whole or not at all."""
-        (staging / "card.json").write_text(json.dumps({"name": name, "version": version, **card}, indent=1, default=float))
+        (staging / "card.json").write_text(
+            json.dumps({"name": name, "version": version, **card}, indent=1, default=float)
+        )
         final = self.root / "models" / name / version
         os.replace(staging, final)
         return ModelVersion(name, version, final, json.loads((final / "card.json").read_text()))
@@ -103,8 +105,14 @@ class Registry:
 
     def publish(self, mv: ModelVersion, reason: dict | None = None) -> dict:
         """Swap the pointer to a committed version (write a temp file, then os.replace: atomic)."""
-        entry = {"name": mv.name, "version": mv.version, "path": str(mv.path), "published_at": time.time(),
-                 "previous": self.published(), **(reason or {})}
+        entry = {
+            "name": mv.name,
+            "version": mv.version,
+            "path": str(mv.path),
+            "published_at": time.time(),
+            "previous": self.published(),
+            **(reason or {}),
+        }
         if entry["previous"]:
             entry["previous"].pop("previous", None)
         tmp = self.pointer.with_suffix(f".{uuid.uuid4().hex}.tmp")

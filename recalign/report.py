@@ -38,13 +38,16 @@ class Report:
 
 def latest_runs(store: MetricsStore, dataset: str) -> pd.DataFrame:
     """The newest finished run of each (family, variant) on the dataset."""
-    return store.read("""
+    return store.read(
+        """
         SELECT * FROM runs WHERE dataset = ? AND finished_at IS NOT NULL
         QUALIFY row_number() OVER (PARTITION BY family, variant, config->>'$.train.sampler',
                                    config->>'$.train.topk', config->>'$.train.beta',
                                    config->>'$.model.moe', config->>'$.model.modalities'
                                    ORDER BY finished_at DESC) = 1
-        ORDER BY started_at""", [dataset])
+        ORDER BY started_at""",
+        [dataset],
+    )
 
 
 def label(run: pd.Series) -> str:
@@ -65,12 +68,16 @@ def metric_table(store: MetricsStore, runs: pd.DataFrame, split: str, protocol: 
     if runs.empty:
         return pd.DataFrame()
     ids = runs["run_id"].tolist()
-    m = store.read(f"""SELECT run_id, metric || coalesce('@' || k::VARCHAR, '') AS name, value FROM metrics
-                       WHERE split = ? AND protocol = ? AND run_id IN ({','.join('?' * len(ids))})""",
-                   [split, protocol, *ids])
+    m = store.read(
+        f"""SELECT run_id, metric || coalesce('@' || k::VARCHAR, '') AS name, value FROM metrics
+                       WHERE split = ? AND protocol = ? AND run_id IN ({",".join("?" * len(ids))})""",
+        [split, protocol, *ids],
+    )
     if m.empty:
         return pd.DataFrame()
-    wide = m.pivot_table(index="run_id", columns="name", values="value").reindex(columns=[c for c in cols if c in set(m["name"])])
+    wide = m.pivot_table(index="run_id", columns="name", values="value").reindex(
+        columns=[c for c in cols if c in set(m["name"])]
+    )
     wide.insert(0, "model", [label(runs.set_index("run_id").loc[r]) for r in wide.index])
     return wide.reset_index()
 
@@ -85,9 +92,17 @@ def anchors_table(ours: pd.DataFrame, dataset: str) -> pd.DataFrame:
     for _, a in anchors.iterrows():
         col = f"{a['metric']}@{a['k']}"
         value = float(best[col]) if best is not None and col in best else np.nan
-        rows.append({"paper": a["paper"], "their model": a["model"], "metric": col, "published": a["value"],
-                     "ours (best)": value, "ours model": best["model"] if best is not None else "",
-                     "diff %": 100 * (value - a["value"]) / a["value"]})
+        rows.append(
+            {
+                "paper": a["paper"],
+                "their model": a["model"],
+                "metric": col,
+                "published": a["value"],
+                "ours (best)": value,
+                "ours model": best["model"] if best is not None else "",
+                "diff %": 100 * (value - a["value"]) / a["value"],
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -146,14 +161,18 @@ HISTORY_BINS = ([0, 3, 5, 10, 20, 50, 10**9], ["1-3", "4-5", "6-10", "11-20", "2
 POPULARITY_BINS = ([-1, 4, 9, 19, 49, 10**9], ["0-4", "5-9", "10-19", "20-49", ">=50"])
 
 
-def rank_buckets(store: MetricsStore, runs: pd.DataFrame, column: str, bins: tuple[list, list],
-                 split: str = "test") -> pd.DataFrame:
+def rank_buckets(
+    store: MetricsStore, runs: pd.DataFrame, column: str, bins: tuple[list, list], split: str = "test"
+) -> pd.DataFrame:
     """Per-user NDCG@10 averaged within buckets of one user_ranks column (history_length, target_count)."""
     ids = runs["run_id"].tolist()
     if not ids:
         return pd.DataFrame()
-    r = store.read(f"""SELECT run_id, rank, {column} AS value FROM user_ranks WHERE split = ? AND {column} IS NOT NULL
-                       AND run_id IN ({','.join('?' * len(ids))})""", [split, *ids])
+    r = store.read(
+        f"""SELECT run_id, rank, {column} AS value FROM user_ranks WHERE split = ? AND {column} IS NOT NULL
+                       AND run_id IN ({",".join("?" * len(ids))})""",
+        [split, *ids],
+    )
     if r.empty:
         return pd.DataFrame()
     r["bucket"] = pd.cut(r["value"], bins=bins[0], labels=bins[1])
@@ -172,8 +191,9 @@ def popularity_buckets(store: MetricsStore, runs: pd.DataFrame, split: str = "te
     return rank_buckets(store, runs, "target_count", POPULARITY_BINS, split)
 
 
-def plot_buckets(table: pd.DataFrame, title: str = "test NDCG@10 by history length",
-                 xlabel: str = "history length (items)") -> bytes | None:
+def plot_buckets(
+    table: pd.DataFrame, title: str = "test NDCG@10 by history length", xlabel: str = "history length (items)"
+) -> bytes | None:
     if table.empty:
         return None
     fig, ax = plt.subplots(figsize=(7, 3.4))
@@ -187,20 +207,32 @@ def plot_buckets(table: pd.DataFrame, title: str = "test NDCG@10 by history leng
     return _png(fig)
 
 
-def uncertainty(store: MetricsStore, runs: pd.DataFrame, seq_table: pd.DataFrame, split: str = "test") -> tuple[pd.DataFrame, dict | None]:
+def uncertainty(
+    store: MetricsStore, runs: pd.DataFrame, seq_table: pd.DataFrame, split: str = "test"
+) -> tuple[pd.DataFrame, dict | None]:
     """Bootstrap intervals of NDCG@10 per model; paired test of the best model against its SFT reference."""
     if seq_table.empty:
         return pd.DataFrame(), None
     rows, per_user = [], {}
     for rid in seq_table["run_id"]:
-        r = store.read("SELECT user_id, rank FROM user_ranks WHERE run_id = ? AND split = ? ORDER BY user_id", [rid, split])
+        r = store.read(
+            "SELECT user_id, rank FROM user_ranks WHERE run_id = ? AND split = ? ORDER BY user_id", [rid, split]
+        )
         if r.empty:
             continue
         vals = per_user_metrics(r["rank"].to_numpy())["ndcg@10"]
         per_user[rid] = pd.Series(vals, index=r["user_id"].to_numpy())
         mean, lo, hi = bootstrap_ci(vals)
-        rows.append({"run_id": rid, "model": label(runs.set_index("run_id").loc[rid]), "ndcg@10": mean,
-                     "ci95_low": lo, "ci95_high": hi, "users": len(vals)})
+        rows.append(
+            {
+                "run_id": rid,
+                "model": label(runs.set_index("run_id").loc[rid]),
+                "ndcg@10": mean,
+                "ci95_low": lo,
+                "ci95_high": hi,
+                "users": len(vals),
+            }
+        )
     ci = pd.DataFrame(rows)
     by_run = runs.set_index("run_id")
     aligned = seq_table[[bool(json.loads(by_run.loc[r, "config"]).get("reference")) for r in seq_table["run_id"]]]
@@ -216,8 +248,12 @@ def uncertainty(store: MetricsStore, runs: pd.DataFrame, seq_table: pd.DataFrame
         return ci, None
     a, b = per_user[best].align(per_user[ref_run], join="inner")
     test = paired_test(a.to_numpy(), b.to_numpy())
-    return ci, {"best": label(runs.set_index("run_id").loc[best]), "reference": label(runs.set_index("run_id").loc[ref_run]),
-                "metric": "ndcg@10", **test}
+    return ci, {
+        "best": label(runs.set_index("run_id").loc[best]),
+        "reference": label(runs.set_index("run_id").loc[ref_run]),
+        "metric": "ndcg@10",
+        **test,
+    }
 
 
 def plot_sensitivity(runs: pd.DataFrame, seq_table: pd.DataFrame) -> bytes | None:
@@ -267,8 +303,12 @@ def build_report(store: MetricsStore, dataset: str) -> Report:
     llm_runs = runs[runs["family"] == "llm"]
     seq_test = metric_table(store, seq_runs, "test", "full_ranking", SEQ_COLS)
     rep.tables["sequential track, test, full ranking over all items"] = seq_test
-    rep.tables["sequential track, valid, full ranking over all items"] = metric_table(store, seq_runs, "valid", "full_ranking", SEQ_COLS)
-    rep.tables["LLM track, test, 1 positive + 20 sampled negatives"] = metric_table(store, llm_runs, "test", "sampled_21", LLM_COLS)
+    rep.tables["sequential track, valid, full ranking over all items"] = metric_table(
+        store, seq_runs, "valid", "full_ranking", SEQ_COLS
+    )
+    rep.tables["LLM track, test, 1 positive + 20 sampled negatives"] = metric_table(
+        store, llm_runs, "test", "sampled_21", LLM_COLS
+    )
     rep.tables["published numbers beside ours"] = anchors_table(seq_test, dataset)
     for name, table in ablations(seq_test).items():
         rep.tables[f"ablation: {name}"] = table
@@ -280,12 +320,20 @@ def build_report(store: MetricsStore, dataset: str) -> Report:
     rep.tables["bootstrap 95% intervals over users (test NDCG@10)"] = ci
     if paired:
         rep.tables["paired test: best DPO model vs its SFT reference"] = pd.DataFrame([paired])
-    for name, png in (("training curves", plot_curves(store, seq_runs)),
-                      ("score distributions before and after DPO", plot_scores(store, seq_runs)),
-                      ("metric by history length", plot_buckets(buckets)),
-                      ("metric by target popularity", plot_buckets(
-                          popular, "test NDCG@10 by the target item's training interactions", "training interactions of the target")),
-                      ("K and beta sensitivity", plot_sensitivity(seq_runs, seq_test))):
+    for name, png in (
+        ("training curves", plot_curves(store, seq_runs)),
+        ("score distributions before and after DPO", plot_scores(store, seq_runs)),
+        ("metric by history length", plot_buckets(buckets)),
+        (
+            "metric by target popularity",
+            plot_buckets(
+                popular,
+                "test NDCG@10 by the target item's training interactions",
+                "training interactions of the target",
+            ),
+        ),
+        ("K and beta sensitivity", plot_sensitivity(seq_runs, seq_test)),
+    ):
         if png:
             rep.plots[name] = png
     return rep
@@ -298,13 +346,15 @@ def _fmt(v) -> str:
 
 
 def to_html(rep: Report) -> str:
-    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>recalign report: {html.escape(rep.dataset)}</title>",
-             "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0;font-size:13px}"
-             "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
-             "td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}</style></head><body>",
-             f"<h1>recalign evaluation report: {html.escape(rep.dataset)}</h1>",
-             f"<p>built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Full-ranking and sampled-candidate numbers "
-             "are never mixed in one table.</p>"]
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>recalign report: {html.escape(rep.dataset)}</title>",
+        "<style>body{font-family:sans-serif;margin:2em;max-width:1200px}table{border-collapse:collapse;margin:1em 0;font-size:13px}"
+        "td,th{border:1px solid #ccc;padding:3px 8px;text-align:right}th{background:#f3f3f3}"
+        "td:first-child,th:first-child{text-align:left}img{max-width:100%;border:1px solid #eee}</style></head><body>",
+        f"<h1>recalign evaluation report: {html.escape(rep.dataset)}</h1>",
+        f"<p>built {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Full-ranking and sampled-candidate numbers "
+        "are never mixed in one table.</p>",
+    ]
     for name, table in rep.tables.items():
         parts.append(f"<h2>{html.escape(name)}</h2>")
         if table is None or table.empty:
@@ -345,14 +395,21 @@ def write_report(rep: Report, directory: Path) -> dict:
     (directory / "report.md").write_text(to_markdown(rep))
     for name, png in rep.plots.items():
         (directory / f"{name.replace(' ', '_')}.png").write_bytes(png)
-    return {"html": str(directory / "report.html"), "markdown": str(directory / "report.md"),
-            "tables": len(rep.tables), "plots": len(rep.plots)}
+    return {
+        "html": str(directory / "report.html"),
+        "markdown": str(directory / "report.md"),
+        "tables": len(rep.tables),
+        "plots": len(rep.plots),
+    }
 
 
 def compare_runs(store: MetricsStore, run_a: str, run_b: str) -> pd.DataFrame:
     """Side by side metrics of two runs, with the difference, and a paired test where ranks exist."""
-    m = store.read("""SELECT run_id, split, protocol, metric || coalesce('@' || k::VARCHAR, '') AS name, value
-                      FROM metrics WHERE run_id IN (?, ?)""", [run_a, run_b])
+    m = store.read(
+        """SELECT run_id, split, protocol, metric || coalesce('@' || k::VARCHAR, '') AS name, value
+                      FROM metrics WHERE run_id IN (?, ?)""",
+        [run_a, run_b],
+    )
     if m.empty:
         raise KeyError(f"no metrics for {run_a} or {run_b}")
     wide = m.pivot_table(index=["split", "protocol", "name"], columns="run_id", values="value").reset_index()

@@ -6,7 +6,9 @@ import numpy as np
 from scipy import stats
 
 
-def bootstrap_ci(values: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_ci(
+    values: np.ndarray, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0
+) -> tuple[float, float, float]:
     """Mean and percentile bootstrap interval of a per-user metric."""
     values = np.asarray(values, dtype=np.float64)
     rng = np.random.default_rng(seed)

@@ -23,8 +23,15 @@ def content_hash(content: str | bytes) -> str:
 
 
 def _schema(dim: int) -> pa.Schema:
-    return pa.schema([("id", pa.int64()), ("model_id", pa.string()), ("content_hash", pa.string()),
-                      ("content", pa.string()), ("vector", pa.list_(pa.float32(), dim))])
+    return pa.schema(
+        [
+            ("id", pa.int64()),
+            ("model_id", pa.string()),
+            ("content_hash", pa.string()),
+            ("content", pa.string()),
+            ("vector", pa.list_(pa.float32(), dim)),
+        ]
+    )
 
 
 @dataclass
@@ -79,13 +86,25 @@ class VectorStore:
 
     def keys(self, name: str) -> pd.DataFrame:
         if not self.has(name):
-            return pd.DataFrame({"id": pd.Series(dtype="int64"), "model_id": pd.Series(dtype="str"),
-                                 "content_hash": pd.Series(dtype="str")})
+            return pd.DataFrame(
+                {
+                    "id": pd.Series(dtype="int64"),
+                    "model_id": pd.Series(dtype="str"),
+                    "content_hash": pd.Series(dtype="str"),
+                }
+            )
         return self.open(name).search().select(["id", "model_id", "content_hash"]).limit(None).to_pandas()
 
-    def upsert(self, name: str, rows: pd.DataFrame, model_id: str, dim: int,
-               encode: Callable[[Sequence], np.ndarray], batch_size: int = 256,
-               payload: Callable[[pd.DataFrame], Sequence] | None = None) -> UpsertStats:
+    def upsert(
+        self,
+        name: str,
+        rows: pd.DataFrame,
+        model_id: str,
+        dim: int,
+        encode: Callable[[Sequence], np.ndarray],
+        batch_size: int = 256,
+        payload: Callable[[pd.DataFrame], Sequence] | None = None,
+    ) -> UpsertStats:
         """Make `name` hold exactly one vector per row of `rows` (id, content, content_hash).
 
         Only rows whose (id, model_id, content_hash) is not stored yet are encoded; rows of ids that
@@ -106,20 +125,28 @@ class VectorStore:
         if stale_ids:
             tbl = self.open(name)
             for chunk in range(0, len(stale_ids), 5000):
-                ids = ",".join(str(int(i)) for i in stale_ids[chunk:chunk + 5000])
+                ids = ",".join(str(int(i)) for i in stale_ids[chunk : chunk + 5000])
                 tbl.delete(f"id IN ({ids})")
         pieces = []
-        for start in tqdm(range(0, len(todo), batch_size), desc=f"embedding {name}", unit="batch",
-                          disable=len(todo) <= batch_size):
-            part = todo.iloc[start:start + batch_size]
+        for start in tqdm(
+            range(0, len(todo), batch_size), desc=f"embedding {name}", unit="batch", disable=len(todo) <= batch_size
+        ):
+            part = todo.iloc[start : start + batch_size]
             vec = encode(payload(part) if payload else part["content"].tolist())
-            pieces.append(pa.table({"id": part["id"].astype("int64").to_numpy(),
-                                    "model_id": [model_id] * len(part),
-                                    "content_hash": part["content_hash"].tolist(),
-                                    "content": part["content"].astype(str).str.slice(0, 2000).tolist(),
-                                    "vector": pa.FixedSizeListArray.from_arrays(
-                                        pa.array(np.ascontiguousarray(vec, np.float32).ravel()), dim)},
-                                   schema=_schema(dim)))
+            pieces.append(
+                pa.table(
+                    {
+                        "id": part["id"].astype("int64").to_numpy(),
+                        "model_id": [model_id] * len(part),
+                        "content_hash": part["content_hash"].tolist(),
+                        "content": part["content"].astype(str).str.slice(0, 2000).tolist(),
+                        "vector": pa.FixedSizeListArray.from_arrays(
+                            pa.array(np.ascontiguousarray(vec, np.float32).ravel()), dim
+                        ),
+                    },
+                    schema=_schema(dim),
+                )
+            )
         if pieces:
             data = pa.concat_tables(pieces)
             if self.has(name):
@@ -130,8 +157,17 @@ class VectorStore:
             self.db.create_table(name, schema=_schema(dim))
         indexed = self.ensure_index(name)
         total = self.open(name).count_rows()
-        return UpsertStats(name, model_id, dim, total, len(todo), len(rows) - len(todo), len(stale_ids),
-                           round(time.perf_counter() - t0, 2), indexed)
+        return UpsertStats(
+            name,
+            model_id,
+            dim,
+            total,
+            len(todo),
+            len(rows) - len(todo),
+            len(stale_ids),
+            round(time.perf_counter() - t0, 2),
+            indexed,
+        )
 
     def ensure_index(self, name: str, min_rows: int = INDEX_MIN_ROWS) -> bool:
         """IVF-HNSW-SQ (cosine) once the table is large enough; new rows folded in by optimize()."""
@@ -143,7 +179,10 @@ class VectorStore:
         indices = tbl.list_indices()
         if not indices:
             tbl.create_index(metric="cosine", vector_column_name="vector", index_type="IVF_HNSW_SQ")
-        elif any(getattr(i, "num_unindexed_rows", 0) for i in indices) or tbl.index_stats(indices[0].name).num_unindexed_rows:
+        elif (
+            any(getattr(i, "num_unindexed_rows", 0) for i in indices)
+            or tbl.index_stats(indices[0].name).num_unindexed_rows
+        ):
             tbl.optimize()
         return True
 
@@ -166,9 +205,17 @@ class VectorStore:
         has[ids[ok]] = True
         return mat, has
 
-    def nearest(self, name: str, query: int | Sequence[float] | np.ndarray, k: int = 10,
-                filter: str | None = None, exact: bool = False, exclude_self: bool = False,
-                nprobes: int = 10, with_content: bool = True) -> pd.DataFrame:
+    def nearest(
+        self,
+        name: str,
+        query: int | Sequence[float] | np.ndarray,
+        k: int = 10,
+        filter: str | None = None,
+        exact: bool = False,
+        exclude_self: bool = False,
+        nprobes: int = 10,
+        with_content: bool = True,
+    ) -> pd.DataFrame:
         """The k nearest rows (cosine) to a vector, or to the stored vector of an id.
 
         nprobes 10 of the IVF partitions keeps recall@10 above 0.99 on Beauty; `with_content=False` skips reading

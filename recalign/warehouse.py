@@ -65,8 +65,9 @@ class Warehouse:
         if not Path(self.path).exists():
             return False
         with self.connect(read_only=True) as con:
-            return bool(con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?",
-                                    [name]).fetchone()[0])
+            return bool(
+                con.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]).fetchone()[0]
+            )
 
     def info(self) -> dict:
         df = self.read("SELECT key, value FROM dataset_info")
@@ -82,13 +83,20 @@ class Warehouse:
         rejected = tables.rejected.assign(batch="base")
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
-            for name, df in [("items", tables.items), ("users", tables.users),
-                             ("interactions", tables.interactions), ("item_images", tables.item_images),
-                             ("id_map", tables.id_map), ("rejected_rows", rejected),
-                             ("reconciliation", tables.reconciliation)]:
+            for name, df in [
+                ("items", tables.items),
+                ("users", tables.users),
+                ("interactions", tables.interactions),
+                ("item_images", tables.item_images),
+                ("id_map", tables.id_map),
+                ("rejected_rows", rejected),
+                ("reconciliation", tables.reconciliation),
+            ]:
                 self.write(name, df, con)
             meta = {**info, **tables.info, "built_at": time.time()}
-            self.write("dataset_info", pd.DataFrame({"key": list(meta), "value": [json.dumps(v) for v in meta.values()]}), con)
+            self.write(
+                "dataset_info", pd.DataFrame({"key": list(meta), "value": [json.dumps(v) for v in meta.values()]}), con
+            )
             con.execute("COMMIT")
 
     def write_sequences(self, seq: pd.DataFrame, stats: dict) -> None:
@@ -112,11 +120,11 @@ class Warehouse:
 class SequenceData:
     """Per-user time-ordered item lists (numpy) with the leave-one-out targets."""
 
-    user_ids: np.ndarray          # (U,)
-    train: list[np.ndarray]       # items before valid (the training part)
-    valid: np.ndarray             # (U,) valid target, 0 when none
-    test: np.ndarray              # (U,) test target, 0 when none
-    n_items: int                  # max item id (ids are 1..n_items, 0 = padding)
+    user_ids: np.ndarray  # (U,)
+    train: list[np.ndarray]  # items before valid (the training part)
+    valid: np.ndarray  # (U,) valid target, 0 when none
+    test: np.ndarray  # (U,) test target, 0 when none
+    n_items: int  # max item id (ids are 1..n_items, 0 = padding)
 
     def history(self, split: str) -> list[np.ndarray]:
         """The input sequence for predicting the split's target (valid: train; test: train+valid)."""
@@ -142,5 +150,10 @@ def load_sequences(wh: Warehouse) -> SequenceData:
             valid[k] = items[s:e][sp == "valid"][0]
         if (sp == "test").any():
             test[k] = items[s:e][sp == "test"][0]
-    return SequenceData(user_ids=users[starts] if len(df) else np.zeros(0, np.int64), train=train,
-                        valid=valid, test=test, n_items=n_items)
+    return SequenceData(
+        user_ids=users[starts] if len(df) else np.zeros(0, np.int64),
+        train=train,
+        valid=valid,
+        test=test,
+        n_items=n_items,
+    )

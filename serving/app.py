@@ -50,18 +50,25 @@ class ServiceConfig:
 
     @classmethod
     def from_env(cls) -> ServiceConfig:
-        return cls(home=os.environ.get("RECALIGN_HOME", "./.recalign"),
-                   dataset=os.environ.get("RECALIGN_DATASET", "synthetic"),
-                   api_key=os.environ.get("RECALIGN_API_KEY") or None,
-                   poll_seconds=float(os.environ.get("RECALIGN_POLL_SECONDS", "2")))
+        return cls(
+            home=os.environ.get("RECALIGN_HOME", "./.recalign"),
+            dataset=os.environ.get("RECALIGN_DATASET", "synthetic"),
+            api_key=os.environ.get("RECALIGN_API_KEY") or None,
+            poll_seconds=float(os.environ.get("RECALIGN_POLL_SECONDS", "2")),
+        )
 
 
 class RecommendRequest(BaseModel):
     user_id: int | None = Field(None, description="a known user: their history is looked up")
-    history: list[int] | None = Field(None, max_length=MAX_HISTORY, description="or an ad-hoc history of item ids, oldest first")
+    history: list[int] | None = Field(
+        None, max_length=MAX_HISTORY, description="or an ad-hoc history of item ids, oldest first"
+    )
     k: int = Field(10, ge=1, le=MAX_K)
-    exclude_seen: bool = Field(True, description="leave out the history's items (models trained with mask_history, the "
-                                                "default, never learned to rank them: their scores say nothing)")
+    exclude_seen: bool = Field(
+        True,
+        description="leave out the history's items (models trained with mask_history, the "
+        "default, never learned to rank them: their scores say nothing)",
+    )
     category: str | None = Field(None, max_length=200, description="only items whose category path contains this")
 
 
@@ -86,7 +93,9 @@ class ItemDetails(BaseModel):
 class SimilarResponse(BaseModel):
     item_id: int
     items: list[ScoredItem]
-    source: str = Field(description="'item_text' (LanceDB text vectors) or 'model' (the served model's item embeddings)")
+    source: str = Field(
+        description="'item_text' (LanceDB text vectors) or 'model' (the served model's item embeddings)"
+    )
 
 
 def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
@@ -95,18 +104,27 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
     state: dict = {}
     metrics = CollectorRegistry()
     requests = Counter("recalign_requests_total", "requests", ["endpoint", "status"], registry=metrics)
-    latency = Histogram("recalign_request_seconds", "latency", ["endpoint"], registry=metrics,
-                        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+    latency = Histogram(
+        "recalign_request_seconds",
+        "latency",
+        ["endpoint"],
+        registry=metrics,
+        buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+    )
 
     class ModelCounts:
         """The model holder's own counts, read at scrape time (models swapped in, published models refused)."""
 
         def collect(self):
             h = state.get("holder")
-            yield CounterMetricFamily("recalign_model_switches", "models loaded and swapped in",
-                                      value=h.switches if h else 0)
-            yield CounterMetricFamily("recalign_model_refusals", "published models refused (corrupt or incompatible)",
-                                      value=h.refusals if h else 0)
+            yield CounterMetricFamily(
+                "recalign_model_switches", "models loaded and swapped in", value=h.switches if h else 0
+            )
+            yield CounterMetricFamily(
+                "recalign_model_refusals",
+                "published models refused (corrupt or incompatible)",
+                value=h.refusals if h else 0,
+            )
 
     metrics.register(ModelCounts())
 
@@ -123,8 +141,12 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
         yield
         holder.stop()
 
-    app = FastAPI(title="recalign", version="1", lifespan=lifespan,
-                  description="Recommendations from the published recalign model.")
+    app = FastAPI(
+        title="recalign",
+        version="1",
+        lifespan=lifespan,
+        description="Recommendations from the published recalign model.",
+    )
 
     class Observe:
         """Request counts and latency per route, as plain ASGI (Starlette's BaseHTTPMiddleware costs ~1 ms)."""
@@ -169,17 +191,27 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
     def readyz():
         h = holder()
         cur = h.current
-        body = {"ready": cur is not None, "model": None if cur is None else {"name": cur.name, "version": cur.version,
-                                                                             "loaded_at": cur.loaded_at},
-                "switches": h.switches, "refused": h.refusals, "last_error": h.last_error}
+        body = {
+            "ready": cur is not None,
+            "model": None if cur is None else {"name": cur.name, "version": cur.version, "loaded_at": cur.loaded_at},
+            "switches": h.switches,
+            "refused": h.refusals,
+            "last_error": h.last_error,
+        }
         return JSONResponse(body, status_code=200 if cur is not None else 503)
 
     @app.get("/metrics")
     def prometheus():
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
-    def _recommend(history: np.ndarray, k: int, exclude_seen: bool, category: str | None, user_known: bool,
-                   user_id: int | None = None) -> RecommendResponse:
+    def _recommend(
+        history: np.ndarray,
+        k: int,
+        exclude_seen: bool,
+        category: str | None,
+        user_known: bool,
+        user_id: int | None = None,
+    ) -> RecommendResponse:
         c, h = cat(), holder()
         if not user_known or h.current is None:
             pool = c.popular
@@ -195,8 +227,9 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
         if cached is not None:  # a known user: precomputed best items, history removed here
             ids, vals, loaded = cached
             keep = ~np.isin(ids, history) if exclude_seen else slice(None)
-            return _response(list(zip(ids[keep][:k].tolist(), vals[keep][:k].tolist())),
-                             f"{loaded.name}/{loaded.version}", None)
+            return _response(
+                list(zip(ids[keep][:k].tolist(), vals[keep][:k].tolist())), f"{loaded.name}/{loaded.version}", None
+            )
         scores, loaded = h.scores(history, user_id)
         scores = scores.copy()
         scores[0] = -np.inf
@@ -213,8 +246,13 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
     def _response(scored: list[tuple[int, float]], version: str | None, fallback: str | None) -> Response:
         """A RecommendResponse serialised directly (the schema in the OpenAPI page is the same)."""
         titles = cat().titles
-        body = {"items": [{"item_id": i, "title": titles.get(i), "score": s if math.isfinite(s) else None}
-                          for i, s in scored], "model_version": version, "fallback": fallback}
+        body = {
+            "items": [
+                {"item_id": i, "title": titles.get(i), "score": s if math.isfinite(s) else None} for i, s in scored
+            ],
+            "model_version": version,
+            "fallback": fallback,
+        }
         return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
     @app.post("/v1/recommend", response_model=RecommendResponse, dependencies=[Depends(require_key)])
@@ -238,9 +276,15 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
             return _recommend(np.zeros(0, np.int64), req.k, req.exclude_seen, req.category, user_known=False)
         return _recommend(hist, req.k, req.exclude_seen, req.category, user_known=True, user_id=req.user_id)
 
-    @app.get("/v1/users/{user_id}/recommendations", response_model=RecommendResponse, dependencies=[Depends(require_key)])
-    async def recommend_user(user_id: int, k: int = Query(10, ge=1, le=MAX_K), exclude_seen: bool = True,
-                             category: str | None = Query(None, max_length=200)):
+    @app.get(
+        "/v1/users/{user_id}/recommendations", response_model=RecommendResponse, dependencies=[Depends(require_key)]
+    )
+    async def recommend_user(
+        user_id: int,
+        k: int = Query(10, ge=1, le=MAX_K),
+        exclude_seen: bool = True,
+        category: str | None = Query(None, max_length=200),
+    ):
         return recommend_sync(RecommendRequest(user_id=user_id, k=k, exclude_seen=exclude_seen, category=category))
 
     @app.get("/v1/items/{item_id}", response_model=ItemDetails, dependencies=[Depends(require_key)])
@@ -259,9 +303,14 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
         if store.has("item_text"):
             try:
                 res = store.nearest("item_text", item_id, k=k, exclude_self=True, with_content=False)
-                return SimilarResponse(item_id=item_id, source="item_text", items=[
-                    ScoredItem(item_id=int(r.id), title=c.titles.get(int(r.id)), score=float(r.score))
-                    for r in res.itertuples()])
+                return SimilarResponse(
+                    item_id=item_id,
+                    source="item_text",
+                    items=[
+                        ScoredItem(item_id=int(r.id), title=c.titles.get(int(r.id)), score=float(r.score))
+                        for r in res.itertuples()
+                    ],
+                )
             except KeyError:
                 pass  # no text vector for this item: fall back to the model's item embeddings
         loaded = holder().current
@@ -273,7 +322,10 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
             sims = (table @ table[item_id]).numpy()
         sims[[0, item_id]] = -np.inf
         top = np.argsort(-sims, kind="stable")[:k]
-        return SimilarResponse(item_id=item_id, source="model", items=[
-            ScoredItem(item_id=int(i), title=c.titles.get(int(i)), score=float(sims[i])) for i in top])
+        return SimilarResponse(
+            item_id=item_id,
+            source="model",
+            items=[ScoredItem(item_id=int(i), title=c.titles.get(int(i)), score=float(sims[i])) for i in top],
+        )
 
     return app

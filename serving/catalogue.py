@@ -26,7 +26,9 @@ class Catalogue:
         con = duckdb.connect(str(warehouse), read_only=True)
         try:
             items = con.execute("SELECT item_id, title, categories FROM items ORDER BY item_id").df()
-            seq = con.execute("SELECT user_id, list(item_id ORDER BY position) AS items FROM sequences GROUP BY user_id").df()
+            seq = con.execute(
+                "SELECT user_id, list(item_id ORDER BY position) AS items FROM sequences GROUP BY user_id"
+            ).df()
         finally:
             con.close()
         counts = item_counts(Warehouse(warehouse))
@@ -35,10 +37,13 @@ class Catalogue:
         def text(col):  # missing text is None (NaN would break the JSON responses)
             return [None if v is None or v != v else str(v) for v in items[col].tolist()]
 
-        return cls(titles=dict(zip(items["item_id"].tolist(), text("title"))),
-                   categories=dict(zip(items["item_id"].tolist(), text("categories"))),
-                   histories={int(u): np.asarray(s, dtype=np.int64) for u, s in zip(seq["user_id"], seq["items"])},
-                   popular=popular, n_items=int(items["item_id"].max()))
+        return cls(
+            titles=dict(zip(items["item_id"].tolist(), text("title"))),
+            categories=dict(zip(items["item_id"].tolist(), text("categories"))),
+            histories={int(u): np.asarray(s, dtype=np.int64) for u, s in zip(seq["user_id"], seq["items"])},
+            popular=popular,
+            n_items=int(items["item_id"].max()),
+        )
 
     def category_mask(self, category: str) -> np.ndarray:
         """Items whose category path contains `category` (case-insensitive); computed once per category."""

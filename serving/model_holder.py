@@ -24,9 +24,9 @@ class Loaded:
     version: str
     path: str
     loaded_at: float
-    users: dict[int, int] | None = None              # user id -> row of the cached states
+    users: dict[int, int] | None = None  # user id -> row of the cached states
     user_states: dict[str, torch.Tensor] | None = None  # modality -> (U, d) last-position hidden states
-    tables: dict[str, torch.Tensor] | None = None       # modality -> (n_items + 1, d) item tables
+    tables: dict[str, torch.Tensor] | None = None  # modality -> (n_items + 1, d) item tables
     top: list[tuple[np.ndarray, np.ndarray]] | None = None  # per cached user: best items and scores, best first
 
 
@@ -49,8 +49,14 @@ def precompute_users(model, histories: dict[int, np.ndarray], batch_size: int = 
 
 
 @torch.no_grad()
-def precompute_top(model, states: dict[str, torch.Tensor], tables: dict[str, torch.Tensor],
-                   history_lengths: np.ndarray, depth: int, batch_size: int = 1024) -> list[tuple[np.ndarray, np.ndarray]]:
+def precompute_top(
+    model,
+    states: dict[str, torch.Tensor],
+    tables: dict[str, torch.Tensor],
+    history_lengths: np.ndarray,
+    depth: int,
+    batch_size: int = 1024,
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each cached user's best `depth + len(history)` items (history not removed, so any k <= depth survives
     excluding it) with their scores: a known user's request is then a lookup and a filter, no scoring."""
     n = len(history_lengths)
@@ -67,8 +73,14 @@ def precompute_top(model, states: dict[str, torch.Tensor], tables: dict[str, tor
 
 
 class ModelHolder:
-    def __init__(self, registry_root: Path, n_items: int, poll_seconds: float = 2.0,
-                 histories: dict[int, np.ndarray] | None = None, top_depth: int = 100):
+    def __init__(
+        self,
+        registry_root: Path,
+        n_items: int,
+        poll_seconds: float = 2.0,
+        histories: dict[int, np.ndarray] | None = None,
+        top_depth: int = 100,
+    ):
         self.pointer = Path(registry_root) / "published.json"
         self.n_items = n_items
         self.poll_seconds = poll_seconds
@@ -103,8 +115,11 @@ class ModelHolder:
         except Exception as exc:  # noqa: BLE001 - any failure means: refuse and keep serving the old model
             self.refusals += 1
             self.last_error = {"at": time.time(), "pointer": raw[:500], "error": f"{type(exc).__name__}: {exc}"}
-            log.error("refused new model: %s (still serving %s)", self.last_error["error"],
-                      self.current.version if self.current else None)
+            log.error(
+                "refused new model: %s (still serving %s)",
+                self.last_error["error"],
+                self.current.version if self.current else None,
+            )
             return False
         users, states, tables, top = None, None, None, None
         if self.histories:
@@ -112,8 +127,9 @@ class ModelHolder:
             lengths = np.array([len(self.histories[u]) for u in users], dtype=np.int64)
             top = precompute_top(model, states, tables, lengths, self.top_depth)
         # everything is ready before the swap: one reference assignment, requests never see half a model
-        self.current = Loaded(model, entry["name"], entry["version"], entry["path"], time.time(), users, states, tables,
-                              top)
+        self.current = Loaded(
+            model, entry["name"], entry["version"], entry["path"], time.time(), users, states, tables, top
+        )
         self.switches += 1
         log.info("serving model %s/%s", entry["name"], entry["version"])
         return True
@@ -145,7 +161,7 @@ class ModelHolder:
             raise RuntimeError("no model loaded")
         if user_id is not None and loaded.users is not None and user_id in loaded.users:
             row = loaded.users[user_id]
-            hidden = {m: s[row:row + 1] for m, s in loaded.user_states.items()}
+            hidden = {m: s[row : row + 1] for m, s in loaded.user_states.items()}
             scores = loaded.model.fuse(hidden, loaded.tables)[0]
             scores[0] = float("-inf")
             return scores.numpy(), loaded

@@ -23,8 +23,9 @@ class Service:
         self.url = url
         self.log = open(log_path, "w")
         full_env = {**os.environ, **env}
-        self.proc = subprocess.Popen(args, env=full_env, stdout=self.log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            args, env=full_env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -50,26 +51,57 @@ class Service:
 
 def serving(home, dataset: str, log_path, **env) -> Service:
     port = free_port()
-    return Service([sys.executable, "-m", "serving"],
-                   {"RECALIGN_HOME": str(home), "RECALIGN_DATASET": dataset, "RECALIGN_PORT": str(port),
-                    "RECALIGN_POLL_SECONDS": "0.5", "RECALIGN_LOG_LEVEL": "warning", **env},
-                   f"http://127.0.0.1:{port}", "/readyz", log_path)
+    return Service(
+        [sys.executable, "-m", "serving"],
+        {
+            "RECALIGN_HOME": str(home),
+            "RECALIGN_DATASET": dataset,
+            "RECALIGN_PORT": str(port),
+            "RECALIGN_POLL_SECONDS": "0.5",
+            "RECALIGN_LOG_LEVEL": "warning",
+            **env,
+        },
+        f"http://127.0.0.1:{port}",
+        "/readyz",
+        log_path,
+    )
 
 
 def dagster_services(home, dagster_home, log_dir, env: dict | None = None) -> tuple[Service, subprocess.Popen]:
     """dagster-webserver + dagster-daemon for orchestration.definitions, on 127.0.0.1."""
     port = free_port()
     bin_dir = os.path.dirname(sys.executable)
-    base = {"RECALIGN_HOME": str(home), "DAGSTER_HOME": str(dagster_home), "DAGSTER_DISABLE_TELEMETRY": "1",
-            **(env or {})}
+    base = {
+        "RECALIGN_HOME": str(home),
+        "DAGSTER_HOME": str(dagster_home),
+        "DAGSTER_DISABLE_TELEMETRY": "1",
+        **(env or {}),
+    }
     os.makedirs(dagster_home, exist_ok=True)
     daemon_log = open(os.path.join(log_dir, "daemon.log"), "w")
-    daemon = subprocess.Popen([os.path.join(bin_dir, "dagster-daemon"), "run", "-m", "orchestration.definitions"],
-                              env={**os.environ, **base}, stdout=daemon_log, stderr=subprocess.STDOUT,
-                              start_new_session=True)
-    web = Service([os.path.join(bin_dir, "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port),
-                   "-m", "orchestration.definitions"], base, f"http://127.0.0.1:{port}", "/server_info",
-                  os.path.join(log_dir, "webserver.log"), timeout=180)
+    daemon = subprocess.Popen(
+        [os.path.join(bin_dir, "dagster-daemon"), "run", "-m", "orchestration.definitions"],
+        env={**os.environ, **base},
+        stdout=daemon_log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    web = Service(
+        [
+            os.path.join(bin_dir, "dagster-webserver"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-m",
+            "orchestration.definitions",
+        ],
+        base,
+        f"http://127.0.0.1:{port}",
+        "/server_info",
+        os.path.join(log_dir, "webserver.log"),
+        timeout=180,
+    )
     return web, daemon
 
 
@@ -94,9 +126,18 @@ def chromium_page(func):
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=exe, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = p.chromium.launch(
+            executable_path=exe,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             return func(page)

@@ -19,11 +19,18 @@ REPOS = """{ repositoriesOrError { ... on RepositoryConnection { nodes { name lo
 def test_run_launched_over_graphql_succeeds_and_lineage_renders(tmp_path):
     web, daemon = dagster_services(tmp_path / "home", tmp_path / "dagster_home", str(tmp_path))
     try:
-        gql = lambda q, v=None: httpx.post(web.url + "/graphql", json={"query": q, "variables": v or {}}, timeout=60).json()
+        gql = lambda q, v=None: httpx.post(
+            web.url + "/graphql", json={"query": q, "variables": v or {}}, timeout=60
+        ).json()
         repo = gql(REPOS)["data"]["repositoriesOrError"]["nodes"][0]
-        params = {"selector": {"repositoryLocationName": repo["location"]["name"], "repositoryName": repo["name"],
-                               "jobName": "ingest"},
-                  "runConfigData": {"resources": {"dataset": {"config": {"synthetic_items": 96, "synthetic_users": 120}}}}}
+        params = {
+            "selector": {
+                "repositoryLocationName": repo["location"]["name"],
+                "repositoryName": repo["name"],
+                "jobName": "ingest",
+            },
+            "runConfigData": {"resources": {"dataset": {"config": {"synthetic_items": 96, "synthetic_users": 120}}}},
+        }
         launched = gql(LAUNCH, {"params": params})["data"]["launchRun"]
         assert launched["__typename"] == "LaunchRunSuccess", launched
         run_id = launched["run"]["runId"]
@@ -35,12 +42,19 @@ def test_run_launched_over_graphql_succeeds_and_lineage_renders(tmp_path):
             time.sleep(2)
         assert status == "SUCCESS"
 
-        groups = {"ingest": "raw_dataset", "tables": "sequences", "embeddings": "item_text", "training": "seqrec_sft",
-                  "evaluation": "evaluation_report", "serving": "published_model"}
+        groups = {
+            "ingest": "raw_dataset",
+            "tables": "sequences",
+            "embeddings": "item_text",
+            "training": "seqrec_sft",
+            "evaluation": "evaluation_report",
+            "serving": "published_model",
+        }
 
         def shoot(page):
             page.goto(web.url + "/asset-groups", wait_until="networkidle", timeout=120_000)
             page.wait_for_timeout(2000)
+
             def dismiss_dialog(wait_ms: int = 0):
                 """The first-visit community dialog can appear late; its backdrop blocks clicks."""
                 skip = page.get_by_role("button", name="Skip")

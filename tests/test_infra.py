@@ -17,8 +17,13 @@ DOCKERFILES = sorted((ROOT / "infra" / "docker").glob("Dockerfile*"))
 
 
 def compose(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / "docker-compose"), "--env-file", str(ROOT / ".env.example"), "-f", str(COMPOSE), *args],
-                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    return subprocess.run(
+        [str(BIN / "docker-compose"), "--env-file", str(ROOT / ".env.example"), "-f", str(COMPOSE), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
 
 
 def test_compose_file_validates_with_compose_itself():
@@ -37,8 +42,11 @@ def test_dockerfiles_pass_hadolint(dockerfile):
 
 def test_everything_the_stack_refers_to_exists():
     text = COMPOSE.read_text()
-    env_example = {line.split("=", 1)[0] for line in (ROOT / ".env.example").read_text().splitlines()
-                   if line and not line.startswith("#")}
+    env_example = {
+        line.split("=", 1)[0]
+        for line in (ROOT / ".env.example").read_text().splitlines()
+        if line and not line.startswith("#")
+    }
     used = set(re.findall(r"\$\{([A-Z0-9_]+)", text))
     assert used <= env_example, f"variables missing from .env.example: {used - env_example}"
     cfg = yaml.safe_load(compose("--profile", "gpu", "config").stdout)
@@ -113,9 +121,20 @@ def test_stack_smoke_where_an_engine_runs(tmp_path):
         pytest.skip("no Docker engine running here (the client alone cannot build or run images)")
     have = lambda image: subprocess.run([docker, "image", "inspect", image], capture_output=True).returncode == 0
     if not have("recalign-base:bookworm"):
-        pytest.skip("no local base image: debootstrap bookworm (with postgresql) | docker import - recalign-base:bookworm")
-    cmd = [str(BIN / "docker-compose"), "--env-file", str(ROOT / ".env.example"), "-p", "recalign-smoke", "-f", str(COMPOSE),
-           "-f", str(OVERRIDE)]
+        pytest.skip(
+            "no local base image: debootstrap bookworm (with postgresql) | docker import - recalign-base:bookworm"
+        )
+    cmd = [
+        str(BIN / "docker-compose"),
+        "--env-file",
+        str(ROOT / ".env.example"),
+        "-p",
+        "recalign-smoke",
+        "-f",
+        str(COMPOSE),
+        "-f",
+        str(OVERRIDE),
+    ]
     import os
 
     host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
@@ -133,8 +152,10 @@ def test_stack_smoke_where_an_engine_runs(tmp_path):
         assert '"success": true' in demo.stdout
         up = run("up", "-d", "webserver", "daemon", "api")
         assert up.returncode == 0, up.stderr[-3000:]
-        status, body = _wait("http://127.0.0.1:3000/graphql", {"query": "{ version repositoriesOrError { "
-                                                                         "... on RepositoryConnection { nodes { name } } } }"})
+        status, body = _wait(
+            "http://127.0.0.1:3000/graphql",
+            {"query": "{ version repositoriesOrError { ... on RepositoryConnection { nodes { name } } } }"},
+        )
         assert status == 200 and '"version"' in body and "__repository__" in body, body[:500]
         status, body = _wait("http://127.0.0.1:8000/readyz")
         assert status == 200 and '"ready":true' in body.replace(" ", ""), body[:500]

@@ -11,8 +11,10 @@ from assets.ingest.errors import SourceError
 from assets.ingest.pipeline import DatasetSpec, build_warehouse, land_raw
 from recalign.warehouse import Warehouse
 
-ITEM = "1|Toy Story (1995)|01-Jan-1995||http://x|0|0|0|1|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0\n" \
-       "2|GoldenEye (1995)|01-Jan-1995||http://x|0|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0|1|0|0\n"
+ITEM = (
+    "1|Toy Story (1995)|01-Jan-1995||http://x|0|0|0|1|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0\n"
+    "2|GoldenEye (1995)|01-Jan-1995||http://x|0|1|1|0|0|0|0|0|0|0|0|0|0|0|0|0|1|0|0\n"
+)
 USERS = "1|24|M|technician|85711\n2|53|F|other|94043\n"
 
 
@@ -39,13 +41,15 @@ def build(home, source, root):
 
 
 def test_non_numeric_ids_duplicates_and_unknown_items(home, tmp_path):
-    data = ("1\t1\t5\t881250949\n"
-            "abc\t2\t3\t881250950\n"        # non-numeric user id
-            "1\t1\t5\t881250949\n"          # exact duplicate of line 1
-            "2\t999\t4\t881250951\n"        # unknown item
-            "2\t2\tfive\t881250952\n"       # non-numeric rating
-            "2\t1\t4\n"                     # missing field
-            "2\t2\t4\t881250953\n")
+    data = (
+        "1\t1\t5\t881250949\n"
+        "abc\t2\t3\t881250950\n"  # non-numeric user id
+        "1\t1\t5\t881250949\n"  # exact duplicate of line 1
+        "2\t999\t4\t881250951\n"  # unknown item
+        "2\t2\tfive\t881250952\n"  # non-numeric rating
+        "2\t1\t4\n"  # missing field
+        "2\t2\t4\t881250953\n"
+    )
     md, rej = build(home, "movielens-100k", ml100k(tmp_path, data))
     assert md["interactions"] == 2 and md["rejected"] == 5
     reasons = dict(zip(rej["line_no"], rej["reason"]))
@@ -81,8 +85,13 @@ def test_wrong_encoding_whole_file_names_file_and_line(home, tmp_path):
 def test_truncated_gzip_names_file_and_line(home, tmp_path):
     root = tmp_path / "a14"
     root.mkdir()
-    lines = "".join(json.dumps({"reviewerID": f"U{i % 7}", "asin": f"A{i % 11}", "overall": 5.0,
-                                "unixReviewTime": 1_400_000_000 + i}) + "\n" for i in range(2000))
+    lines = "".join(
+        json.dumps(
+            {"reviewerID": f"U{i % 7}", "asin": f"A{i % 11}", "overall": 5.0, "unixReviewTime": 1_400_000_000 + i}
+        )
+        + "\n"
+        for i in range(2000)
+    )
     blob = gzip.compress(lines.encode())
     (root / "reviews_Toy_5.json.gz").write_bytes(blob[: len(blob) // 2])
     with pytest.raises(SourceError) as err:
@@ -97,7 +106,9 @@ def test_missing_columns_is_one_clear_error(home, tmp_path):
     (root / "interactions.csv").write_text("user,item\nu1,i1\n")
     with pytest.raises(SourceError) as err:
         build(home, "csv", root)
-    assert "interactions.csv:1" in str(err.value) and "missing column" in str(err.value) and "timestamp" in str(err.value)
+    assert (
+        "interactions.csv:1" in str(err.value) and "missing column" in str(err.value) and "timestamp" in str(err.value)
+    )
     root2 = tmp_path / "s3"
     root2.mkdir()
     (root2 / "Toy.txt").write_text("1 1 2 3\n")
@@ -132,14 +143,18 @@ def test_poster_that_is_not_an_image_is_rejected(home, tmp_path):
 def test_amazon_2014_meta_is_parsed_safely(home, tmp_path):
     root = tmp_path / "a14"
     root.mkdir()
-    reviews = [{"reviewerID": "U1", "asin": "A1", "overall": 5.0, "unixReviewTime": 1_400_000_000},
-               {"reviewerID": "U1", "asin": "A2", "overall": 4.0, "unixReviewTime": 1_400_000_100},
-               {"reviewerID": "U2", "asin": "A3", "overall": 4.0, "unixReviewTime": 1_400_000_200}]
+    reviews = [
+        {"reviewerID": "U1", "asin": "A1", "overall": 5.0, "unixReviewTime": 1_400_000_000},
+        {"reviewerID": "U1", "asin": "A2", "overall": 4.0, "unixReviewTime": 1_400_000_100},
+        {"reviewerID": "U2", "asin": "A3", "overall": 4.0, "unixReviewTime": 1_400_000_200},
+    ]
     (root / "reviews_Toy_5.json.gz").write_bytes(gzip.compress("".join(json.dumps(r) + "\n" for r in reviews).encode()))
-    meta = ("{'asin': 'A1', 'title': 'Lipstick', 'categories': [['Beauty', 'Makeup']], 'brand': 'OPI'}\n"
-            "__import__('os').system('touch PWNED')\n"
-            "{'asin': 'A2', 'title': \"Nail 'Polish'\", 'description': 'shiny'}\n"
-            "{'asin': 'Z9', 'title': 'never reviewed'}\n")
+    meta = (
+        "{'asin': 'A1', 'title': 'Lipstick', 'categories': [['Beauty', 'Makeup']], 'brand': 'OPI'}\n"
+        "__import__('os').system('touch PWNED')\n"
+        "{'asin': 'A2', 'title': \"Nail 'Polish'\", 'description': 'shiny'}\n"
+        "{'asin': 'Z9', 'title': 'never reviewed'}\n"
+    )
     (root / "meta_Toy.json.gz").write_bytes(gzip.compress(meta.encode()))
     md, rej = build(home, "amazon-2014", root)
     assert not (tmp_path / "PWNED").exists()
@@ -155,8 +170,11 @@ def test_cli_reports_bad_input_without_traceback(tmp_path):
     root.mkdir()
     (root / "u.data").write_text("")
     (root / "u.item").write_text(ITEM)
-    proc = subprocess.run([sys.executable, "-m", "recalign.cli", "ingest", "--source", "movielens-100k",
-                           "--path", str(root)], capture_output=True, text=True,
-                          env={"RECALIGN_HOME": str(tmp_path / "h"), "PATH": "/usr/bin:/bin"})
+    proc = subprocess.run(
+        [sys.executable, "-m", "recalign.cli", "ingest", "--source", "movielens-100k", "--path", str(root)],
+        capture_output=True,
+        text=True,
+        env={"RECALIGN_HOME": str(tmp_path / "h"), "PATH": "/usr/bin:/bin"},
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "u.data: file is empty" in proc.stderr

@@ -69,7 +69,9 @@ def test_movielens_1m_format(shared, home, tmp_path):
         p = shared / "movielens_1m_posters" / "posters" / f"{pid}.jpg"
         if p.exists():
             (src / "posters" / p.name).write_bytes(p.read_bytes())
-    (src / "ratings.dat").write_text("1::1::5::978300760\n1::10::3::978302109\n2::1::4::978301968\n2::99999::4::978301969\n")
+    (src / "ratings.dat").write_text(
+        "1::1::5::978300760\n1::10::3::978302109\n2::1::4::978301968\n2::99999::4::978301969\n"
+    )
     spec = DatasetSpec(source="movielens-1m", path=str(src))
     land_raw(home, spec)
     md = build_warehouse(home, spec)

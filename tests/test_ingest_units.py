@@ -26,8 +26,14 @@ def test_kcore_is_iterative():
 
 
 def test_leave_one_out_orders_by_time_then_source_order():
-    df = pd.DataFrame({"user_id": [1, 1, 1, 1, 2, 2], "item_id": [10, 11, 12, 13, 20, 21],
-                       "ts": [5, 1, 5, 9, 1, 2], "row_order": [0, 1, 2, 3, 4, 5]})
+    df = pd.DataFrame(
+        {
+            "user_id": [1, 1, 1, 1, 2, 2],
+            "item_id": [10, 11, 12, 13, 20, 21],
+            "ts": [5, 1, 5, 9, 1, 2],
+            "row_order": [0, 1, 2, 3, 4, 5],
+        }
+    )
     seq = leave_one_out(df)
     u1 = seq[seq.user_id == 1]
     assert list(u1.item_id) == [11, 10, 12, 13]  # tie at ts=5 keeps source order

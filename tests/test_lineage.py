@@ -27,8 +27,10 @@ def lineage(tmp_path_factory):
     from assets.resources import RecalignHome
 
     result = defs.resolve_job_def("full_lineage").execute_in_process(
-        run_config=run_config(), instance=dg.DagsterInstance.ephemeral(),
-        resources={"recalign": RecalignHome(home=str(home))})
+        run_config=run_config(),
+        instance=dg.DagsterInstance.ephemeral(),
+        resources={"recalign": RecalignHome(home=str(home))},
+    )
     yield result, home
     mp.undo()
 
@@ -36,12 +38,18 @@ def lineage(tmp_path_factory):
 def test_every_asset_materialises_with_checks_passing(lineage):
     result, home = lineage
     assert result.success
-    materialised = {e.event_specific_data.materialization.asset_key.to_user_string()
-                    for e in result.get_asset_materialization_events()}
-    llm = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()
-           if defs.resolve_asset_graph().get(k).group_name == "llm"}  # its own job: llm_track
-    expected = ({k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
-                - {"interaction_log_batch"} - llm)
+    materialised = {
+        e.event_specific_data.materialization.asset_key.to_user_string()
+        for e in result.get_asset_materialization_events()
+    }
+    llm = {
+        k.to_user_string()
+        for k in defs.resolve_asset_graph().get_all_asset_keys()
+        if defs.resolve_asset_graph().get(k).group_name == "llm"
+    }  # its own job: llm_track
+    expected = (
+        {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()} - {"interaction_log_batch"} - llm
+    )
     assert {"item_summaries", "user_summaries", "item_summary_text"} <= materialised
     assert materialised == expected
     checks = result.get_asset_check_evaluations()
@@ -58,7 +66,6 @@ def test_lineage_outputs_are_usable(lineage):
     assert pub is not None and pub["name"] in ("seqrec_sft", "seqrec_dpo")
     import json
 
-
     runs = settings.metrics().read("SELECT upstream FROM runs WHERE family = 'seqrec'")
     upstream = json.loads(runs["upstream"].iloc[0])
     assert len(upstream["raw_fingerprint"]) == 64 and upstream["item_text_version"] >= 1
@@ -72,7 +79,6 @@ def test_landing_logs_ingested_once_then_retrain_then_skip(lineage):
     import time as _time
 
     from assets.resources import DatasetResource, RecalignHome
-
     from orchestration.automation import landing_sensor, nightly_retrain
     from recalign.settings import Settings
     from recalign.warehouse import Warehouse
@@ -82,10 +88,14 @@ def test_landing_logs_ingested_once_then_retrain_then_skip(lineage):
     res = {"recalign": RecalignHome(home=str(home)), "dataset": DatasetResource(**SMALL)}
     instance = dg.DagsterInstance.ephemeral()
     landing = settings.landing_dir
-    (landing / "day1.csv").write_text("user,item,timestamp\nu00001,i00002,1800000000\nu99999,i00003,1800000100\n"
-                                      "u99999,i00004,1800000200\nu00002,i99999,1800000300\nu00003,i00005,yesterday\n")
-    (landing / "day2.jsonl").write_text('{"user": "u99999", "item": "i00006", "timestamp": 1800000400}\n'
-                                        '{"user": "u00004", "item": "i00007", "timestamp": 1800000500}\nnot json\n')
+    (landing / "day1.csv").write_text(
+        "user,item,timestamp\nu00001,i00002,1800000000\nu99999,i00003,1800000100\n"
+        "u99999,i00004,1800000200\nu00002,i99999,1800000300\nu00003,i00005,yesterday\n"
+    )
+    (landing / "day2.jsonl").write_text(
+        '{"user": "u99999", "item": "i00006", "timestamp": 1800000400}\n'
+        '{"user": "u00004", "item": "i00007", "timestamp": 1800000500}\nnot json\n'
+    )
     ctx = dg.build_sensor_context(instance=instance, resources=res)
     out = landing_sensor(ctx)
     keys = sorted(r.partition_key for r in out.run_requests)
@@ -112,10 +122,15 @@ def test_landing_logs_ingested_once_then_retrain_then_skip(lineage):
     _time.sleep(1.1)
     reg = settings.registry("synthetic-96x160")
     before = reg.published()
-    r = defs.resolve_job_def("retrain").execute_in_process(run_config={"ops": {k: v for k, v in run_config()["ops"].items()
-                                                                               if k != "item_text"}},
-                                                          instance=instance, resources=res, raise_on_error=False)
-    retrained = {e.event_specific_data.materialization.asset_key.to_user_string() for e in r.get_asset_materialization_events()}
+    r = defs.resolve_job_def("retrain").execute_in_process(
+        run_config={"ops": {k: v for k, v in run_config()["ops"].items() if k != "item_text"}},
+        instance=instance,
+        resources=res,
+        raise_on_error=False,
+    )
+    retrained = {
+        e.event_specific_data.materialization.asset_key.to_user_string() for e in r.get_asset_materialization_events()
+    }
     assert {"seqrec_sft", "seqrec_dpo", "publish_candidate_model"} <= retrained
     gate = [c for c in r.get_asset_check_evaluations() if c.check_name == "candidate_beats_baselines"]
     assert len(gate) == 1  # published only when the gate passed; a blocked gate stops published_model

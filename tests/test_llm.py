@@ -70,16 +70,23 @@ def test_hanorec_step_puts_the_per_pair_betas_into_trls_loss(tmp_path, models_di
     for hardness in (0.0, 1.0):
         rows = [{"prompt": p, "chosen": " A", "rejected": " B", "hardness": hardness} for p in prompts]
         kw = StageConfig(batch_size=2, max_steps=1, lr=1.0, seed=0).trainer_kwargs(tmp_path / f"out{hardness}")
-        args = HaNoRecConfig(**{**kw, "optim": "sgd", "max_grad_norm": 0.0}, beta=0.1, max_length=64,
-                             precompute_ref_log_probs=False, hardness_gamma=0.5, responsiveness_alpha=0.0,
-                             noise_sigma=0.0)
+        args = HaNoRecConfig(
+            **{**kw, "optim": "sgd", "max_grad_norm": 0.0},
+            beta=0.1,
+            max_length=64,
+            precompute_ref_log_probs=False,
+            hardness_gamma=0.5,
+            responsiveness_alpha=0.0,
+            noise_sigma=0.0,
+        )
         policy = load_adapter(tiny, tmp_path / "sft", trainable=True)
         before = {n: p.detach().clone() for n, p in policy.named_parameters() if p.requires_grad}
         trainer = HaNoRecTrainer(model=policy, args=args, train_dataset=_dataset(rows), processing_class=tok)
         trainer.train()
         betas.append(trainer.beta.current.tolist())
-        updates.append(torch.cat([(p.detach() - before[n]).flatten() for n, p in policy.named_parameters()
-                                  if n in before]))
+        updates.append(
+            torch.cat([(p.detach() - before[n]).flatten() for n, p in policy.named_parameters() if n in before])
+        )
     assert betas == [pytest.approx([0.1, 0.1]), pytest.approx([0.05, 0.05])]
     assert updates[0].norm() > 0
     torch.testing.assert_close(updates[1], updates[0] / 2, rtol=1e-3, atol=1e-7)
@@ -90,8 +97,16 @@ def _tiny_peft():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    base = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                        num_attention_heads=2, num_key_value_heads=2))
+    base = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+        )
+    )
     model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
     for name, p in model.named_parameters():
         if "lora_B" in name:
@@ -171,7 +186,7 @@ def test_kv_cached_scores_equal_full_sequence_scores(models_dir, tmp_path):
         ids = tok(t, add_special_tokens=False)["input_ids"]
         with torch.no_grad():
             logits = model(input_ids=torch.tensor([p + ids])).logits[0]
-        logp = torch.log_softmax(logits, -1)[len(p) - 1:-1].gather(1, torch.tensor(ids)[:, None]).mean()
+        logp = torch.log_softmax(logits, -1)[len(p) - 1 : -1].gather(1, torch.tensor(ids)[:, None]).mean()
         assert s == pytest.approx(float(logp), abs=1e-4)
 
 
@@ -207,11 +222,11 @@ def test_llm_track_end_to_end_through_dagster(tmp_path, models_dir, monkeypatch)
     """SFT -> DPO (stochastic top-K) / HaNoRec / GRPO -> evaluation on a tiny random-weight model, synthetic data:
     every stage registers an adapter and the evaluation writes sampled_21 metrics for all five models."""
     import dagster as dg
-    from assets.resources import DatasetResource, RecalignHome
 
     from assets.embeddings.pipeline import embed_text_table
     from assets.ingest.pipeline import DatasetSpec, build_sequences, build_warehouse
     from assets.llmrec import defs
+    from assets.resources import DatasetResource, RecalignHome
     from assets.summaries.backends import TemplateSummarizer
     from assets.summaries.summarize import sample_users, summarize_items, summarize_users
     from recalign.metrics_store import MetricsStore
@@ -229,14 +244,20 @@ def test_llm_track_end_to_end_through_dagster(tmp_path, models_dir, monkeypatch)
     embed_text_table(home, "synthetic", "item_text")
     tiny = str(build_tiny_causal_lm(models_dir / "tiny-llama", models_dir))
     common = {"base_model": tiny, "n_users": 8, "max_steps": 2, "batch_size": 4, "max_length": 512}
-    run_config = {"ops": {
-        "llm_sft": {"config": common},
-        "llm_dpo": {"config": {**common, "sampler": "stochastic_topk", "topk": 2}},
-        "llm_hanorec": {"config": {**common, "sampler": "random", "noise_sigma": 0.1}},
-        "llm_grpo": {"config": {**common, "num_generations": 2, "max_completion_length": 8}},
-        "llm_eval": {"config": {**common, "eval_users": 6}}}}
-    result = dg.materialize(defs.assets, run_config=run_config,
-                            resources={"recalign": RecalignHome(home=str(home.home)), "dataset": DatasetResource()})
+    run_config = {
+        "ops": {
+            "llm_sft": {"config": common},
+            "llm_dpo": {"config": {**common, "sampler": "stochastic_topk", "topk": 2}},
+            "llm_hanorec": {"config": {**common, "sampler": "random", "noise_sigma": 0.1}},
+            "llm_grpo": {"config": {**common, "num_generations": 2, "max_completion_length": 8}},
+            "llm_eval": {"config": {**common, "eval_users": 6}},
+        }
+    }
+    result = dg.materialize(
+        defs.assets,
+        run_config=run_config,
+        resources={"recalign": RecalignHome(home=str(home.home)), "dataset": DatasetResource()},
+    )
     assert result.success
     reg = Registry(home.registry_dir("synthetic"))
     for name in ("llm_sft", "llm_dpo", "llm_hanorec", "llm_grpo"):
@@ -245,10 +266,12 @@ def test_llm_track_end_to_end_through_dagster(tmp_path, models_dir, monkeypatch)
         assert (v.path / "adapter_config.json").exists() and not list(v.path.glob("*.bin"))
     assert reg.latest("llm_hanorec").card["mean_hardness"] is not None
     m = MetricsStore(home.metrics_path).read(
-        "SELECT variant, metric, k, value FROM metrics WHERE family = 'llm' AND protocol = 'sampled_21'")
+        "SELECT variant, metric, k, value FROM metrics WHERE family = 'llm' AND protocol = 'sampled_21'"
+    )
     assert set(m["variant"]) == {"popularity", "zero_shot", "sft", "dpo", "hanorec", "grpo"}
     auc = m[m["metric"] == "auc"]["value"]
     assert len(auc) == 6 and auc.between(0, 1).all()
     ranks = MetricsStore(home.metrics_path).read(
-        "SELECT r.run_id, r.rank FROM user_ranks r JOIN runs USING (run_id) WHERE runs.family = 'llm'")
+        "SELECT r.run_id, r.rank FROM user_ranks r JOIN runs USING (run_id) WHERE runs.family = 'llm'"
+    )
     assert len(ranks) == 6 * 6 and ranks["rank"].between(1, 21).all()  # per-user ranks kept for paired tests

@@ -9,8 +9,7 @@ from assets.seqrec.pipeline import load_data, train_stage
 from recalign.report import build_report, compare_runs, write_report
 from recalign.stats import bootstrap_ci, paired_test
 
-
-from .helpers import TINY, dpo_config, dataset_home, sft_config
+from .helpers import TINY, dataset_home, dpo_config, sft_config
 from .service_utils import chromium_page
 
 
@@ -52,10 +51,25 @@ def ml_run(tmp_path_factory):
     home, real = dataset_home(tmp_path_factory, "movielens-100k", "movielens_100k", "ml100k")
     data = load_data(home, "ml100k", 50, ["id"])
     quiet = lambda *_: None
-    sft = train_stage(home, "ml100k", TINY, sft_config(epochs=2, batch_size=64, lr=3e-3, show_progress=False),
-                      "seqrec_sft", data=data, log=quiet)
-    dpo = train_stage(home, "ml100k", {}, dpo_config(epochs=1, batch_size=64, topk=20, show_progress=False),
-                      "seqrec_dpo", reference=(sft["name"], sft["version"]), data=data, log=quiet)
+    sft = train_stage(
+        home,
+        "ml100k",
+        TINY,
+        sft_config(epochs=2, batch_size=64, lr=3e-3, show_progress=False),
+        "seqrec_sft",
+        data=data,
+        log=quiet,
+    )
+    dpo = train_stage(
+        home,
+        "ml100k",
+        {},
+        dpo_config(epochs=1, batch_size=64, topk=20, show_progress=False),
+        "seqrec_dpo",
+        reference=(sft["name"], sft["version"]),
+        data=data,
+        log=quiet,
+    )
     store = home.metrics()
     rep = build_report(store, "ml100k")
     paths = write_report(rep, home.reports_dir("ml100k") / "test")
@@ -67,10 +81,21 @@ def test_report_has_every_table_and_plot(ml_run):
     parsed = Parsed()
     parsed.feed(open(paths["html"]).read())
     titles = " ".join(parsed.h2)
-    for promised in ("sequential track, test, full ranking", "LLM track", "published numbers", "ablation: negative samplers",
-                     "ablation: components", "by history length", "bootstrap 95% intervals", "paired test",
-                     "training curves", "score distributions before and after DPO", "metric by history length",
-                     "by the target item's training interactions", "metric by target popularity"):
+    for promised in (
+        "sequential track, test, full ranking",
+        "LLM track",
+        "published numbers",
+        "ablation: negative samplers",
+        "ablation: components",
+        "by history length",
+        "bootstrap 95% intervals",
+        "paired test",
+        "training curves",
+        "score distributions before and after DPO",
+        "metric by history length",
+        "by the target item's training interactions",
+        "metric by target popularity",
+    ):
         assert promised in titles, promised
     assert parsed.imgs == len(rep.plots) == 4
     assert open(paths["markdown"]).read().count("|") > 50
@@ -83,8 +108,10 @@ def test_report_numbers_equal_the_metrics_table(ml_run):
     table = next(t for t in parsed.tables if t["title"].startswith("sequential track, test"))
     header, rows = table["rows"][0], table["rows"][1:]
     for out in (sft, dpo):
-        stored = store.read("SELECT value FROM metrics WHERE run_id = ? AND split = 'test' AND metric = 'ndcg' AND k = 10",
-                            [out["run_id"]])["value"].iloc[0]
+        stored = store.read(
+            "SELECT value FROM metrics WHERE run_id = ? AND split = 'test' AND metric = 'ndcg' AND k = 10",
+            [out["run_id"]],
+        )["value"].iloc[0]
         shown = [r for r in rows if r[0].startswith(out["variant"])][0][header.index("ndcg@10")]
         assert shown == f"{stored:.4f}"
     diff = compare_runs(store, sft["run_id"], dpo["run_id"])
@@ -97,7 +124,9 @@ def test_popularity_buckets_count_the_targets_training_interactions(ml_run):
     seq = load_data(home, "ml100k", 50, ["id"]).seq
     counts = np.bincount(np.concatenate(seq.train), minlength=seq.n_items + 1)
     test_target = dict(zip(seq.user_ids.tolist(), seq.test.tolist()))
-    ranks = store.read("SELECT user_id, rank, target_count FROM user_ranks WHERE run_id = ? AND split = 'test'", [dpo["run_id"]])
+    ranks = store.read(
+        "SELECT user_id, rank, target_count FROM user_ranks WHERE run_id = ? AND split = 'test'", [dpo["run_id"]]
+    )
     assert len(ranks) > 100
     assert ranks["target_count"].tolist() == [int(counts[test_target[u]]) for u in ranks["user_id"]]
     table = rep.tables["test NDCG@10 by the target item's training interactions"].set_index("run_id")
@@ -142,8 +171,15 @@ def test_report_renders_in_a_real_browser(ml_run):
 def test_sft_continues_from_a_registered_model(ml_run):
     home, store, _, _, sft, _, _ = ml_run
     # lr 0: the continued run must be exactly the model it starts from (same valid metrics, same architecture)
-    cont = train_stage(home, "ml100k", {}, sft_config(epochs=1, batch_size=64, lr=0.0, show_progress=False),
-                       "seqrec_sft_continued", init=(sft["name"], sft["version"]), log=lambda *_: None)
+    cont = train_stage(
+        home,
+        "ml100k",
+        {},
+        sft_config(epochs=1, batch_size=64, lr=0.0, show_progress=False),
+        "seqrec_sft_continued",
+        init=(sft["name"], sft["version"]),
+        log=lambda *_: None,
+    )
     quality = lambda m: {k: v for k, v in m.items() if "@" in k}
     assert quality(cont["valid"]) == pytest.approx(quality(sft["valid"]), abs=1e-12)
     cfg = store.read("SELECT config FROM runs WHERE run_id = ?", [cont["run_id"]])["config"].iloc[0]
@@ -162,10 +198,18 @@ def test_attribute_ids_decode_to_each_items_categories_and_train(ml_run):
     assert names == sorted(set(names)) and len(names) >= (18 if real else 12)  # MovieLens genres; synthetic categories
     for item, cats in zip(items["item_id"], items["categories"]):
         row = data.attributes[item]
-        assert [names[i - 1] for i in row[row > 0].tolist()] == ([c.strip() for c in cats.split(" | ")] if isinstance(cats, str) else [])
-    out = train_stage(home, "ml100k", {**TINY, "attributes": True},
-                      sft_config(epochs=1, batch_size=64, lr=3e-3, show_progress=False), "seqrec_sft_attr",
-                      data=data, log=lambda *_: None)
+        assert [names[i - 1] for i in row[row > 0].tolist()] == (
+            [c.strip() for c in cats.split(" | ")] if isinstance(cats, str) else []
+        )
+    out = train_stage(
+        home,
+        "ml100k",
+        {**TINY, "attributes": True},
+        sft_config(epochs=1, batch_size=64, lr=3e-3, show_progress=False),
+        "seqrec_sft_attr",
+        data=data,
+        log=lambda *_: None,
+    )
     model, _ = load_model(Registry(home.registry_dir("ml100k")).get(out["name"], out["version"]).path)
     assert model.cfg.attributes and model.cfg.n_attributes == len(names)
     assert model.attr_emb.weight[1:].abs().sum() > 0 and out["test"]["ndcg@10"] > 0

@@ -13,7 +13,6 @@ import torch
 from assets.seqrec.pipeline import train_stage
 from training.seqrec.checkpoint import load_model
 
-
 from .helpers import TINY, dataset_home, sft_config
 from .service_utils import serving
 
@@ -21,8 +20,14 @@ pytestmark = pytest.mark.service
 
 
 def tiny_model(home, dataset, seed=1, epochs=1):
-    out = train_stage(home, dataset, TINY, sft_config(epochs=epochs, batch_size=256, lr=3e-3, seed=seed,
-                                                             show_progress=False), "seqrec_sft", log=lambda *_: None)
+    out = train_stage(
+        home,
+        dataset,
+        TINY,
+        sft_config(epochs=epochs, batch_size=256, lr=3e-3, seed=seed, show_progress=False),
+        "seqrec_sft",
+        log=lambda *_: None,
+    )
     reg = home.registry(dataset)
     return reg, reg.get(out["name"], out["version"])
 
@@ -82,8 +87,10 @@ def test_bad_requests_are_4xx_or_documented_fallback(beauty):
         assert httpx.post(svc.url + "/v1/recommend", json={"history": [item, 2], "k": 3}).status_code == 200
     word = cat.categories[3].split(" | ")[-1]  # a category of the catalogue
     ok = httpx.post(svc.url + "/v1/recommend", json={"history": [1, 2, 3], "k": 5, "category": word}).json()
-    assert len(ok["items"]) == 5 and all(word.lower() in (httpx.get(f"{svc.url}/v1/items/{i['item_id']}").json()["categories"] or "").lower()
-               for i in ok["items"])
+    assert len(ok["items"]) == 5 and all(
+        word.lower() in (httpx.get(f"{svc.url}/v1/items/{i['item_id']}").json()["categories"] or "").lower()
+        for i in ok["items"]
+    )
     metrics = httpx.get(svc.url + "/metrics").text
     assert "recalign_requests_total" in metrics and 'status="422"' in metrics
 
@@ -134,8 +141,24 @@ def test_hot_switch_without_dropping_requests_and_corrupt_model_refused(beauty):
 
 def test_schemathesis_finds_no_server_errors(beauty, tmp_path):
     _, svc, _, _ = beauty
-    proc = subprocess.run([sys.executable, "-m", "schemathesis.cli", "run", svc.url + "/openapi.json",
-                           "--checks", "not_a_server_error", "--max-examples", "25", "--generation-deterministic",
-                           "--request-timeout", "10"], capture_output=True, text=True, timeout=600,
-                          cwd=tmp_path)  # schemathesis writes a cache folder in its working directory
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "schemathesis.cli",
+            "run",
+            svc.url + "/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "25",
+            "--generation-deterministic",
+            "--request-timeout",
+            "10",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+    )  # schemathesis writes a cache folder in its working directory
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]

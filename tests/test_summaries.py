@@ -62,11 +62,12 @@ def test_user_summaries_never_see_validation_or_test_items(synthetic_wh):
     rec = Recording()
     stats = summarize_users(wh, rec, users, block_size=3)
     assert stats["users"] == 40 and stats["new"] == stats["steps"] > 40
-    seq = wh.read("SELECT user_id, position, item_id, split FROM sequences WHERE user_id IN (SELECT unnest(?))",
-                  [users])
+    seq = wh.read(
+        "SELECT user_id, position, item_id, split FROM sequences WHERE user_id IN (SELECT unnest(?))", [users]
+    )
     titles = dict(wh.read("SELECT item_id, title FROM items").itertuples(index=False))
     steps = wh.read("SELECT user_id, block_index, item_ids, last_position FROM user_summaries ORDER BY 1, 2")
-    for u, g in seq.groupby("user_id"):
+    for u, g in seq.groupby("user_id"):  # noqa: B007 - g is what the loop checks
         train = g[g["split"] == "train"].sort_values("position")
         held_out = g[g["split"] != "train"]
         chain = steps[steps["user_id"] == u]
@@ -74,7 +75,7 @@ def test_user_summaries_never_see_validation_or_test_items(synthetic_wh):
         assert [i for ids in chain["item_ids"] for i in ids] == train["item_id"].tolist()
         assert chain["last_position"].max() < held_out["position"].min()
     # and no prompt ever contained the title of a held-out item the user had not also seen in training
-    for u, g in seq.groupby("user_id"):
+    for u, g in seq.groupby("user_id"):  # noqa: B007 - g is what the loop checks
         train_titles = {titles[i] for i in g.loc[g["split"] == "train", "item_id"]}
         leaked = {titles[i] for i in g.loc[g["split"] != "train", "item_id"]} - train_titles
         for req in rec.seen:
@@ -117,8 +118,9 @@ CRASHING_RUN = textwrap.dedent("""
 
 def test_killed_run_resumes_with_every_row_exactly_once(synthetic_wh):
     wh = synthetic_wh
-    proc = subprocess.run([sys.executable, "-c", CRASHING_RUN, str(wh.path)], capture_output=True, text=True, check=False,
-                          cwd=os.getcwd())
+    proc = subprocess.run(
+        [sys.executable, "-c", CRASHING_RUN, str(wh.path)], capture_output=True, text=True, check=False, cwd=os.getcwd()
+    )
     assert proc.returncode == -signal.SIGKILL
     assert wh.read("SELECT count(*) n FROM item_summaries")["n"][0] == 150  # three committed batches survived
     resumed = summarize_items(wh, TemplateSummarizer())
@@ -153,8 +155,13 @@ def test_tiny_vlm_end_to_end_on_real_posters(ml100k, models_dir, tmp_path):
     with wh.connect() as con:  # item 2: a malformed file, item 3: a missing file
         con.execute("UPDATE item_images SET path = ? WHERE item_id = 2", [str(bad)])
         con.execute("UPDATE item_images SET path = ? WHERE item_id = 3", [str(tmp_path / "nope.jpg")])
-    vlm = make_summarizer("vlm", str(build_tiny_qwen25_vl(models_dir / "tiny-qwen2.5-vl", models_dir)), models_dir,
-                          max_new_tokens=6, device="cpu")
+    vlm = make_summarizer(
+        "vlm",
+        str(build_tiny_qwen25_vl(models_dir / "tiny-qwen2.5-vl", models_dir)),
+        models_dir,
+        max_new_tokens=6,
+        device="cpu",
+    )
     stats = summarize_items(wh, vlm, item_ids=[1, 2, 3, 4], batch_size=4)
     assert stats["new"] == 4 and stats["image_fallbacks"] == 2
     rows = wh.read("SELECT item_id, image_status, summary FROM item_summaries ORDER BY item_id")

@@ -44,8 +44,14 @@ def retain_freed_memory(trim_mb: int = 1024, top_pad_mb: int = 256) -> bool:
         return False
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
     libc.malloc_trim(0)
-    return all(libc.mallopt(param, value) == 1 for param, value in (
-        (M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, min(trim_mb << 20, INT_MAX)), (M_TOP_PAD, min(top_pad_mb << 20, INT_MAX))))
+    return all(
+        libc.mallopt(param, value) == 1
+        for param, value in (
+            (M_MMAP_MAX, 0),
+            (M_TRIM_THRESHOLD, min(trim_mb << 20, INT_MAX)),
+            (M_TOP_PAD, min(top_pad_mb << 20, INT_MAX)),
+        )
+    )
 
 
 def seed_everything(seed: int) -> None:

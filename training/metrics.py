@@ -35,8 +35,11 @@ def per_user_metrics(ranks: np.ndarray, k: int = 10) -> dict[str, np.ndarray]:
     """Per-user values (for bootstrap intervals and paired tests)."""
     ranks = np.asarray(ranks, dtype=np.float64)
     hit = ranks <= k
-    return {f"ndcg@{k}": np.where(hit, 1.0 / np.log2(ranks + 1), 0.0),
-            f"mrr@{k}": np.where(hit, 1.0 / ranks, 0.0), f"hr@{k}": hit.astype(np.float64)}
+    return {
+        f"ndcg@{k}": np.where(hit, 1.0 / np.log2(ranks + 1), 0.0),
+        f"mrr@{k}": np.where(hit, 1.0 / ranks, 0.0),
+        f"hr@{k}": hit.astype(np.float64),
+    }
 
 
 def auc_from_candidate_scores(pos: np.ndarray, neg: np.ndarray) -> float:

@@ -21,40 +21,67 @@ def _result(stats: dict) -> dg.MaterializeResult:
     return dg.MaterializeResult(metadata=to_metadata(stats))
 
 
-def _embed_text(context, table: str, config: TextEmbeddingConfig, recalign: RecalignHome,
-                dataset: DatasetResource) -> dg.MaterializeResult:
-    stats = embed_text_table(recalign.settings(), dataset.dataset, table, config.model, config.device,
-                             config.batch_size)
+def _embed_text(
+    context, table: str, config: TextEmbeddingConfig, recalign: RecalignHome, dataset: DatasetResource
+) -> dg.MaterializeResult:
+    stats = embed_text_table(
+        recalign.settings(), dataset.dataset, table, config.model, config.device, config.batch_size
+    )
     context.log.info(f"{table}: {stats}")
     return _result(stats)
 
 
-@dg.asset(deps=["items"], group_name="embeddings", owners=OWNERS, kinds={"lancedb"},
-          description="Item text vectors (title | attributes | description) in LanceDB, incremental by content hash.")
-def item_text(context: dg.AssetExecutionContext, config: TextEmbeddingConfig, recalign: RecalignHome,
-              dataset: DatasetResource) -> dg.MaterializeResult:
+@dg.asset(
+    deps=["items"],
+    group_name="embeddings",
+    owners=OWNERS,
+    kinds={"lancedb"},
+    description="Item text vectors (title | attributes | description) in LanceDB, incremental by content hash.",
+)
+def item_text(
+    context: dg.AssetExecutionContext, config: TextEmbeddingConfig, recalign: RecalignHome, dataset: DatasetResource
+) -> dg.MaterializeResult:
     return _embed_text(context, "item_text", config, recalign, dataset)
 
 
-@dg.asset(deps=["item_images"], group_name="embeddings", owners=OWNERS, kinds={"lancedb"},
-          description="Item image vectors (EfficientNet-Lite0 pooled 1280-d); items without an image get no row.")
-def item_image(context: dg.AssetExecutionContext, recalign: RecalignHome, dataset: DatasetResource) -> dg.MaterializeResult:
+@dg.asset(
+    deps=["item_images"],
+    group_name="embeddings",
+    owners=OWNERS,
+    kinds={"lancedb"},
+    description="Item image vectors (EfficientNet-Lite0 pooled 1280-d); items without an image get no row.",
+)
+def item_image(
+    context: dg.AssetExecutionContext, recalign: RecalignHome, dataset: DatasetResource
+) -> dg.MaterializeResult:
     stats = embed_item_images(recalign.settings(), dataset.dataset)
     context.log.info(f"item_image: {stats}")
     return _result(stats)
 
 
-@dg.asset(deps=["item_summaries"], group_name="embeddings", owners=OWNERS, kinds={"lancedb"},
-          description="Item summary vectors (the newest MLLM summary of each item), incremental by content hash.")
-def item_summary_text(context: dg.AssetExecutionContext, config: TextEmbeddingConfig, recalign: RecalignHome,
-                      dataset: DatasetResource) -> dg.MaterializeResult:
+@dg.asset(
+    deps=["item_summaries"],
+    group_name="embeddings",
+    owners=OWNERS,
+    kinds={"lancedb"},
+    description="Item summary vectors (the newest MLLM summary of each item), incremental by content hash.",
+)
+def item_summary_text(
+    context: dg.AssetExecutionContext, config: TextEmbeddingConfig, recalign: RecalignHome, dataset: DatasetResource
+) -> dg.MaterializeResult:
     return _embed_text(context, "item_summary_text", config, recalign, dataset)
 
 
-@dg.asset(deps=["sequences", "items", "user_summaries"], group_name="embeddings", owners=OWNERS, kinds={"lancedb"},
-          description="User text vectors: the newest preference summary, else the last training titles.")
-def user_text(context: dg.AssetExecutionContext, config: TextEmbeddingConfig, recalign: RecalignHome,
-              dataset: DatasetResource) -> dg.MaterializeResult:
+@dg.asset(
+    deps=["sequences", "items", "user_summaries"],
+    group_name="embeddings",
+    owners=OWNERS,
+    kinds={"lancedb"},
+    description="User text vectors: the newest preference summary, else the last training titles.",
+)
+def user_text(
+    context: dg.AssetExecutionContext, config: TextEmbeddingConfig, recalign: RecalignHome, dataset: DatasetResource
+) -> dg.MaterializeResult:
     return _embed_text(context, "user_text", config, recalign, dataset)
 
 

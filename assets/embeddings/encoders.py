@@ -45,8 +45,13 @@ class SentenceEncoder:
 
     def encode(self, batch: Sequence[str]) -> np.ndarray:
         with torch.inference_mode():
-            vec = self.model.encode(list(batch), batch_size=self.batch_size, convert_to_numpy=True,
-                                    normalize_embeddings=True, show_progress_bar=False)
+            vec = self.model.encode(
+                list(batch),
+                batch_size=self.batch_size,
+                convert_to_numpy=True,
+                normalize_embeddings=True,
+                show_progress_bar=False,
+            )
         return l2_normalise(vec)
 
 

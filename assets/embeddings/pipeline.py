@@ -24,8 +24,9 @@ def image_encoder(device: str = "cpu") -> ImageEncoder:
     return ImageEncoder(device=device)
 
 
-def embed_text_table(settings: Settings, dataset: str, table: str, model: str = MINILM_ID,
-                     device: str = "cpu", batch_size: int = 256) -> dict:
+def embed_text_table(
+    settings: Settings, dataset: str, table: str, model: str = MINILM_ID, device: str = "cpu", batch_size: int = 256
+) -> dict:
     """Embed the recipe's text for `table` incrementally; returns stats for metadata."""
     wh = settings.warehouse(dataset)
     rows = TEXT_RECIPES[table](wh)
@@ -45,8 +46,7 @@ def embed_item_images(settings: Settings, dataset: str, device: str = "cpu", bat
     """EfficientNet-Lite0 vectors of every validated item image; items without an image get no row."""
     wh = settings.warehouse(dataset)
     img = wh.read("SELECT item_id AS id, path FROM item_images ORDER BY item_id")
-    rows = pd.DataFrame({"id": img["id"], "content": img["path"],
-                         "content_hash": [_file_hash(p) for p in img["path"]]})
+    rows = pd.DataFrame({"id": img["id"], "content": img["path"], "content_hash": [_file_hash(p) for p in img["path"]]})
     store = settings.vectors(dataset)
     if rows.empty:
         return {"table": "item_image", "rows": 0, "new": 0, "reused": 0, "deleted": 0, "source_rows": 0}
@@ -61,8 +61,12 @@ def coverage(settings: Settings, dataset: str, table: str) -> dict:
     want = set(TEXT_RECIPES[table](wh)["id"].tolist())
     have = set(settings.vectors(dataset).keys(table)["id"].tolist())
     missing = sorted(want - have)
-    return {"with_text": len(want), "with_vector": len(want & have), "missing": len(missing),
-            "missing_examples": missing[:10]}
+    return {
+        "with_text": len(want),
+        "with_vector": len(want & have),
+        "missing": len(missing),
+        "missing_examples": missing[:10],
+    }
 
 
 def feature_matrix(settings: Settings, dataset: str, table: str, n_ids: int) -> np.ndarray | None:

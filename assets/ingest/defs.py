@@ -1,6 +1,5 @@
 """Dagster layer of ingest: raw_dataset -> items/users/interactions/item_images -> sequences."""
 
-
 import dagster as dg
 import pandera.pandas as pa
 
@@ -16,50 +15,90 @@ OWNERS = ["team:recalign"]
 BASE_TABLES = ["items", "users", "interactions", "item_images"]
 
 
-@dg.asset(group_name="ingest", owners=OWNERS, kinds={"python", "files"},
-          description="The source files landed under $RECALIGN_HOME/raw/<dataset>/ with a manifest (path, bytes, sha256).")
-def raw_dataset(context: dg.AssetExecutionContext, recalign: RecalignHome, dataset: DatasetResource) -> dg.MaterializeResult:
+@dg.asset(
+    group_name="ingest",
+    owners=OWNERS,
+    kinds={"python", "files"},
+    description="The source files landed under $RECALIGN_HOME/raw/<dataset>/ with a manifest (path, bytes, sha256).",
+)
+def raw_dataset(
+    context: dg.AssetExecutionContext, recalign: RecalignHome, dataset: DatasetResource
+) -> dg.MaterializeResult:
     spec = dataset.spec()
     manifest = land_raw(recalign.settings(), spec)
     context.log.info(f"landed {len(manifest['files'])} files ({manifest['copied']} copied) for {spec.dataset}")
     return dg.MaterializeResult(
-        metadata={"dataset": spec.dataset, "source": spec.source, "files": len(manifest["files"]),
-                  "bytes": manifest["total_bytes"], "copied": manifest["copied"],
-                  "fingerprint": manifest["fingerprint"],
-                  "path": dg.MetadataValue.path(str(recalign.settings().raw_dir(spec.dataset)))},
+        metadata={
+            "dataset": spec.dataset,
+            "source": spec.source,
+            "files": len(manifest["files"]),
+            "bytes": manifest["total_bytes"],
+            "copied": manifest["copied"],
+            "fingerprint": manifest["fingerprint"],
+            "path": dg.MetadataValue.path(str(recalign.settings().raw_dir(spec.dataset))),
+        },
         data_version=dg.DataVersion(manifest["fingerprint"]),
     )
 
 
 @dg.multi_asset(
-    specs=[dg.AssetSpec(name, deps=[raw_dataset], group_name="tables", owners=OWNERS, kinds={"duckdb"},
-                        description=f"pandera-validated `{name}` table; bad rows go to rejected_rows with a reason.")
-           for name in BASE_TABLES],
+    specs=[
+        dg.AssetSpec(
+            name,
+            deps=[raw_dataset],
+            group_name="tables",
+            owners=OWNERS,
+            kinds={"duckdb"},
+            description=f"pandera-validated `{name}` table; bad rows go to rejected_rows with a reason.",
+        )
+        for name in BASE_TABLES
+    ],
     name="base_tables",
 )
 def base_tables(context: dg.AssetExecutionContext, recalign: RecalignHome, dataset: DatasetResource):
     md = build_warehouse(recalign.settings(), dataset.spec())
-    context.log.info(f"{md['dataset']}: {md['users']} users, {md['items']} items, {md['interactions']} "
-                     f"interactions, {md['rejected']} rejected, reconciled={md['reconciled']}")
-    shared = {"dataset": md["dataset"], "warehouse": dg.MetadataValue.path(md["warehouse"]),
-              "rejected_total": md["rejected"], "reconciled": md["reconciled"],
-              "reconciliation": md_table(md["reconciliation"]), "seconds": md["seconds"]}
-    yield dg.MaterializeResult(asset_key="items", metadata={**shared, "rows": md["items"],
-                                                            "preview": md_table(md["items_preview"])},
-                               data_version=dg.DataVersion(md["raw_fingerprint"]))
-    yield dg.MaterializeResult(asset_key="users", metadata={**shared, "rows": md["users"]},
-                               data_version=dg.DataVersion(md["raw_fingerprint"]))
-    yield dg.MaterializeResult(asset_key="interactions",
-                               metadata={**shared, "rows": md["interactions"],
-                                         "rejected_preview": md_table(md["rejected_preview"])},
-                               data_version=dg.DataVersion(md["raw_fingerprint"]))
-    yield dg.MaterializeResult(asset_key="item_images", metadata={**shared, "rows": md["item_images"]},
-                               data_version=dg.DataVersion(md["raw_fingerprint"]))
+    context.log.info(
+        f"{md['dataset']}: {md['users']} users, {md['items']} items, {md['interactions']} "
+        f"interactions, {md['rejected']} rejected, reconciled={md['reconciled']}"
+    )
+    shared = {
+        "dataset": md["dataset"],
+        "warehouse": dg.MetadataValue.path(md["warehouse"]),
+        "rejected_total": md["rejected"],
+        "reconciled": md["reconciled"],
+        "reconciliation": md_table(md["reconciliation"]),
+        "seconds": md["seconds"],
+    }
+    yield dg.MaterializeResult(
+        asset_key="items",
+        metadata={**shared, "rows": md["items"], "preview": md_table(md["items_preview"])},
+        data_version=dg.DataVersion(md["raw_fingerprint"]),
+    )
+    yield dg.MaterializeResult(
+        asset_key="users", metadata={**shared, "rows": md["users"]}, data_version=dg.DataVersion(md["raw_fingerprint"])
+    )
+    yield dg.MaterializeResult(
+        asset_key="interactions",
+        metadata={**shared, "rows": md["interactions"], "rejected_preview": md_table(md["rejected_preview"])},
+        data_version=dg.DataVersion(md["raw_fingerprint"]),
+    )
+    yield dg.MaterializeResult(
+        asset_key="item_images",
+        metadata={**shared, "rows": md["item_images"]},
+        data_version=dg.DataVersion(md["raw_fingerprint"]),
+    )
 
 
-@dg.asset(deps=["interactions"], group_name="tables", owners=OWNERS, kinds={"duckdb"},
-          description="k-core-filtered, time-ordered histories with the leave-one-out split (last = test, second-last = valid).")
-def sequences(context: dg.AssetExecutionContext, recalign: RecalignHome, dataset: DatasetResource) -> dg.MaterializeResult:
+@dg.asset(
+    deps=["interactions"],
+    group_name="tables",
+    owners=OWNERS,
+    kinds={"duckdb"},
+    description="k-core-filtered, time-ordered histories with the leave-one-out split (last = test, second-last = valid).",
+)
+def sequences(
+    context: dg.AssetExecutionContext, recalign: RecalignHome, dataset: DatasetResource
+) -> dg.MaterializeResult:
     stats = build_sequences(recalign.settings(), dataset.spec())
     context.log.info(f"sequences: {stats}")
     return dg.MaterializeResult(metadata=to_metadata(stats))
@@ -69,15 +108,21 @@ def _wh(recalign: RecalignHome, dataset: DatasetResource) -> Warehouse:
     return recalign.warehouse(dataset.dataset)
 
 
-@dg.asset_check(asset="interactions", blocking=True,
-                description="raw rows = accepted + rejected for every table (nothing silently lost).")
+@dg.asset_check(
+    asset="interactions",
+    blocking=True,
+    description="raw rows = accepted + rejected for every table (nothing silently lost).",
+)
 def rows_reconcile(recalign: RecalignHome, dataset: DatasetResource) -> dg.AssetCheckResult:
     recon = _wh(recalign, dataset).read("SELECT * FROM reconciliation")
     return dg.AssetCheckResult(passed=bool(recon["reconciled"].all()), metadata={"reconciliation": md_table(recon)})
 
 
-@dg.asset_check(asset="interactions", blocking=True,
-                description="every interaction points to a known user and item; pandera schema holds.")
+@dg.asset_check(
+    asset="interactions",
+    blocking=True,
+    description="every interaction points to a known user and item; pandera schema holds.",
+)
 def referential_integrity(recalign: RecalignHome, dataset: DatasetResource) -> dg.AssetCheckResult:
     wh = _wh(recalign, dataset)
     orphans = wh.read("""SELECT count(*) AS n FROM interactions i
@@ -89,9 +134,12 @@ def referential_integrity(recalign: RecalignHome, dataset: DatasetResource) -> d
     return dg.AssetCheckResult(passed=int(orphans) == 0, metadata={"orphan_interactions": int(orphans)})
 
 
-@dg.asset_check(asset="sequences", blocking=True,
-                description="Sequences schema holds (one valid and one test item per evaluable user), every sequence "
-                            "user and item is in the tables, and the split is leave-one-out: valid, then test, last.")
+@dg.asset_check(
+    asset="sequences",
+    blocking=True,
+    description="Sequences schema holds (one valid and one test item per evaluable user), every sequence "
+    "user and item is in the tables, and the split is leave-one-out: valid, then test, last.",
+)
 def sequences_valid(recalign: RecalignHome, dataset: DatasetResource) -> dg.AssetCheckResult:
     wh = _wh(recalign, dataset)
     problems = sequence_problems(wh)
@@ -100,10 +148,9 @@ def sequences_valid(recalign: RecalignHome, dataset: DatasetResource) -> dg.Asse
         schema = "holds"
     except pa.errors.SchemaError as err:
         schema = str(err).splitlines()[0][:300]
-    return dg.AssetCheckResult(passed=schema == "holds" and not any(problems.values()),
-                               metadata={**problems, "schema": schema})
-
-
+    return dg.AssetCheckResult(
+        passed=schema == "holds" and not any(problems.values()), metadata={**problems, "schema": schema}
+    )
 
 
 # --- incremental interaction logs: one dynamic partition per landed file ---------------------------
@@ -111,10 +158,18 @@ def sequences_valid(recalign: RecalignHome, dataset: DatasetResource) -> dg.Asse
 landing_files = dg.DynamicPartitionsDefinition(name="landing_files")
 
 
-@dg.asset(partitions_def=landing_files, deps=["interactions"], group_name="ingest", owners=OWNERS, kinds={"duckdb"},
-          description="One interaction-log file from $RECALIGN_HOME/landing/interactions/ (partition = name@sha256), "
-                      "validated and appended; the sequences are rebuilt after it.")
-def interaction_log_batch(context: dg.AssetExecutionContext, recalign: RecalignHome, dataset: DatasetResource) -> dg.MaterializeResult:
+@dg.asset(
+    partitions_def=landing_files,
+    deps=["interactions"],
+    group_name="ingest",
+    owners=OWNERS,
+    kinds={"duckdb"},
+    description="One interaction-log file from $RECALIGN_HOME/landing/interactions/ (partition = name@sha256), "
+    "validated and appended; the sequences are rebuilt after it.",
+)
+def interaction_log_batch(
+    context: dg.AssetExecutionContext, recalign: RecalignHome, dataset: DatasetResource
+) -> dg.MaterializeResult:
     settings, spec = recalign.settings(), dataset.spec()
     key = context.partition_key
     files = scan(settings.landing_dir)
@@ -123,12 +178,15 @@ def interaction_log_batch(context: dg.AssetExecutionContext, recalign: RecalignH
     stats = ingest_batch(settings.warehouse(spec.dataset), files[key], key)
     seq = build_sequences(settings, spec)
     context.log.info(f"batch {key}: {stats}; sequences: {seq}")
-    return dg.MaterializeResult(metadata={**to_metadata(stats), "users_after": seq["users"],
-                                          "interactions_after": seq["interactions_kept"]})
+    return dg.MaterializeResult(
+        metadata={**to_metadata(stats), "users_after": seq["users"], "interactions_after": seq["interactions_kept"]}
+    )
 
 
 @dg.asset_check(asset=interaction_log_batch, blocking=True, description="raw rows = accepted + rejected for the batch.")
-def batch_reconciles(context: dg.AssetCheckExecutionContext, recalign: RecalignHome, dataset: DatasetResource) -> dg.AssetCheckResult:
+def batch_reconciles(
+    context: dg.AssetCheckExecutionContext, recalign: RecalignHome, dataset: DatasetResource
+) -> dg.AssetCheckResult:
     wh = _wh(recalign, dataset)
     row = wh.read("SELECT * FROM log_batches ORDER BY ingested_at DESC LIMIT 1")
     ok = bool(len(row)) and bool(row["reconciled"].iloc[0])

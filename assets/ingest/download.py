@@ -16,16 +16,25 @@ OFFICIAL: dict[str, list[Download]] = {
     "movielens-100k": [Download("https://files.grouplens.org/datasets/movielens/ml-100k.zip", "ml-100k.zip")],
     "movielens-1m": [Download("https://files.grouplens.org/datasets/movielens/ml-1m.zip", "ml-1m.zip")],
     "amazon-s3rec": [
-        Download("https://raw.githubusercontent.com/aHuiWang/CIKM2020-S3Rec/master/data/Beauty.txt", "Beauty.txt",
-                 "226cce9c3105299ca0db9615d7d3fb32b3175e90da43100ae352599f0f0107b8"),
-        Download("https://raw.githubusercontent.com/aHuiWang/CIKM2020-S3Rec/master/data/Beauty_item2attributes.json",
-                 "Beauty_item2attributes.json", "129e40f67486f6877eff0f5318cfa8530ee8ac23d8b0d1de04e1bb7a2ba0b2d4"),
+        Download(
+            "https://raw.githubusercontent.com/aHuiWang/CIKM2020-S3Rec/master/data/Beauty.txt",
+            "Beauty.txt",
+            "226cce9c3105299ca0db9615d7d3fb32b3175e90da43100ae352599f0f0107b8",
+        ),
+        Download(
+            "https://raw.githubusercontent.com/aHuiWang/CIKM2020-S3Rec/master/data/Beauty_item2attributes.json",
+            "Beauty_item2attributes.json",
+            "129e40f67486f6877eff0f5318cfa8530ee8ac23d8b0d1de04e1bb7a2ba0b2d4",
+        ),
     ],
     "amazon-2014": [
-        Download("http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/reviews_Beauty_5.json.gz",
-                 "reviews_Beauty_5.json.gz"),
-        Download("http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/meta_Beauty.json.gz",
-                 "meta_Beauty.json.gz"),
+        Download(
+            "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/reviews_Beauty_5.json.gz",
+            "reviews_Beauty_5.json.gz",
+        ),
+        Download(
+            "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/meta_Beauty.json.gz", "meta_Beauty.json.gz"
+        ),
     ],
 }
 
@@ -46,8 +55,10 @@ def download(url: str, dest: Path, sha256: str | None = None, chunk: int = 1 << 
             if not resumed:
                 have = 0
             total = int(resp.headers.get("Content-Length") or 0) + have
-            with open(part, "ab" if resumed else "wb") as fh, tqdm(
-                total=total or None, initial=have, unit="B", unit_scale=True, desc=dest.name) as bar:
+            with (
+                open(part, "ab" if resumed else "wb") as fh,
+                tqdm(total=total or None, initial=have, unit="B", unit_scale=True, desc=dest.name) as bar,
+            ):
                 while block := resp.read(chunk):
                     fh.write(block)
                     bar.update(len(block))

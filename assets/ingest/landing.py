@@ -41,15 +41,20 @@ def ingest_batch(wh: Warehouse, path: Path, key: str) -> dict:
         con.execute("BEGIN TRANSACTION")
         con.execute("DELETE FROM interactions WHERE batch = ?", [key])  # re-running a batch replaces it
         con.execute("DELETE FROM rejected_rows WHERE batch = ?", [key])
-        con.execute("CREATE TABLE IF NOT EXISTS log_batches (batch VARCHAR, file VARCHAR, raw_rows BIGINT, accepted BIGINT, "
-                    "rejected BIGINT, new_users BIGINT, reconciled BOOLEAN, ingested_at DOUBLE)")
+        con.execute(
+            "CREATE TABLE IF NOT EXISTS log_batches (batch VARCHAR, file VARCHAR, raw_rows BIGINT, accepted BIGINT, "
+            "rejected BIGINT, new_users BIGINT, reconciled BOOLEAN, ingested_at DOUBLE)"
+        )
         con.execute("DELETE FROM log_batches WHERE batch = ?", [key])
         ids = con.execute("SELECT kind, source_key, id FROM id_map").df()
         items = ids[ids["kind"] == "item"].set_index("source_key")["id"]
         users = ids[ids["kind"] == "user"].set_index("source_key")["id"]
         unknown = ~df["item_key"].isin(items.index)
-        rejects.add_frame("interactions", df[unknown],
-                          "unknown item " + df.loc[unknown, "item_key"].map(repr) + " (not in the items table)")
+        rejects.add_frame(
+            "interactions",
+            df[unknown],
+            "unknown item " + df.loc[unknown, "item_key"].map(repr) + " (not in the items table)",
+        )
         df = df[~unknown]
         new_keys = sorted(set(df["user_key"]) - set(users.index))
         if new_keys:
@@ -67,16 +72,33 @@ def ingest_batch(wh: Warehouse, path: Path, key: str) -> dict:
         rejects.add_frame("interactions", df[dup], "duplicate of an interaction already stored (same user+item+ts)")
         df = df[~dup]
         base = con.execute("SELECT coalesce(max(row_order), -1) + 1 FROM interactions").fetchone()[0]
-        out = pd.DataFrame({"user_id": df["user_id"], "item_id": df["item_id"], "ts": df["ts"], "rating": df["rating"],
-                            "source_file": path.name, "line_no": df["line_no"].astype("int64"),
-                            "row_order": np.arange(base, base + len(df), dtype="int64"), "batch": key})
+        out = pd.DataFrame(
+            {
+                "user_id": df["user_id"],
+                "item_id": df["item_id"],
+                "ts": df["ts"],
+                "rating": df["rating"],
+                "source_file": path.name,
+                "line_no": df["line_no"].astype("int64"),
+                "row_order": np.arange(base, base + len(df), dtype="int64"),
+                "batch": key,
+            }
+        )
         con.execute(f"INSERT INTO interactions ({', '.join(out.columns)}) SELECT * FROM out")
         rej = rejects.frame().assign(batch=key)
         con.register("rej", rej)
         con.execute("INSERT INTO rejected_rows SELECT * FROM rej")
         n_rej = rejects.count("interactions")
-        stats = {"batch": key, "file": path.name, "raw_rows": raw, "accepted": len(out), "rejected": n_rej,
-                 "new_users": len(new_keys), "reconciled": raw == len(out) + n_rej, "ingested_at": time.time()}
+        stats = {
+            "batch": key,
+            "file": path.name,
+            "raw_rows": raw,
+            "accepted": len(out),
+            "rejected": n_rej,
+            "new_users": len(new_keys),
+            "reconciled": raw == len(out) + n_rej,
+            "ingested_at": time.time(),
+        }
         con.execute("INSERT INTO log_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)", list(stats.values()))
         con.execute("COMMIT")
     return stats | {"seconds": round(time.perf_counter() - t0, 2)}

@@ -53,16 +53,30 @@ def build_warehouse(settings: Settings, spec: DatasetSpec) -> dict:
     data = get_source(spec.source).read(raw, dict(spec.options))
     tables = build_tables(data)
     wh = settings.warehouse(spec.dataset)
-    wh.write_tables(tables, {"dataset": spec.dataset, "source": spec.source, "origin": manifest["origin"],
-                             "raw_fingerprint": manifest["fingerprint"]})
+    wh.write_tables(
+        tables,
+        {
+            "dataset": spec.dataset,
+            "source": spec.source,
+            "origin": manifest["origin"],
+            "raw_fingerprint": manifest["fingerprint"],
+        },
+    )
     recon = tables.reconciliation
     return {
-        "dataset": spec.dataset, "warehouse": str(wh.path),
-        "users": len(tables.users), "items": len(tables.items), "interactions": len(tables.interactions),
-        "item_images": len(tables.item_images), "rejected": len(tables.rejected),
-        "reconciled": bool(recon["reconciled"].all()), "reconciliation": recon,
-        "rejected_preview": tables.rejected.head(10), "items_preview": tables.items.head(5),
-        "raw_fingerprint": manifest["fingerprint"], "seconds": round(time.perf_counter() - t0, 2),
+        "dataset": spec.dataset,
+        "warehouse": str(wh.path),
+        "users": len(tables.users),
+        "items": len(tables.items),
+        "interactions": len(tables.interactions),
+        "item_images": len(tables.item_images),
+        "rejected": len(tables.rejected),
+        "reconciled": bool(recon["reconciled"].all()),
+        "reconciliation": recon,
+        "rejected_preview": tables.rejected.head(10),
+        "items_preview": tables.items.head(5),
+        "raw_fingerprint": manifest["fingerprint"],
+        "seconds": round(time.perf_counter() - t0, 2),
     }
 
 
@@ -73,9 +87,13 @@ def build_sequences(settings: Settings, spec: DatasetSpec) -> dict:
     seq = leave_one_out(filtered)
     lengths = seq.groupby("user_id").size()
     stats = {
-        "kcore": spec.k, "kcore_rounds": rounds, "interactions_in": len(inter),
-        "interactions_kept": len(filtered), "removed_by_kcore": len(inter) - len(filtered),
-        "users": int(seq["user_id"].nunique()), "items": int(seq["item_id"].nunique()),
+        "kcore": spec.k,
+        "kcore_rounds": rounds,
+        "interactions_in": len(inter),
+        "interactions_kept": len(filtered),
+        "removed_by_kcore": len(inter) - len(filtered),
+        "users": int(seq["user_id"].nunique()),
+        "items": int(seq["item_id"].nunique()),
         "evaluable_users": int((seq["split"] == "test").sum()),
         "mean_length": float(lengths.mean()) if len(lengths) else 0.0,
         "max_length": int(lengths.max()) if len(lengths) else 0,
@@ -87,7 +105,8 @@ def build_sequences(settings: Settings, spec: DatasetSpec) -> dict:
 def sequence_problems(wh: Warehouse) -> dict[str, int]:
     """Counts of what must be zero in the sequences: users or items missing from their tables, evaluable users
     without exactly one valid and one test item, and valid / test items that are not the last two positions."""
-    return wh.read("""
+    return (
+        wh.read("""
         WITH per_user AS (
             SELECT user_id, max(position) AS last, count(*) FILTER (split = 'valid') AS n_valid,
                    count(*) FILTER (split = 'test') AS n_test,
@@ -101,7 +120,11 @@ def sequence_problems(wh: Warehouse) -> dict[str, int]:
           (SELECT count(*) FROM per_user WHERE n_valid <> n_test OR n_valid > 1) AS users_without_one_valid_one_test,
           (SELECT count(*) FROM per_user WHERE n_test = 1 AND (p_test <> last OR p_valid <> last - 1))
             AS users_split_not_last
-        """).iloc[0].astype(int).to_dict()
+        """)
+        .iloc[0]
+        .astype(int)
+        .to_dict()
+    )
 
 
 def ingest(settings: Settings, spec: DatasetSpec, only_if_missing: bool = False) -> dict:
@@ -109,8 +132,11 @@ def ingest(settings: Settings, spec: DatasetSpec, only_if_missing: bool = False)
     if only_if_missing and settings.warehouse_path(spec.dataset).exists():
         return {"dataset": spec.dataset, "skipped": True}
     manifest = land_raw(settings, spec)
-    return {**build_warehouse(settings, spec), "sequences": build_sequences(settings, spec),
-            "landed_files": len(manifest["files"])}
+    return {
+        **build_warehouse(settings, spec),
+        "sequences": build_sequences(settings, spec),
+        "landed_files": len(manifest["files"]),
+    }
 
 
 def peak_rss_mb() -> float:

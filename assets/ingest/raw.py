@@ -47,11 +47,15 @@ def land(source: str, path: str | Path | None, dest: Path, options: dict | None 
         copied += 1
         entries.append({"path": rel, "bytes": size, "sha256": sha256_file(target), "src_mtime": src.stat().st_mtime})
     manifest = {
-        "source": source, "origin": str(root) if root else "(generated)", "options": options,
+        "source": source,
+        "origin": str(root) if root else "(generated)",
+        "options": options,
         "files": sorted(entries, key=lambda e: e["path"]),
-        "total_bytes": sum(e["bytes"] for e in entries), "copied": copied,
+        "total_bytes": sum(e["bytes"] for e in entries),
+        "copied": copied,
     }
     manifest["fingerprint"] = hashlib.sha256(
-        json.dumps([(e["path"], e["sha256"]) for e in manifest["files"]]).encode()).hexdigest()
+        json.dumps([(e["path"], e["sha256"]) for e in manifest["files"]]).encode()
+    ).hexdigest()
     (dest / MANIFEST).write_text(json.dumps(manifest, indent=1))
     return manifest

@@ -39,8 +39,9 @@ def _reason(cases: pd.DataFrame) -> str:
     return "; ".join(f"{c.column}: {c.check} (value {str(c.failure_case)[:200]!r})" for c in cases.itertuples())
 
 
-def validate_rows(model: type[pa.DataFrameModel], df: pd.DataFrame, table: str, rejects: Rejects,
-                  source: str) -> pd.DataFrame:
+def validate_rows(
+    model: type[pa.DataFrameModel], df: pd.DataFrame, table: str, rejects: Rejects, source: str
+) -> pd.DataFrame:
     """Validate lazily; rows that fail go to rejects with every failed check as the reason.
 
     A failure that is not about a row (a missing column, a wrong dtype for the whole column) is

@@ -34,14 +34,22 @@ def dense_ids(keys: pd.Series) -> pd.Series:
     """Deterministic dense ids 1..N: numeric order when every key is an integer, else text order."""
     uniq = pd.Series(keys.unique())
     numeric = pd.to_numeric(uniq, errors="coerce")
-    order = uniq.iloc[np.argsort(numeric.to_numpy(), kind="stable")] if numeric.notna().all() else uniq.sort_values(kind="stable")
+    order = (
+        uniq.iloc[np.argsort(numeric.to_numpy(), kind="stable")]
+        if numeric.notna().all()
+        else uniq.sort_values(kind="stable")
+    )
     return pd.Series(np.arange(1, len(order) + 1, dtype="int64"), index=order.to_numpy())
 
 
-def _reject_unknown(df: pd.DataFrame, col: str, known: pd.Index, table: str, what: str, rejects: Rejects) -> pd.DataFrame:
+def _reject_unknown(
+    df: pd.DataFrame, col: str, known: pd.Index, table: str, what: str, rejects: Rejects
+) -> pd.DataFrame:
     bad = ~df[col].isin(known)
     if bad.any():
-        rejects.add_frame(table, df[bad], f"unknown {what} " + df.loc[bad, col].map(repr) + f" (not in the {what}s file)")
+        rejects.add_frame(
+            table, df[bad], f"unknown {what} " + df.loc[bad, col].map(repr) + f" (not in the {what}s file)"
+        )
     return df[~bad]
 
 
@@ -61,8 +69,13 @@ def check_images(df: pd.DataFrame, rejects: Rejects) -> pd.DataFrame:
         except FileNotFoundError:
             rejects.add("item_images", row["source_file"], row["line_no"], row["raw"], f"image file not found: {path}")
         except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-            rejects.add("item_images", row["source_file"], row["line_no"], row["raw"],
-                        f"not a readable image: {path.name} ({type(exc).__name__}: {exc})")
+            rejects.add(
+                "item_images",
+                row["source_file"],
+                row["line_no"],
+                row["raw"],
+                f"not a readable image: {path.name} ({type(exc).__name__}: {exc})",
+            )
     out = df.loc[keep].copy()
     arr = np.array(sizes, dtype="int64").reshape(-1, 3)
     out["width"], out["height"], out["bytes"] = arr[:, 0], arr[:, 1], arr[:, 2]
@@ -99,11 +112,15 @@ def build_tables(data: SourceData) -> Tables:
     derived = {}
     extra_items = pd.Index(inter["item_key"].unique()).difference(pd.Index(items["item_key"]))
     if len(extra_items):  # no catalogue: items are what the interactions name
-        items = pd.concat([items, pd.DataFrame({"item_key": extra_items, "source_file": "(derived from interactions)"})])
+        items = pd.concat(
+            [items, pd.DataFrame({"item_key": extra_items, "source_file": "(derived from interactions)"})]
+        )
         derived["items"] = len(extra_items)
     extra_users = pd.Index(inter["user_key"].unique()).difference(pd.Index(users["user_key"]))
     if len(extra_users):
-        users = pd.concat([users, pd.DataFrame({"user_key": extra_users, "source_file": "(derived from interactions)"})])
+        users = pd.concat(
+            [users, pd.DataFrame({"user_key": extra_users, "source_file": "(derived from interactions)"})]
+        )
         derived["users"] = len(extra_users)
     # images
     images = data.item_images.copy()
@@ -117,22 +134,39 @@ def build_tables(data: SourceData) -> Tables:
     inter.insert(0, "item_id", inter["item_key"].map(item_ids).astype("int64"))
     inter.insert(0, "user_id", inter["user_key"].map(user_ids).astype("int64"))
     images.insert(0, "item_id", images["item_key"].map(item_ids).astype("int64"))
-    id_map = pd.concat([
-        pd.DataFrame({"kind": "item", "source_key": item_ids.index, "id": item_ids.values}),
-        pd.DataFrame({"kind": "user", "source_key": user_ids.index, "id": user_ids.values}),
-    ], ignore_index=True)
-    accepted = {"items": len(items) - derived.get("items", 0), "users": len(users) - derived.get("users", 0),
-                "interactions": len(inter), "item_images": len(images)}
-    recon = pd.DataFrame([{
-        "table_name": t, "raw_rows": data.raw_counts.get(t, 0), "accepted": accepted[t],
-        "rejected": rej.count(t), "derived": derived.get(t, 0),
-    } for t in accepted])
+    id_map = pd.concat(
+        [
+            pd.DataFrame({"kind": "item", "source_key": item_ids.index, "id": item_ids.values}),
+            pd.DataFrame({"kind": "user", "source_key": user_ids.index, "id": user_ids.values}),
+        ],
+        ignore_index=True,
+    )
+    accepted = {
+        "items": len(items) - derived.get("items", 0),
+        "users": len(users) - derived.get("users", 0),
+        "interactions": len(inter),
+        "item_images": len(images),
+    }
+    recon = pd.DataFrame(
+        [
+            {
+                "table_name": t,
+                "raw_rows": data.raw_counts.get(t, 0),
+                "accepted": accepted[t],
+                "rejected": rej.count(t),
+                "derived": derived.get(t, 0),
+            }
+            for t in accepted
+        ]
+    )
     recon["reconciled"] = recon["raw_rows"] == recon["accepted"] + recon["rejected"]
     return Tables(
         items=items.sort_values("item_id").drop(columns=["raw"], errors="ignore").reset_index(drop=True),
         users=users.sort_values("user_id").drop(columns=["raw"], errors="ignore").reset_index(drop=True),
         interactions=inter.drop(columns=["raw", "user_key", "item_key"]).reset_index(drop=True),
         item_images=images.drop(columns=["raw"]).reset_index(drop=True),
-        id_map=id_map, rejected=rej.frame(), reconciliation=recon,
+        id_map=id_map,
+        rejected=rej.frame(),
+        reconciliation=recon,
         info={"has_timestamps": data.has_timestamps, **data.notes},
     )

@@ -36,15 +36,20 @@ class LLMData:
         if wh.has_table("item_summaries"):
             s = wh.read("SELECT item_id, arg_max(summary, created_at) AS s FROM item_summaries GROUP BY item_id")
             notes = dict(zip(s["item_id"].astype(int), s["s"]))
-        seqs = wh.read("SELECT user_id, position, item_id, split FROM sequences WHERE user_id IN (SELECT unnest(?))"
-                       " ORDER BY user_id, position", [users])
+        seqs = wh.read(
+            "SELECT user_id, position, item_id, split FROM sequences WHERE user_id IN (SELECT unnest(?))"
+            " ORDER BY user_id, position",
+            [users],
+        )
         chains = pd.DataFrame(columns=["user_id", "block_index", "last_position", "summary"])
         if wh.has_table("user_summaries"):
             where = "AND model_id = ?" if summary_model else ""
-            chains = wh.read(f"""SELECT user_id, block_index, last_position, arg_max(summary, created_at) AS summary
+            chains = wh.read(
+                f"""SELECT user_id, block_index, last_position, arg_max(summary, created_at) AS summary
                                  FROM user_summaries WHERE user_id IN (SELECT unnest(?)) {where}
                                  GROUP BY ALL ORDER BY user_id, last_position""",
-                             [users, summary_model] if summary_model else [users])
+                [users, summary_model] if summary_model else [users],
+            )
         return cls(titles, notes, seqs, chains, users, max(titles))
 
     def summary_before(self, user_id: int, position: int) -> str | None:
@@ -53,8 +58,9 @@ class LLMData:
         return None if c.empty else str(c["summary"].iloc[-1])
 
 
-def _negatives(rng: np.random.Generator, n_items: int, exclude: set[int], titles: dict[int, str], n: int,
-               taken_titles: set[str]) -> list[int]:
+def _negatives(
+    rng: np.random.Generator, n_items: int, exclude: set[int], titles: dict[int, str], n: int, taken_titles: set[str]
+) -> list[int]:
     """n items the user never interacted with, with distinct titles (a title must name one candidate)."""
     out: list[int] = []
     seen = set(taken_titles)
@@ -69,21 +75,33 @@ def _negatives(rng: np.random.Generator, n_items: int, exclude: set[int], titles
     return out
 
 
-def make_example(data: LLMData, user_id: int, rows: pd.DataFrame, target_pos: int, n_neg: int, seed: int,
-                 history_len: int = 5, with_notes: bool = False) -> Example:
+def make_example(
+    data: LLMData,
+    user_id: int,
+    rows: pd.DataFrame,
+    target_pos: int,
+    n_neg: int,
+    seed: int,
+    history_len: int = 5,
+    with_notes: bool = False,
+) -> Example:
     """The question at `target_pos` of one user: history before it, the chain summary before it, candidates."""
     before = rows[rows["position"] < target_pos]
     target = int(rows.loc[rows["position"] == target_pos, "item_id"].iloc[0])
     rng = np.random.default_rng([seed, user_id, target_pos])
-    negs = _negatives(rng, data.n_items, set(rows["item_id"].astype(int)), data.titles, n_neg,
-                      {data.titles[target]})
+    negs = _negatives(rng, data.n_items, set(rows["item_id"].astype(int)), data.titles, n_neg, {data.titles[target]})
     ids = [target, *negs]
     order = rng.permutation(len(ids))
     ids = [ids[i] for i in order]
-    return Example(user_id=user_id, summary=data.summary_before(user_id, target_pos),
-                   history=[data.titles[int(i)] for i in before["item_id"].tail(history_len)],
-                   candidates=[data.titles[i] for i in ids], target=int(np.argmax(order == 0)),
-                   candidate_ids=ids, candidate_notes=[data.notes.get(i) for i in ids] if with_notes else [])
+    return Example(
+        user_id=user_id,
+        summary=data.summary_before(user_id, target_pos),
+        history=[data.titles[int(i)] for i in before["item_id"].tail(history_len)],
+        candidates=[data.titles[i] for i in ids],
+        target=int(np.argmax(order == 0)),
+        candidate_ids=ids,
+        candidate_notes=[data.notes.get(i) for i in ids] if with_notes else [],
+    )
 
 
 def train_examples(data: LLMData, n_neg: int, targets_per_user: int = 2, seed: int = 0, **kw) -> list[Example]:
@@ -96,7 +114,9 @@ def train_examples(data: LLMData, n_neg: int, targets_per_user: int = 2, seed: i
     return out
 
 
-def eval_examples(data: LLMData, split: str = "test", seed: int = 0, n_neg: int = EVAL_NEGATIVES, **kw) -> list[Example]:
+def eval_examples(
+    data: LLMData, split: str = "test", seed: int = 0, n_neg: int = EVAL_NEGATIVES, **kw
+) -> list[Example]:
     """The fixed protocol: one question per user with the held-out item and 20 seeded negatives."""
     out = []
     for u, rows in data.seqs.groupby("user_id"):

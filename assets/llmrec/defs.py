@@ -43,10 +43,19 @@ class LLMStageConfig(dg.Config):
         """The TrackConfig of this run, its stage config of `stage_cls` from this config's fields of that class."""
         names = {f.name for f in dataclasses.fields(stage_cls)} - {"lora", "seed"}
         given = {k: v for k, v in self.model_dump().items() if k in names}
-        stage = stage_cls(**given, **stage_fields, seed=42 + self.seed, lora=LoRAConfig(r=self.lora_r, alpha=self.lora_alpha))
-        return TrackConfig(base_model=self.base_model, n_users=self.n_users, seed=self.seed,
-                           train_negatives=self.train_negatives, targets_per_user=self.targets_per_user,
-                           history_len=self.history_len, item_notes=self.item_notes, stage=stage)
+        stage = stage_cls(
+            **given, **stage_fields, seed=42 + self.seed, lora=LoRAConfig(r=self.lora_r, alpha=self.lora_alpha)
+        )
+        return TrackConfig(
+            base_model=self.base_model,
+            n_users=self.n_users,
+            seed=self.seed,
+            train_negatives=self.train_negatives,
+            targets_per_user=self.targets_per_user,
+            history_len=self.history_len,
+            item_notes=self.item_notes,
+            stage=stage,
+        )
 
 
 class LLMSFTConfig(LLMStageConfig):
@@ -92,10 +101,16 @@ def _home(recalign: RecalignHome, dataset: DatasetResource):
     return recalign.settings(), dataset.dataset
 
 
-@dg.asset(deps=["sequences", "user_summaries", "item_summaries"], group_name="llm", owners=OWNERS,
-          kinds={"pytorch", "peft"}, description="Stage 1: LoRA SFT of the LLM recommender (completion-only loss).")
-def llm_sft(context: dg.AssetExecutionContext, config: LLMSFTConfig, recalign: RecalignHome,
-            dataset: DatasetResource) -> dg.MaterializeResult:
+@dg.asset(
+    deps=["sequences", "user_summaries", "item_summaries"],
+    group_name="llm",
+    owners=OWNERS,
+    kinds={"pytorch", "peft"},
+    description="Stage 1: LoRA SFT of the LLM recommender (completion-only loss).",
+)
+def llm_sft(
+    context: dg.AssetExecutionContext, config: LLMSFTConfig, recalign: RecalignHome, dataset: DatasetResource
+) -> dg.MaterializeResult:
     return _result(sft_stage(*_home(recalign, dataset), config.track(SFTStageConfig)))
 
 
@@ -104,41 +119,70 @@ def _preference(config: LLMDPOConfig, recalign, dataset, method: str) -> dg.Mate
     return _result(preference_stage(*_home(recalign, dataset), track))
 
 
-@dg.asset(deps=["llm_sft"], group_name="llm", owners=OWNERS, kinds={"pytorch", "trl"},
-          description="Stage 2: DPO against the frozen SFT adapter; rejected titles from the configured sampler.")
-def llm_dpo(context: dg.AssetExecutionContext, config: LLMDPOConfig, recalign: RecalignHome,
-            dataset: DatasetResource) -> dg.MaterializeResult:
+@dg.asset(
+    deps=["llm_sft"],
+    group_name="llm",
+    owners=OWNERS,
+    kinds={"pytorch", "trl"},
+    description="Stage 2: DPO against the frozen SFT adapter; rejected titles from the configured sampler.",
+)
+def llm_dpo(
+    context: dg.AssetExecutionContext, config: LLMDPOConfig, recalign: RecalignHome, dataset: DatasetResource
+) -> dg.MaterializeResult:
     return _preference(config, recalign, dataset, "dpo")
 
 
-@dg.asset(deps=["llm_sft", "item_text"], group_name="llm", owners=OWNERS, kinds={"pytorch", "trl"},
-          description="Stage 2: HaNoRec = DPO with HaRS per-pair beta (hardness x responsiveness) and NoDO LoRA noise.")
-def llm_hanorec(context: dg.AssetExecutionContext, config: LLMHaNoRecConfig, recalign: RecalignHome,
-                dataset: DatasetResource) -> dg.MaterializeResult:
+@dg.asset(
+    deps=["llm_sft", "item_text"],
+    group_name="llm",
+    owners=OWNERS,
+    kinds={"pytorch", "trl"},
+    description="Stage 2: HaNoRec = DPO with HaRS per-pair beta (hardness x responsiveness) and NoDO LoRA noise.",
+)
+def llm_hanorec(
+    context: dg.AssetExecutionContext, config: LLMHaNoRecConfig, recalign: RecalignHome, dataset: DatasetResource
+) -> dg.MaterializeResult:
     return _preference(config, recalign, dataset, "hanorec")
 
 
-@dg.asset(deps=["llm_sft"], group_name="llm", owners=OWNERS, kinds={"pytorch", "trl"},
-          description="Stage 2: GRPO with MSPA's hybrid reward (accuracy + format + similarity).")
-def llm_grpo(context: dg.AssetExecutionContext, config: LLMGRPOConfig, recalign: RecalignHome,
-             dataset: DatasetResource) -> dg.MaterializeResult:
+@dg.asset(
+    deps=["llm_sft"],
+    group_name="llm",
+    owners=OWNERS,
+    kinds={"pytorch", "trl"},
+    description="Stage 2: GRPO with MSPA's hybrid reward (accuracy + format + similarity).",
+)
+def llm_grpo(
+    context: dg.AssetExecutionContext, config: LLMGRPOConfig, recalign: RecalignHome, dataset: DatasetResource
+) -> dg.MaterializeResult:
     weights = RewardWeights(config.accuracy_weight, config.format_weight, config.similarity_weight)
     track = config.track(GRPOStageConfig, weights=weights)
     return _result(grpo_stage(*_home(recalign, dataset), track))
 
 
-@dg.asset(deps=["llm_sft", "llm_dpo", "llm_hanorec", "llm_grpo"], group_name="llm", owners=OWNERS,
-          kinds={"duckdb"}, description="1 + 20 candidates per test user: AUC, HR@K, NDCG@K for zero-shot and every stage.")
-def llm_eval(context: dg.AssetExecutionContext, config: LLMEvalConfig, recalign: RecalignHome,
-             dataset: DatasetResource) -> dg.MaterializeResult:
+@dg.asset(
+    deps=["llm_sft", "llm_dpo", "llm_hanorec", "llm_grpo"],
+    group_name="llm",
+    owners=OWNERS,
+    kinds={"duckdb"},
+    description="1 + 20 candidates per test user: AUC, HR@K, NDCG@K for zero-shot and every stage.",
+)
+def llm_eval(
+    context: dg.AssetExecutionContext, config: LLMEvalConfig, recalign: RecalignHome, dataset: DatasetResource
+) -> dg.MaterializeResult:
     track = config.track()
     track.eval_users = config.eval_users
     out = evaluate_track(*_home(recalign, dataset), track, config.split)
     import pandas as pd
 
     table = pd.DataFrame([{"model": k, **{m: v for m, v in r.items() if m != "run_id"}} for k, r in out.items()])
-    return dg.MaterializeResult(metadata={"metrics": md_table(table), "models": len(out),
-                                          "protocol": "sampled_21 (1 positive + 20 seeded negatives)"})
+    return dg.MaterializeResult(
+        metadata={
+            "metrics": md_table(table),
+            "models": len(out),
+            "protocol": "sampled_21 (1 positive + 20 seeded negatives)",
+        }
+    )
 
 
 assets = [llm_sft, llm_dpo, llm_hanorec, llm_grpo, llm_eval]

@@ -79,8 +79,9 @@ def sft_stage(settings: Settings, dataset: str, cfg: TrackConfig) -> dict:
     rows = [{"prompt": prompt_text(tok, e), "completion": e.answer} for e in exs]
     with tempfile.TemporaryDirectory() as tmp:
         stats = run_sft(path, tok, rows, Path(tmp), cfg.stage)
-        v = _register(settings, dataset, "llm_sft", Path(tmp), {"base_model": model_id, "users": len(data.users),
-                                                                 **_card(stats)})
+        v = _register(
+            settings, dataset, "llm_sft", Path(tmp), {"base_model": model_id, "users": len(data.users), **_card(stats)}
+        )
     return {**_card(stats), "version": v.version, "path": str(v.path)}
 
 
@@ -112,23 +113,34 @@ def item_hardness(settings: Settings, dataset: str, pairs: list[tuple[int, int]]
     return neighbourhood_hardness([top[c] for c, _ in pairs], [top[r] for _, r in pairs], k).tolist()
 
 
-def preference_rows(settings: Settings, dataset: str, cfg: TrackConfig, pcfg: PreferenceStageConfig, tok,
-                    data: LLMData, path: str, sft_path: Path) -> list[dict]:
+def preference_rows(
+    settings: Settings,
+    dataset: str,
+    cfg: TrackConfig,
+    pcfg: PreferenceStageConfig,
+    tok,
+    data: LLMData,
+    path: str,
+    sft_path: Path,
+) -> list[dict]:
     """(prompt, chosen, rejected[, hardness]) rows; the rejected title from `pcfg.sampler`."""
     method, sampler, topk, hardness_k = pcfg.method, pcfg.sampler, pcfg.topk, pcfg.hardness_topk
     exs = train_examples(data, cfg.train_negatives, cfg.targets_per_user, cfg.seed, **cfg.example_kw())
     rng = np.random.default_rng(cfg.seed)
     if sampler == "stochastic_topk":
         sft = load_adapter(path, sft_path).eval()
-        rejected = [stochastic_topk_rejected(sft, tok, e, topk, rng)
-                    for e in tqdm(exs, desc="stochastic top-K negatives (SFT scores)", unit="question")]
+        rejected = [
+            stochastic_topk_rejected(sft, tok, e, topk, rng)
+            for e in tqdm(exs, desc="stochastic top-K negatives (SFT scores)", unit="question")
+        ]
         del sft
     elif sampler == "random":
         rejected = [random_rejected(e, rng) for e in exs]
     else:
         raise ValueError(f"unknown sampler {sampler!r}: random or stochastic_topk")
-    rows = [{"prompt": prompt_text(tok, e), "chosen": e.answer, "rejected": e.candidates[r]}
-            for e, r in zip(exs, rejected)]
+    rows = [
+        {"prompt": prompt_text(tok, e), "chosen": e.answer, "rejected": e.candidates[r]} for e, r in zip(exs, rejected)
+    ]
     if method == "hanorec":
         pairs = [(e.candidate_ids[e.target], e.candidate_ids[r]) for e, r in zip(exs, rejected)]
         for row, h in zip(rows, item_hardness(settings, dataset, pairs, hardness_k)):
@@ -149,8 +161,13 @@ def preference_stage(settings: Settings, dataset: str, cfg: TrackConfig) -> dict
     info = {"sampler": sampler, "mean_hardness": round(float(np.mean(hard)), 4) if hard else None}
     with tempfile.TemporaryDirectory() as tmp:
         stats = run_preference(path, tok, sft.path, rows, Path(tmp), pcfg)
-        v = _register(settings, dataset, f"llm_{method}", Path(tmp),
-                      {"base_model": model_id, "sft_version": sft.version, **info, **_card(stats)})
+        v = _register(
+            settings,
+            dataset,
+            f"llm_{method}",
+            Path(tmp),
+            {"base_model": model_id, "sft_version": sft.version, **info, **_card(stats)},
+        )
     return {**_card(stats), "version": v.version, **info}
 
 
@@ -163,15 +180,22 @@ def grpo_stage(settings: Settings, dataset: str, cfg: TrackConfig) -> dict:
     exs = train_examples(data, cfg.train_negatives, cfg.targets_per_user, cfg.seed, **cfg.example_kw())
     enc = text_encoder()
     answer_vecs = enc.encode([e.answer for e in exs])
-    rows = [{"prompt": prompt_text(tok, e), "answer": e.answer, "candidates": e.candidates,
-             "answer_vec": v.tolist()} for e, v in zip(exs, answer_vecs)]
+    rows = [
+        {"prompt": prompt_text(tok, e), "answer": e.answer, "candidates": e.candidates, "answer_vec": v.tolist()}
+        for e, v in zip(exs, answer_vecs)
+    ]
     gcfg = cfg.stage
     if not isinstance(gcfg, GRPOStageConfig):
         raise TypeError(f"the GRPO stage needs a GRPOStageConfig, got {type(gcfg).__name__}")
     with tempfile.TemporaryDirectory() as tmp:
         stats = run_grpo(path, tok, sft.path, rows, Path(tmp), gcfg, enc.encode)
-        v = _register(settings, dataset, "llm_grpo", Path(tmp), {"base_model": model_id, "sft_version": sft.version,
-                                                                 **_card(stats)})
+        v = _register(
+            settings,
+            dataset,
+            "llm_grpo",
+            Path(tmp),
+            {"base_model": model_id, "sft_version": sft.version, **_card(stats)},
+        )
     return {**_card(stats), "version": v.version}
 
 
@@ -181,8 +205,9 @@ def popularity_scores(settings: Settings, dataset: str, exs: list[Example]) -> l
     return [counts[np.asarray(e.candidate_ids, dtype=np.int64)] for e in exs]
 
 
-def evaluate_track(settings: Settings, dataset: str, cfg: TrackConfig, split: str = "test",
-                   variants: tuple[str, ...] = EVAL_VARIANTS) -> dict:
+def evaluate_track(
+    settings: Settings, dataset: str, cfg: TrackConfig, split: str = "test", variants: tuple[str, ...] = EVAL_VARIANTS
+) -> dict:
     """Score 1 + 20 candidates per user for popularity, the base model and every trained stage; metrics into the store."""
     path, model_id, tok, data = _context(settings, dataset, cfg)
     exs = eval_examples(data, split, cfg.seed, **cfg.example_kw())[: cfg.eval_users]
@@ -200,17 +225,30 @@ def evaluate_track(settings: Settings, dataset: str, cfg: TrackConfig, split: st
             model = load_base(path) if version is None else load_adapter(path, version.path)
             res = evaluate_examples(model, tok, exs, desc=f"{variant} ({split})")
         secs = time.perf_counter() - t0
-        run = store.new_run(FAMILY, variant.removeprefix("llm_"), dataset,
-                            {"base_model": model_id, "users": len(exs), "split": split,
-                             "adapter_version": version.version if version else None})
+        run = store.new_run(
+            FAMILY,
+            variant.removeprefix("llm_"),
+            dataset,
+            {
+                "base_model": model_id,
+                "users": len(exs),
+                "split": split,
+                "adapter_version": version.version if version else None,
+            },
+        )
         store.log_metrics(run, split, res["metrics"], PROTOCOL)
         store.log_ranks(run, split, np.array([e.user_id for e in exs]), res["ranks"], lengths)
         store.finish_run(run, str(version.path) if version else None)
-        out[variant] = {**{k: round(v, 4) for k, v in res["metrics"].items()}, "seconds": round(secs, 1),
-                        "candidates_per_s": round(len(exs) * len(exs[0].candidates) / secs, 2), "run_id": run}
+        out[variant] = {
+            **{k: round(v, 4) for k, v in res["metrics"].items()},
+            "seconds": round(secs, 1),
+            "candidates_per_s": round(len(exs) * len(exs[0].candidates) / secs, 2),
+            "run_id": run,
+        }
     return out
 
 
 def _card(stats: dict) -> dict:
     return {k: v for k, v in stats.items() if k not in ("history", "config")} | {
-        "final_loss": stats["history"][-1]["loss"] if stats.get("history") else None}
+        "final_loss": stats["history"][-1]["loss"] if stats.get("history") else None
+    }

@@ -18,87 +18,166 @@ OWNERS = ["team:recalign"]
 RECIPE = get_recipe("default")
 
 SeqRecSFTRunConfig = dataclass_config(
-    "SeqRecSFTRunConfig", "Stage 1 (CE warm-up): the model and its training, defaults from the default recipe "
+    "SeqRecSFTRunConfig",
+    "Stage 1 (CE warm-up): the model and its training, defaults from the default recipe "
     "(training/seqrec/recipe.py, SeqRecConfig, SeqRecTrainConfig).",
-    (SeqRecConfig, RECIPE.model_config()), (SeqRecTrainConfig, asdict(RECIPE.sft)), skip=DERIVED)
+    (SeqRecConfig, RECIPE.model_config()),
+    (SeqRecTrainConfig, asdict(RECIPE.sft)),
+    skip=DERIVED,
+)
 SeqRecDPORunConfig = dataclass_config(
-    "SeqRecDPORunConfig", "Stage 2 (CE + lambda * DPO), defaults from the default recipe (SeqRecDPOConfig).",
-    (SeqRecDPOConfig, asdict(RECIPE.dpo)), skip=DERIVED)
+    "SeqRecDPORunConfig",
+    "Stage 2 (CE + lambda * DPO), defaults from the default recipe (SeqRecDPOConfig).",
+    (SeqRecDPOConfig, asdict(RECIPE.dpo)),
+    skip=DERIVED,
+)
 
 
 def _metadata(out: dict) -> dict:
     test, valid = out["test"], out["valid"]
-    table = [{"split": s, **{k: round(v, 4) for k, v in m.items() if "@" in k}} for s, m in (("valid", valid), ("test", test))]
-    curve = pd.DataFrame([{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()}
-                          for r in out["history"]])
-    return {**to_metadata({k: out[k] for k in ("run_id", "name", "version", "epochs_run", "best_epoch", "kept_epoch",
-                                               "seconds", "seconds_per_epoch")}),
-            "modalities": ",".join(out["modalities"]), "test_ndcg@10": test["ndcg@10"],
-            "valid_ndcg@10": valid["ndcg@10"], "metrics": md_table(pd.DataFrame(table)), "epochs": md_table(curve),
-            "model_path": dg.MetadataValue.path(out["path"])}
+    table = [
+        {"split": s, **{k: round(v, 4) for k, v in m.items() if "@" in k}}
+        for s, m in (("valid", valid), ("test", test))
+    ]
+    curve = pd.DataFrame(
+        [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in out["history"]]
+    )
+    return {
+        **to_metadata(
+            {
+                k: out[k]
+                for k in (
+                    "run_id",
+                    "name",
+                    "version",
+                    "epochs_run",
+                    "best_epoch",
+                    "kept_epoch",
+                    "seconds",
+                    "seconds_per_epoch",
+                )
+            }
+        ),
+        "modalities": ",".join(out["modalities"]),
+        "test_ndcg@10": test["ndcg@10"],
+        "valid_ndcg@10": valid["ndcg@10"],
+        "metrics": md_table(pd.DataFrame(table)),
+        "epochs": md_table(curve),
+        "model_path": dg.MetadataValue.path(out["path"]),
+    }
 
 
-@dg.asset(deps=["sequences", "item_text", "item_image"], group_name="training", owners=OWNERS,
-          kinds={"pytorch"}, tags={"track": "sequential"},
-          description="Stage 1: multimodal SASRec-style encoder trained with cross-entropy (the reference policy).")
-def seqrec_sft(context: dg.AssetExecutionContext, config: SeqRecSFTRunConfig, recalign: RecalignHome,
-               dataset: DatasetResource) -> dg.MaterializeResult:
+@dg.asset(
+    deps=["sequences", "item_text", "item_image"],
+    group_name="training",
+    owners=OWNERS,
+    kinds={"pytorch"},
+    tags={"track": "sequential"},
+    description="Stage 1: multimodal SASRec-style encoder trained with cross-entropy (the reference policy).",
+)
+def seqrec_sft(
+    context: dg.AssetExecutionContext, config: SeqRecSFTRunConfig, recalign: RecalignHome, dataset: DatasetResource
+) -> dg.MaterializeResult:
     model_cfg = config.pick(SeqRecConfig)
     train = SeqRecTrainConfig(**config.pick(SeqRecTrainConfig), show_progress=False)
-    out = train_stage(recalign.settings(), dataset.dataset, model_cfg, train, run_name("sft", model_cfg, train),
-                      log=context.log.info)
+    out = train_stage(
+        recalign.settings(), dataset.dataset, model_cfg, train, run_name("sft", model_cfg, train), log=context.log.info
+    )
     return dg.MaterializeResult(metadata=_metadata(out))
 
 
-@dg.asset(deps=[seqrec_sft], group_name="training", owners=OWNERS, kinds={"pytorch"}, tags={"track": "sequential"},
-          description="Stage 2: L = CE + lambda * DPO against the frozen stage-1 model, y_l from the configured sampler.")
-def seqrec_dpo(context: dg.AssetExecutionContext, config: SeqRecDPORunConfig, recalign: RecalignHome,
-               dataset: DatasetResource) -> dg.MaterializeResult:
+@dg.asset(
+    deps=[seqrec_sft],
+    group_name="training",
+    owners=OWNERS,
+    kinds={"pytorch"},
+    tags={"track": "sequential"},
+    description="Stage 2: L = CE + lambda * DPO against the frozen stage-1 model, y_l from the configured sampler.",
+)
+def seqrec_dpo(
+    context: dg.AssetExecutionContext, config: SeqRecDPORunConfig, recalign: RecalignHome, dataset: DatasetResource
+) -> dg.MaterializeResult:
     sft = recalign.registry(dataset.dataset).newest("seqrec_sft")
     if sft is None:
         raise dg.Failure("no seqrec_sft model in the registry: materialise seqrec_sft first")
     train = SeqRecDPOConfig(**config.pick(SeqRecDPOConfig), show_progress=False)
-    out = train_stage(recalign.settings(), dataset.dataset, {}, train, run_name("dpo", {}, train),
-                      reference=(sft.name, sft.version), log=context.log.info)
-    return dg.MaterializeResult(metadata=_metadata(out) | {"reference": f"{sft.name}/{sft.version}",
-                                                           "sampler": train.sampler})
+    out = train_stage(
+        recalign.settings(),
+        dataset.dataset,
+        {},
+        train,
+        run_name("dpo", {}, train),
+        reference=(sft.name, sft.version),
+        log=context.log.info,
+    )
+    return dg.MaterializeResult(
+        metadata=_metadata(out) | {"reference": f"{sft.name}/{sft.version}", "sampler": train.sampler}
+    )
 
 
 # --- publishing: the gate is computed once, on the candidate; its blocking check gates the pointer swap ------
 
-@dg.asset(deps=[seqrec_sft, seqrec_dpo], group_name="serving", owners=OWNERS, kinds={"python"},
-          check_specs=[dg.AssetCheckSpec("candidate_beats_baselines", asset="publish_candidate_model", blocking=True,
-                                         description="The candidate beats popularity and the published model on "
-                                                     "valid NDCG@10.")],
-          description=f"The newer of the {' and '.join(STAGES)} models with the better valid NDCG@10, proposed for "
-                      "serving; the gate's verdict is recorded in the registry.")
+
+@dg.asset(
+    deps=[seqrec_sft, seqrec_dpo],
+    group_name="serving",
+    owners=OWNERS,
+    kinds={"python"},
+    check_specs=[
+        dg.AssetCheckSpec(
+            "candidate_beats_baselines",
+            asset="publish_candidate_model",
+            blocking=True,
+            description="The candidate beats popularity and the published model on valid NDCG@10.",
+        )
+    ],
+    description=f"The newer of the {' and '.join(STAGES)} models with the better valid NDCG@10, proposed for "
+    "serving; the gate's verdict is recorded in the registry.",
+)
 def publish_candidate_model(context: dg.AssetExecutionContext, recalign: RecalignHome, dataset: DatasetResource):
     gate = evaluate_gate(recalign.settings(), dataset.dataset)
     context.log.info(f"gate: {gate['reason']}")
     cand = gate.get("candidate") or {}
-    yield dg.MaterializeResult(metadata={
-        "candidate": f"{cand.get('name')}/{cand.get('version')}", "verdict": gate["reason"],
-        "candidate_valid_ndcg@10": cand.get("valid_ndcg@10", -1.0),
-        "popularity_valid_ndcg@10": gate["popularity_valid_ndcg@10"],
-        "published_valid_ndcg@10": gate.get("published_valid_ndcg@10", -1.0)})
-    yield dg.AssetCheckResult(check_name="candidate_beats_baselines", passed=bool(gate["passed"]),
-                              metadata={"reason": gate["reason"]})
+    yield dg.MaterializeResult(
+        metadata={
+            "candidate": f"{cand.get('name')}/{cand.get('version')}",
+            "verdict": gate["reason"],
+            "candidate_valid_ndcg@10": cand.get("valid_ndcg@10", -1.0),
+            "popularity_valid_ndcg@10": gate["popularity_valid_ndcg@10"],
+            "published_valid_ndcg@10": gate.get("published_valid_ndcg@10", -1.0),
+        }
+    )
+    yield dg.AssetCheckResult(
+        check_name="candidate_beats_baselines", passed=bool(gate["passed"]), metadata={"reason": gate["reason"]}
+    )
 
 
-@dg.asset(deps=[publish_candidate_model], group_name="serving", owners=OWNERS, kinds={"python"},
-          description="The model the API serves: registry pointer swapped atomically (only after the gate passed).")
-def published_model(context: dg.AssetExecutionContext, recalign: RecalignHome, dataset: DatasetResource) -> dg.MaterializeResult:
+@dg.asset(
+    deps=[publish_candidate_model],
+    group_name="serving",
+    owners=OWNERS,
+    kinds={"python"},
+    description="The model the API serves: registry pointer swapped atomically (only after the gate passed).",
+)
+def published_model(
+    context: dg.AssetExecutionContext, recalign: RecalignHome, dataset: DatasetResource
+) -> dg.MaterializeResult:
     entry = publish_candidate(recalign.settings(), dataset.dataset)
     gate = recalign.registry(dataset.dataset).proposal()
     context.log.info(f"published {entry['name']}/{entry['version']}")
     cand = gate["candidate"]
-    return dg.MaterializeResult(metadata={
-        "model": f"{entry['name']}/{entry['version']}", "verdict": gate["reason"],
-        "valid_ndcg@10": cand["valid_ndcg@10"], "test_ndcg@10": cand.get("test_ndcg@10"),
-        "replaced": gate.get("published") or "nothing",
-        "replaced_valid_ndcg@10": gate.get("published_valid_ndcg@10"),
-        "replaced_test_ndcg@10": gate.get("published_test_ndcg@10"),
-        "path": dg.MetadataValue.path(entry["path"])})
+    return dg.MaterializeResult(
+        metadata={
+            "model": f"{entry['name']}/{entry['version']}",
+            "verdict": gate["reason"],
+            "valid_ndcg@10": cand["valid_ndcg@10"],
+            "test_ndcg@10": cand.get("test_ndcg@10"),
+            "replaced": gate.get("published") or "nothing",
+            "replaced_valid_ndcg@10": gate.get("published_valid_ndcg@10"),
+            "replaced_test_ndcg@10": gate.get("published_test_ndcg@10"),
+            "path": dg.MetadataValue.path(entry["path"]),
+        }
+    )
 
 
 assets = [seqrec_sft, seqrec_dpo, publish_candidate_model, published_model]

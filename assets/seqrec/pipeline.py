@@ -37,28 +37,31 @@ class SeqRecData:
     test: EvalSet
     text: torch.Tensor | None
     image: torch.Tensor | None
-    attributes: torch.Tensor | None = None   # (n_items + 1, max attributes) ids, 0 = padding
+    attributes: torch.Tensor | None = None  # (n_items + 1, max attributes) ids, 0 = padding
     attribute_names: list[str] | None = None
-    item_counts: np.ndarray | None = None     # training interactions per item (popularity)
+    item_counts: np.ndarray | None = None  # training interactions per item (popularity)
 
 
 def attribute_matrix(wh: Warehouse, n_items: int) -> tuple[torch.Tensor, list[str]]:
     """Each item's attributes (the `categories` field split on ' | ': brand, category levels, genres) as ids 1..A.
 
     Ids follow the sorted attribute names, so the same catalogue always gives the same matrix."""
-    df = wh.read(f"SELECT item_id, categories FROM items WHERE categories IS NOT NULL AND item_id <= {int(n_items)} "
-                 "ORDER BY item_id")
+    df = wh.read(
+        f"SELECT item_id, categories FROM items WHERE categories IS NOT NULL AND item_id <= {int(n_items)} "
+        "ORDER BY item_id"
+    )
     lists = [[a.strip() for a in c.split(" | ") if a.strip()] for c in df["categories"]]
     names = sorted({a for row in lists for a in row})
     ids = {a: i + 1 for i, a in enumerate(names)}
     out = torch.zeros(n_items + 1, max((len(r) for r in lists), default=1) or 1, dtype=torch.long)
     for item, row in zip(df["item_id"].to_numpy(), lists):
-        out[item, :len(row)] = torch.tensor([ids[a] for a in row], dtype=torch.long)
+        out[item, : len(row)] = torch.tensor([ids[a] for a in row], dtype=torch.long)
     return out, names
 
 
-def load_data(settings: Settings, dataset: str, max_len: int = 50, modalities: list[str] | None = None,
-              attributes: bool = False) -> SeqRecData:
+def load_data(
+    settings: Settings, dataset: str, max_len: int = 50, modalities: list[str] | None = None, attributes: bool = False
+) -> SeqRecData:
     wh = settings.warehouse(dataset)
     seq = load_sequences(wh)
     x, y = training_windows(seq.train, max_len)
@@ -66,10 +69,18 @@ def load_data(settings: Settings, dataset: str, max_len: int = 50, modalities: l
     text = feature_matrix(settings, dataset, "item_text", seq.n_items) if "text" in mods else None
     image = feature_matrix(settings, dataset, "item_image", seq.n_items) if "image" in mods else None
     attrs, names = attribute_matrix(wh, seq.n_items) if attributes else (None, None)
-    return SeqRecData(seq, x, y, EvalSet.build(seq.history("valid"), seq.valid, seq.user_ids, max_len),
-                      EvalSet.build(seq.history("test"), seq.test, seq.user_ids, max_len),
-                      None if text is None else torch.from_numpy(text), None if image is None else torch.from_numpy(image),
-                      attrs, names, item_counts(wh))
+    return SeqRecData(
+        seq,
+        x,
+        y,
+        EvalSet.build(seq.history("valid"), seq.valid, seq.user_ids, max_len),
+        EvalSet.build(seq.history("test"), seq.test, seq.user_ids, max_len),
+        None if text is None else torch.from_numpy(text),
+        None if image is None else torch.from_numpy(image),
+        attrs,
+        names,
+        item_counts(wh),
+    )
 
 
 def available_modalities(data: SeqRecData, wanted: list[str]) -> list[str]:
@@ -100,15 +111,22 @@ def evaluate_and_log(model, data: SeqRecData, store: MetricsStore, run_id: str) 
         ranks = full_ranking_ranks(model, es)
         metrics = metrics_from_ranks(ranks)
         store.log_metrics(run_id, split, metrics, protocol="full_ranking")
-        store.log_ranks(run_id, split, es.user_ids, ranks, np.array([len(h) for h in es.histories]),
-                        data.item_counts[es.targets.numpy()])
+        store.log_ranks(
+            run_id,
+            split,
+            es.user_ids,
+            ranks,
+            np.array([len(h) for h in es.histories]),
+            data.item_counts[es.targets.numpy()],
+        )
         out[split] = metrics | {"eval_seconds": round(time.perf_counter() - t0, 2), "users": len(ranks)}
     return out
 
 
 @torch.no_grad()
-def score_samples(model, data: SeqRecData, k: int, sampler: str = "stochastic_topk", n: int = 2000,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def score_samples(
+    model, data: SeqRecData, k: int, sampler: str = "stochastic_topk", n: int = 2000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Logits of positives and of sampled hard negatives on test contexts (RoDPO Fig. 4)."""
     from training.seqrec.samplers import SAMPLERS
 
@@ -121,9 +139,18 @@ def score_samples(model, data: SeqRecData, k: int, sampler: str = "stochastic_to
     return scores.gather(1, tgt[:, None]).squeeze(1).numpy(), scores.gather(1, neg[:, None]).squeeze(1).numpy()
 
 
-def train_stage(settings: Settings, dataset: str, model_cfg: dict, train_cfg: SeqRecTrainConfig | SeqRecDPOConfig,
-                variant: str, reference: tuple[str, str] | None = None, data: SeqRecData | None = None,
-                upstream: dict | None = None, log=print, init: tuple[str, str] | None = None) -> dict:
+def train_stage(
+    settings: Settings,
+    dataset: str,
+    model_cfg: dict,
+    train_cfg: SeqRecTrainConfig | SeqRecDPOConfig,
+    variant: str,
+    reference: tuple[str, str] | None = None,
+    data: SeqRecData | None = None,
+    upstream: dict | None = None,
+    log=print,
+    init: tuple[str, str] | None = None,
+) -> dict:
     """Train one stage, register the model, write metrics; returns a summary for asset metadata.
 
     reference: (registry name, version) of the stage-1 model (policy init + frozen reference) for DPO.
@@ -132,7 +159,9 @@ def train_stage(settings: Settings, dataset: str, model_cfg: dict, train_cfg: Se
     t0 = time.perf_counter()
     registry, store = settings.registry(dataset), settings.metrics()
     wanted = list(model_cfg.get("modalities", ["id"]))
-    data = data or load_data(settings, dataset, model_cfg.get("max_len", 50), wanted, model_cfg.get("attributes", False))
+    data = data or load_data(
+        settings, dataset, model_cfg.get("max_len", 50), wanted, model_cfg.get("attributes", False)
+    )
     ref_model, ref_meta = None, None
     if reference is not None:
         ref_mv = registry.get(*reference)
@@ -146,28 +175,51 @@ def train_stage(settings: Settings, dataset: str, model_cfg: dict, train_cfg: Se
         torch.manual_seed(train_cfg.seed)  # the initial weights
         mods = available_modalities(data, wanted)
         if model_cfg.get("attributes") and data.attributes is None:
-            raise ValueError(f"{dataset}: attributes asked for, but the data was loaded without them (load_data(attributes=True))")
+            raise ValueError(
+                f"{dataset}: attributes asked for, but the data was loaded without them (load_data(attributes=True))"
+            )
         # like a missing modality, attributes drop out where the catalogue has none (or there is no id modality)
         attrs = data.attributes if model_cfg.get("attributes") and "id" in mods and data.attribute_names else None
-        cfg = SeqRecConfig(**{**model_cfg, "n_items": data.seq.n_items, "modalities": mods,
-                              "text_dim": data.text.shape[1] if "text" in mods else 0,
-                              "image_dim": data.image.shape[1] if "image" in mods else 0,
-                              "attributes": attrs is not None,
-                              "n_attributes": len(data.attribute_names) if attrs is not None else 0})
-        model = MultimodalSASRec(cfg, text=data.text if "text" in mods else None,
-                                 image=data.image if "image" in mods else None, attributes=attrs)
+        cfg = SeqRecConfig(
+            **{
+                **model_cfg,
+                "n_items": data.seq.n_items,
+                "modalities": mods,
+                "text_dim": data.text.shape[1] if "text" in mods else 0,
+                "image_dim": data.image.shape[1] if "image" in mods else 0,
+                "attributes": attrs is not None,
+                "n_attributes": len(data.attribute_names) if attrs is not None else 0,
+            }
+        )
+        model = MultimodalSASRec(
+            cfg,
+            text=data.text if "text" in mods else None,
+            image=data.image if "image" in mods else None,
+            attributes=attrs,
+        )
         warm_start_ids(model, data.seq.train)
         model_cfg = cfg.to_dict()
-    config = {"model": model_cfg, "train": asdict(train_cfg),
-              "reference": None if reference is None else f"{reference[0]}/{reference[1]}",
-              "init": None if init is None else f"{init[0]}/{init[1]}"}
-    run_id = store.new_run(FAMILY, variant, dataset, config, {**upstream_versions(settings, dataset), **(upstream or {})})
+    config = {
+        "model": model_cfg,
+        "train": asdict(train_cfg),
+        "reference": None if reference is None else f"{reference[0]}/{reference[1]}",
+        "init": None if init is None else f"{init[0]}/{init[1]}",
+    }
+    run_id = store.new_run(
+        FAMILY, variant, dataset, config, {**upstream_versions(settings, dataset), **(upstream or {})}
+    )
     log(f"run {run_id}: {variant} with modalities {model_cfg['modalities']}, {len(data.train_inputs)} windows")
     with tempfile.TemporaryDirectory(dir=settings.cache_dir) as tmp:
-        trainer = SeqRecTrainer(model, train_cfg, data.train_inputs, data.train_targets, data.valid,
-                                reference=ref_model, checkpoint_dir=Path(tmp),
-                                on_epoch=lambda r: log(json.dumps({k: round(v, 4) if isinstance(v, float) else v
-                                                                   for k, v in r.items()})))
+        trainer = SeqRecTrainer(
+            model,
+            train_cfg,
+            data.train_inputs,
+            data.train_targets,
+            data.valid,
+            reference=ref_model,
+            checkpoint_dir=Path(tmp),
+            on_epoch=lambda r: log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()})),
+        )
         fit = trainer.fit()
     store.log_curve(run_id, train_cfg.stage, fit["history"])
     metrics = evaluate_and_log(trainer.model, data, store, run_id)
@@ -176,14 +228,38 @@ def train_stage(settings: Settings, dataset: str, model_cfg: dict, train_cfg: Se
     store.log_scores(run_id, "negative", neg)
     version, staging = registry.new_version_dir(variant)
     save_model(trainer.model, staging, {"train": asdict(train_cfg), "run_id": run_id, "dataset": dataset})
-    mv = registry.commit(variant, version, staging, {
-        "family": FAMILY, "run_id": run_id, "dataset": dataset, "valid": metrics["valid"], "test": metrics["test"],
-        "best_epoch": fit["best"]["epoch"], "kept_epoch": fit["kept_epoch"], "epochs_run": fit["epochs_run"], "config": config})
+    mv = registry.commit(
+        variant,
+        version,
+        staging,
+        {
+            "family": FAMILY,
+            "run_id": run_id,
+            "dataset": dataset,
+            "valid": metrics["valid"],
+            "test": metrics["test"],
+            "best_epoch": fit["best"]["epoch"],
+            "kept_epoch": fit["kept_epoch"],
+            "epochs_run": fit["epochs_run"],
+            "config": config,
+        },
+    )
     store.finish_run(run_id, str(mv.path))
     seconds = time.perf_counter() - t0
     train_secs = [r["train_seconds"] for r in fit["history"]]
-    return {"run_id": run_id, "variant": variant, "name": mv.name, "version": mv.version, "path": str(mv.path),
-            "valid": metrics["valid"], "test": metrics["test"], "epochs_run": fit["epochs_run"],
-            "best_epoch": fit["best"]["epoch"], "kept_epoch": fit["kept_epoch"], "seconds": round(seconds, 1),
-            "seconds_per_epoch": round(float(np.mean(train_secs)), 2) if train_secs else 0.0,
-            "modalities": model_cfg["modalities"], "history": fit["history"]}
+    return {
+        "run_id": run_id,
+        "variant": variant,
+        "name": mv.name,
+        "version": mv.version,
+        "path": str(mv.path),
+        "valid": metrics["valid"],
+        "test": metrics["test"],
+        "epochs_run": fit["epochs_run"],
+        "best_epoch": fit["best"]["epoch"],
+        "kept_epoch": fit["kept_epoch"],
+        "seconds": round(seconds, 1),
+        "seconds_per_epoch": round(float(np.mean(train_secs)), 2) if train_secs else 0.0,
+        "modalities": model_cfg["modalities"],
+        "history": fit["history"],
+    }

@@ -38,8 +38,13 @@ def choose_candidate(registry: Registry) -> dict | None:
             continue
         score = mv.card.get("valid", {}).get("ndcg@10", -1.0)
         if best is None or score > best["valid_ndcg@10"]:
-            best = {"name": mv.name, "version": mv.version, "path": str(mv.path), "valid_ndcg@10": score,
-                    "test_ndcg@10": mv.card.get("test", {}).get("ndcg@10")}
+            best = {
+                "name": mv.name,
+                "version": mv.version,
+                "path": str(mv.path),
+                "valid_ndcg@10": score,
+                "test_ndcg@10": mv.card.get("test", {}).get("ndcg@10"),
+            }
     return best
 
 
@@ -61,11 +66,23 @@ def evaluate_gate(settings: Settings, dataset: str) -> dict:
     else:
         already = bool(pub) and pub["name"] == cand["name"] and pub["version"] == cand["version"]
         passed = cand["valid_ndcg@10"] > pop and (cand["valid_ndcg@10"] > pub_score or already)
-        reason = ("already published" if already and passed else "beats popularity and the published model" if passed
-                  else f"candidate {cand['valid_ndcg@10']:.4f} vs popularity {pop:.4f} / published {pub_score:.4f}")
-        gate = {"passed": passed, "reason": reason, "candidate": cand, "popularity_valid_ndcg@10": pop,
-                "published_valid_ndcg@10": pub_score, "published_test_ndcg@10": pub_card.get("test", {}).get("ndcg@10"),
-                "published": f"{pub['name']}/{pub['version']}" if pub else None, "already_published": already}
+        reason = (
+            "already published"
+            if already and passed
+            else "beats popularity and the published model"
+            if passed
+            else f"candidate {cand['valid_ndcg@10']:.4f} vs popularity {pop:.4f} / published {pub_score:.4f}"
+        )
+        gate = {
+            "passed": passed,
+            "reason": reason,
+            "candidate": cand,
+            "popularity_valid_ndcg@10": pop,
+            "published_valid_ndcg@10": pub_score,
+            "published_test_ndcg@10": pub_card.get("test", {}).get("ndcg@10"),
+            "published": f"{pub['name']}/{pub['version']}" if pub else None,
+            "already_published": already,
+        }
     registry.propose(gate)
     return gate
 
@@ -79,5 +96,6 @@ def publish_candidate(settings: Settings, dataset: str) -> dict:
     cand = gate["candidate"]
     if gate.get("already_published"):
         return registry.published()
-    return registry.publish(registry.get(cand["name"], cand["version"]),
-                            {"valid_ndcg@10": cand["valid_ndcg@10"], "gate": gate["reason"]})
+    return registry.publish(
+        registry.get(cand["name"], cand["version"]), {"valid_ndcg@10": cand["valid_ndcg@10"], "gate": gate["reason"]}
+    )

@@ -21,8 +21,11 @@ class Request:
     image: str | None = None
 
     def input_hash(self) -> str:
-        payload = json.dumps({"kind": self.kind, "fields": self.fields, "image": _image_fingerprint(self.image)},
-                             sort_keys=True, default=str)
+        payload = json.dumps(
+            {"kind": self.kind, "fields": self.fields, "image": _image_fingerprint(self.image)},
+            sort_keys=True,
+            default=str,
+        )
         return hashlib.sha256(payload.encode()).hexdigest()[:32]
 
 
@@ -151,8 +154,15 @@ class LLMSummarizer:
 
     backend = "llm"
 
-    def __init__(self, model: str, models_dir: Path, max_new_tokens: int = 64, device: str = "cpu",
-                 vision_bridge: bool = True, ocr: bool = True):
+    def __init__(
+        self,
+        model: str,
+        models_dir: Path,
+        max_new_tokens: int = 64,
+        device: str = "cpu",
+        vision_bridge: bool = True,
+        ocr: bool = True,
+    ):
         from training.llm.base import load_causal_lm
 
         self.model, self.tok, self.model_id = load_causal_lm(model, models_dir, device)
@@ -206,9 +216,12 @@ class VLMSummarizer:
 
     def _text(self, req: Request, has_image: bool) -> str:
         content = ([{"type": "image"}] if has_image else []) + [
-            {"type": "text", "text": _prompt(req, has_image=has_image)}]
-        msgs = [{"role": "system", "content": [{"type": "text", "text": prompts.SYSTEM}]},
-                {"role": "user", "content": content}]
+            {"type": "text", "text": _prompt(req, has_image=has_image)}
+        ]
+        msgs = [
+            {"role": "system", "content": [{"type": "text", "text": prompts.SYSTEM}]},
+            {"role": "user", "content": content},
+        ]
         return self.tok.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
 
     def summarize(self, requests: list[Request]) -> list[Result]:
@@ -222,22 +235,26 @@ class VLMSummarizer:
             pix = self.images(images=images, return_tensors="pt")
             merge = getattr(self.images, "merge_size", 2) ** 2
             counts = iter((pix["image_grid_thw"].prod(-1) // merge).tolist())
-            texts = [t.replace(self.image_token, "\0" * next(counts), 1) if img is not None else t
-                     for t, (img, _) in zip(texts, loaded)]
+            texts = [
+                t.replace(self.image_token, "\0" * next(counts), 1) if img is not None else t
+                for t, (img, _) in zip(texts, loaded)
+            ]
             texts = [t.replace("\0", self.image_token) for t in texts]
             extra = {k: v.to(self.model.device) for k, v in pix.items()}
             if "pixel_values" in extra:
                 extra["pixel_values"] = extra["pixel_values"].to(self.model.dtype)
         enc = self.tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
         with torch.inference_mode():
-            out = self.model.generate(**enc, **extra, max_new_tokens=self.max_new_tokens, do_sample=False,
-                                      pad_token_id=self.tok.pad_token_id)
-        decoded = self.tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+            out = self.model.generate(
+                **enc, **extra, max_new_tokens=self.max_new_tokens, do_sample=False, pad_token_id=self.tok.pad_token_id
+            )
+        decoded = self.tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
         return [Result(d.strip(), status) for d, (_, status) in zip(decoded, loaded)]
 
 
-def make_summarizer(backend: str, model: str | None, models_dir: Path, max_new_tokens: int = 64,
-                    device: str = "cpu", ocr: bool = True) -> Summarizer:
+def make_summarizer(
+    backend: str, model: str | None, models_dir: Path, max_new_tokens: int = 64, device: str = "cpu", ocr: bool = True
+) -> Summarizer:
     from training.llm.base import QWEN25_VL_3B, SMOLLM2_ID
 
     if backend == "template":

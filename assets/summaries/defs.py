@@ -46,14 +46,21 @@ def _warehouse(recalign: RecalignHome, dataset: DatasetResource) -> Warehouse:
 
 
 def _sampled_items(wh: Warehouse, users: list[int]) -> list[int]:
-    return wh.read("SELECT DISTINCT item_id FROM sequences WHERE user_id IN (SELECT unnest(?))",
-                   [users])["item_id"].tolist()
+    return wh.read("SELECT DISTINCT item_id FROM sequences WHERE user_id IN (SELECT unnest(?))", [users])[
+        "item_id"
+    ].tolist()
 
 
-@dg.asset(deps=["items", "item_images", "sequences"], group_name="summaries", owners=OWNERS, kinds={"duckdb"},
-          description="MLLM-MSR item summaries from image + title/metadata; cached by item, model, prompt, input hash.")
-def item_summaries(context: dg.AssetExecutionContext, config: SummarizerConfig, recalign: RecalignHome,
-                   dataset: DatasetResource) -> dg.MaterializeResult:
+@dg.asset(
+    deps=["items", "item_images", "sequences"],
+    group_name="summaries",
+    owners=OWNERS,
+    kinds={"duckdb"},
+    description="MLLM-MSR item summaries from image + title/metadata; cached by item, model, prompt, input hash.",
+)
+def item_summaries(
+    context: dg.AssetExecutionContext, config: SummarizerConfig, recalign: RecalignHome, dataset: DatasetResource
+) -> dg.MaterializeResult:
     wh = _warehouse(recalign, dataset)
     items = None
     if config.user_sample:
@@ -62,14 +69,28 @@ def item_summaries(context: dg.AssetExecutionContext, config: SummarizerConfig, 
     return dg.MaterializeResult(metadata=to_metadata(stats))
 
 
-@dg.asset(deps=["item_summaries", "sequences"], group_name="summaries", owners=OWNERS, kinds={"duckdb"},
-          description="Recurrent user-preference summaries over blocks of each user's training history (no leakage).")
-def user_summaries(context: dg.AssetExecutionContext, config: UserSummaryConfig, recalign: RecalignHome,
-                   dataset: DatasetResource) -> dg.MaterializeResult:
+@dg.asset(
+    deps=["item_summaries", "sequences"],
+    group_name="summaries",
+    owners=OWNERS,
+    kinds={"duckdb"},
+    description="Recurrent user-preference summaries over blocks of each user's training history (no leakage).",
+)
+def user_summaries(
+    context: dg.AssetExecutionContext, config: UserSummaryConfig, recalign: RecalignHome, dataset: DatasetResource
+) -> dg.MaterializeResult:
     wh = _warehouse(recalign, dataset)
     users = sample_users(wh, config.user_sample, config.seed)
-    stats = summarize_users(wh, _summarizer(config, recalign), users, config.block_size, config.session_gap_seconds,
-                            config.batch_size, config.max_blocks, log=context.log.info)
+    stats = summarize_users(
+        wh,
+        _summarizer(config, recalign),
+        users,
+        config.block_size,
+        config.session_gap_seconds,
+        config.batch_size,
+        config.max_blocks,
+        log=context.log.info,
+    )
     return dg.MaterializeResult(metadata=to_metadata(stats))
 
 

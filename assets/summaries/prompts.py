@@ -30,8 +30,11 @@ def item_prompt(fields: dict, image_text: str | None = None, has_image: bool = F
 
 def user_prompt(previous: str | None, block: list[dict]) -> str:
     """Recurrent user summarizer: the previous preference summary plus this block's item summaries."""
-    lines = [f"Previous preference summary: {_clip(previous, 600)}" if previous
-             else "This is the start of the user's history."]
+    lines = [
+        f"Previous preference summary: {_clip(previous, 600)}"
+        if previous
+        else "This is the start of the user's history."
+    ]
     lines.append("The user then interacted with these items, in order:")
     lines += [f"- {_clip(it.get('title'), 120)}: {_clip(it.get('summary'), 240)}" for it in block]
     lines.append("Update the summary of this user's preferences in at most two sentences.")

@@ -84,11 +84,17 @@ def chat_prompt(tok, user: str, system: str | None = None) -> str:
 
 
 @torch.inference_mode()
-def generate_batch(model, tok, prompts: Sequence[str], max_new_tokens: int = 64, do_sample: bool = False,
-                   max_prompt_tokens: int = 1024) -> list[str]:
+def generate_batch(
+    model, tok, prompts: Sequence[str], max_new_tokens: int = 64, do_sample: bool = False, max_prompt_tokens: int = 1024
+) -> list[str]:
     """Greedy (default) batched generation with left padding; returns the decoded continuations."""
-    enc = tok(list(prompts), return_tensors="pt", padding=True, truncation=True, max_length=max_prompt_tokens,
-              add_special_tokens=False).to(model.device)
-    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                         pad_token_id=tok.pad_token_id)
-    return [t.strip() for t in tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)]
+    enc = tok(
+        list(prompts),
+        return_tensors="pt",
+        padding=True,
+        truncation=True,
+        max_length=max_prompt_tokens,
+        add_special_tokens=False,
+    ).to(model.device)
+    out = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=do_sample, pad_token_id=tok.pad_token_id)
+    return [t.strip() for t in tok.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)]

@@ -30,8 +30,9 @@ def responsiveness(reward_gap: torch.Tensor, alpha: float = 0.5, lo: float = 0.5
     return (1 + alpha * z).clamp(lo, hi)
 
 
-def hardness_beta(beta0: float, hardness: torch.Tensor, reward_gap: torch.Tensor, gamma: float = 0.5,
-                  alpha: float = 0.5) -> torch.Tensor:
+def hardness_beta(
+    beta0: float, hardness: torch.Tensor, reward_gap: torch.Tensor, gamma: float = 0.5, alpha: float = 0.5
+) -> torch.Tensor:
     """beta_i = beta0 * eta_i * (1 - gamma * lambda_i) (HaRS)."""
     return beta0 * responsiveness(reward_gap, alpha) * (1 - gamma * hardness.to(reward_gap.device).float())
 
@@ -52,15 +53,18 @@ class HardnessAwareBeta:
 
     def __mul__(self, delta: torch.Tensor) -> torch.Tensor:
         if self.current is None:
-            self.current = hardness_beta(self.beta0, self.hardness, self.beta0 * delta.detach(), self.gamma,
-                                         self.alpha).to(delta.dtype)
+            self.current = hardness_beta(
+                self.beta0, self.hardness, self.beta0 * delta.detach(), self.gamma, self.alpha
+            ).to(delta.dtype)
         return self.current * delta
 
     __rmul__ = __mul__
 
     def __float__(self) -> float:
-        raise TypeError("HaNoRec's beta is per pair: a trl code path that reads it as one number would silently "
-                        "train plain DPO (trl's DPOTrainer changed; see the pinned range in pyproject.toml)")
+        raise TypeError(
+            "HaNoRec's beta is per pair: a trl code path that reads it as one number would silently "
+            "train plain DPO (trl's DPOTrainer changed; see the pinned range in pyproject.toml)"
+        )
 
 
 # --- NoDO -----------------------------------------------------------------------------------------
@@ -113,8 +117,7 @@ class HaNoRecTrainer(DPOTrainer):
 
     def __init__(self, *args, **kwargs):
         cfg, tok = kwargs["args"], kwargs["processing_class"]
-        kwargs.setdefault("data_collator", HardnessCollator(pad_token_id=tok.pad_token_id,
-                                                            max_length=cfg.max_length))
+        kwargs.setdefault("data_collator", HardnessCollator(pad_token_id=tok.pad_token_id, max_length=cfg.max_length))
         super().__init__(*args, **kwargs)
         self.beta = HardnessAwareBeta(cfg.beta, cfg.hardness_gamma, cfg.responsiveness_alpha)
         self._noise = lora_noise(self.accelerator.unwrap_model(self.model), cfg.noise_sigma)

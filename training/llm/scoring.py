@@ -30,7 +30,7 @@ def score_titles(model, tok, prompt: str, titles: Sequence[str]) -> np.ndarray:
     ids = torch.full((n, length), tok.pad_token_id or 0, dtype=torch.long)
     mask = torch.zeros((n, length), dtype=torch.long)
     for i, e in enumerate(enc):
-        ids[i, :len(e)], mask[i, :len(e)] = torch.tensor(e), 1
+        ids[i, : len(e)], mask[i, : len(e)] = torch.tensor(e), 1
     ids, mask = ids.to(dev), mask.to(dev)
     logp_first = first[0, ids[:, 0]]
     if length == 1:
@@ -53,8 +53,9 @@ def candidate_ranks(scores: np.ndarray, target: int) -> int:
 def evaluate_examples(model, tok, examples: Sequence[Example], desc: str = "scoring") -> dict:
     """AUC (positive vs the negatives), HR@K and NDCG@K over the candidates; per-user scores kept."""
     model.eval()
-    scores = [score_titles(model, tok, prompt_text(tok, ex), ex.candidates)
-              for ex in tqdm(examples, desc=desc, unit="user")]
+    scores = [
+        score_titles(model, tok, prompt_text(tok, ex), ex.candidates) for ex in tqdm(examples, desc=desc, unit="user")
+    ]
     return metrics_from_scores(examples, scores)
 
 

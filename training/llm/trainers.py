@@ -29,8 +29,13 @@ class LoRAConfig:
     def peft(self):
         from peft import LoraConfig
 
-        return LoraConfig(r=self.r, lora_alpha=self.alpha or 2 * self.r, lora_dropout=self.dropout,
-                          target_modules=self.target_modules, task_type="CAUSAL_LM")
+        return LoraConfig(
+            r=self.r,
+            lora_alpha=self.alpha or 2 * self.r,
+            lora_dropout=self.dropout,
+            target_modules=self.target_modules,
+            task_type="CAUSAL_LM",
+        )
 
 
 @dataclass
@@ -51,12 +56,27 @@ class StageConfig:
 
     def trainer_kwargs(self, out_dir: Path) -> dict:
         cuda = torch.cuda.is_available()
-        return {"output_dir": str(out_dir), "num_train_epochs": self.epochs, "learning_rate": self.lr,
-                    "per_device_train_batch_size": self.batch_size, "gradient_accumulation_steps": self.grad_accum,
-                    "max_steps": self.max_steps, "seed": self.seed, "data_seed": self.seed, "logging_steps": self.logging_steps,
-                    "save_strategy": "no", "report_to": [], "bf16": cuda and torch.cuda.is_bf16_supported(),
-                    "use_cpu": not cuda, "deepspeed": self.deepspeed if cuda else None, "dataloader_num_workers": 0,
-                    "lr_scheduler_type": "cosine", "gradient_checkpointing": self.gradient_checkpointing, "warmup_steps": 0, "remove_unused_columns": True}
+        return {
+            "output_dir": str(out_dir),
+            "num_train_epochs": self.epochs,
+            "learning_rate": self.lr,
+            "per_device_train_batch_size": self.batch_size,
+            "gradient_accumulation_steps": self.grad_accum,
+            "max_steps": self.max_steps,
+            "seed": self.seed,
+            "data_seed": self.seed,
+            "logging_steps": self.logging_steps,
+            "save_strategy": "no",
+            "report_to": [],
+            "bf16": cuda and torch.cuda.is_bf16_supported(),
+            "use_cpu": not cuda,
+            "deepspeed": self.deepspeed if cuda else None,
+            "dataloader_num_workers": 0,
+            "lr_scheduler_type": "cosine",
+            "gradient_checkpointing": self.gradient_checkpointing,
+            "warmup_steps": 0,
+            "remove_unused_columns": True,
+        }
 
 
 @dataclass
@@ -73,7 +93,7 @@ class PreferenceStageConfig(StageConfig):
     beta: float = 0.1
     lr: float = 5e-5
     sampler: Literal["random", "stochastic_topk"] = "stochastic_topk"  # the rejected title: uniform, or drawn from
-                                                                       # the SFT model's top-K candidates
+    # the SFT model's top-K candidates
     topk: int = 3
     hardness_topk: int = 10  # HaNoRec: Top-K embedding neighbourhoods whose overlap is a pair's hardness
     hardness_gamma: float = 0.5
@@ -133,10 +153,15 @@ def _finish(trainer, out_dir: Path, extra: dict) -> dict:
     (Path(out_dir) / "training_args.bin").unlink(missing_ok=True)  # a pickle: never an artifact here; JSON instead
     (Path(out_dir) / "training_args.json").write_text(trainer.args.to_json_string())
     history = [h for h in trainer.state.log_history if "loss" in h]
-    summary = {**extra, "seconds": round(seconds, 2), "steps": trainer.state.global_step,
-               "train_loss": result.training_loss, "history": history,
-               "train_tokens": int(getattr(trainer, "_total_train_tokens", 0) or 0),
-               "step_seconds_median": round(float(np.median(timer.times[1:] or timer.times)), 3) if timer.times else None}
+    summary = {
+        **extra,
+        "seconds": round(seconds, 2),
+        "steps": trainer.state.global_step,
+        "train_loss": result.training_loss,
+        "history": history,
+        "train_tokens": int(getattr(trainer, "_total_train_tokens", 0) or 0),
+        "step_seconds_median": round(float(np.median(timer.times[1:] or timer.times)), 3) if timer.times else None,
+    }
     (Path(out_dir) / "training.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
 
@@ -145,47 +170,73 @@ def run_sft(model_path: str, tok, rows: Sequence[dict], out_dir: Path, cfg: SFTS
     """Stage 1: LoRA SFT on {prompt, completion} rows; the loss is on the completion (the title) only."""
     from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(**cfg.trainer_kwargs(out_dir), completion_only_loss=True, max_length=cfg.max_length,
-                     packing=False)
-    trainer = SFTTrainer(model=load_base(model_path), args=args, train_dataset=_dataset(rows),
-                         processing_class=tok, peft_config=cfg.lora.peft())
+    args = SFTConfig(**cfg.trainer_kwargs(out_dir), completion_only_loss=True, max_length=cfg.max_length, packing=False)
+    trainer = SFTTrainer(
+        model=load_base(model_path),
+        args=args,
+        train_dataset=_dataset(rows),
+        processing_class=tok,
+        peft_config=cfg.lora.peft(),
+    )
     return _finish(trainer, out_dir, {"stage": "sft", "examples": len(rows), "config": asdict(cfg)})
 
 
-def run_preference(model_path: str, tok, sft_adapter: Path, rows: Sequence[dict], out_dir: Path,
-                   cfg: PreferenceStageConfig) -> dict:
+def run_preference(
+    model_path: str, tok, sft_adapter: Path, rows: Sequence[dict], out_dir: Path, cfg: PreferenceStageConfig
+) -> dict:
     """Stage 2 on {prompt, chosen, rejected[, hardness]} rows; policy and reference both start from the SFT adapter."""
     from trl import DPOConfig, DPOTrainer
 
     from .hanorec import HaNoRecConfig, HaNoRecTrainer
 
-    common = dict(**cfg.trainer_kwargs(out_dir), beta=cfg.beta, max_length=cfg.max_length,
-                  precompute_ref_log_probs=False)
+    common = dict(
+        **cfg.trainer_kwargs(out_dir), beta=cfg.beta, max_length=cfg.max_length, precompute_ref_log_probs=False
+    )
     policy = load_adapter(model_path, sft_adapter, trainable=True)
     if cfg.method == "dpo":
-        trainer = DPOTrainer(model=policy, args=DPOConfig(**common), train_dataset=_dataset(rows),
-                             processing_class=tok)
+        trainer = DPOTrainer(model=policy, args=DPOConfig(**common), train_dataset=_dataset(rows), processing_class=tok)
     elif cfg.method == "hanorec":
-        args = HaNoRecConfig(**common, hardness_gamma=cfg.hardness_gamma,
-                             responsiveness_alpha=cfg.responsiveness_alpha, noise_sigma=cfg.noise_sigma)
+        args = HaNoRecConfig(
+            **common,
+            hardness_gamma=cfg.hardness_gamma,
+            responsiveness_alpha=cfg.responsiveness_alpha,
+            noise_sigma=cfg.noise_sigma,
+        )
         trainer = HaNoRecTrainer(model=policy, args=args, train_dataset=_dataset(rows), processing_class=tok)
     else:
         raise ValueError(f"unknown preference method {cfg.method!r}: dpo or hanorec")
     return _finish(trainer, out_dir, {"stage": cfg.method, "pairs": len(rows), "config": asdict(cfg)})
 
 
-def run_grpo(model_path: str, tok, sft_adapter: Path, rows: Sequence[dict], out_dir: Path, cfg: GRPOStageConfig,
-             encode: Callable[[list[str]], np.ndarray]) -> dict:
+def run_grpo(
+    model_path: str,
+    tok,
+    sft_adapter: Path,
+    rows: Sequence[dict],
+    out_dir: Path,
+    cfg: GRPOStageConfig,
+    encode: Callable[[list[str]], np.ndarray],
+) -> dict:
     """Stage 2 with trl's GRPOTrainer and MSPA's hybrid reward (accuracy + format + similarity).
 
     rows: {prompt, answer, candidates, answer_vec}; `encode` embeds generated answers for the similarity term."""
     from trl import GRPOConfig, GRPOTrainer
 
-    args = GRPOConfig(**cfg.trainer_kwargs(out_dir), num_generations=cfg.num_generations,
-                      max_completion_length=cfg.max_completion_length, temperature=cfg.temperature,
-                      reward_weights=cfg.weights.as_list(), beta=0.0)
+    args = GRPOConfig(
+        **cfg.trainer_kwargs(out_dir),
+        num_generations=cfg.num_generations,
+        max_completion_length=cfg.max_completion_length,
+        temperature=cfg.temperature,
+        reward_weights=cfg.weights.as_list(),
+        beta=0.0,
+    )
     args.per_device_train_batch_size = max(cfg.batch_size, cfg.num_generations)
     args.remove_unused_columns = False  # the reward functions read answer, candidates and answer_vec
-    trainer = GRPOTrainer(model=load_adapter(model_path, sft_adapter, trainable=True), args=args,
-                          reward_funcs=mspa_rewards(encode), train_dataset=_dataset(rows), processing_class=tok)
+    trainer = GRPOTrainer(
+        model=load_adapter(model_path, sft_adapter, trainable=True),
+        args=args,
+        reward_funcs=mspa_rewards(encode),
+        train_dataset=_dataset(rows),
+        processing_class=tok,
+    )
     return _finish(trainer, out_dir, {"stage": "grpo", "prompts": len(rows), "config": asdict(cfg)})

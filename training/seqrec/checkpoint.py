@@ -39,8 +39,9 @@ def load_model(directory: str | Path, map_location: str = "cpu") -> tuple[Multim
         raise ValueError(f"{d}: not a recalign sequential model (format {meta.get('format')!r})")
     cfg = SeqRecConfig(**meta["model"])
     state = load_file(str(d / "model.safetensors"), device=map_location)
-    model = MultimodalSASRec(cfg, text=state.get("text_feats"), image=state.get("image_feats"),
-                             attributes=state.get("item_attrs"))
+    model = MultimodalSASRec(
+        cfg, text=state.get("text_feats"), image=state.get("image_feats"), attributes=state.get("item_attrs")
+    )
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"{d}: incompatible weights (missing {missing[:5]}, unexpected {unexpected[:5]})")

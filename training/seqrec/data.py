@@ -13,7 +13,7 @@ def left_pad(rows: list[np.ndarray], length: int) -> np.ndarray:
     for r, row in enumerate(rows):
         row = row[-length:]
         if len(row):
-            out[r, length - len(row):] = row
+            out[r, length - len(row) :] = row
     return out
 
 
@@ -27,7 +27,7 @@ def training_windows(train: list[np.ndarray], max_len: int) -> tuple[torch.Tenso
     for s in train:
         end = len(s)
         while end >= 2:
-            seg = s[max(0, end - max_len - 1):end]
+            seg = s[max(0, end - max_len - 1) : end]
             inputs.append(seg[:-1])
             targets.append(seg[1:])
             end -= max_len
@@ -38,8 +38,8 @@ def training_windows(train: list[np.ndarray], max_len: int) -> tuple[torch.Tenso
 class EvalSet:
     """Inputs and targets of one split (valid or test), with the histories to mask."""
 
-    inputs: torch.Tensor        # (U, max_len) left-padded histories
-    targets: torch.Tensor       # (U,)
+    inputs: torch.Tensor  # (U, max_len) left-padded histories
+    targets: torch.Tensor  # (U,)
     histories: list[np.ndarray]  # full histories, masked at scoring time
     user_ids: np.ndarray
 
@@ -47,11 +47,17 @@ class EvalSet:
     def build(cls, histories: list[np.ndarray], targets: np.ndarray, user_ids: np.ndarray, max_len: int) -> EvalSet:
         keep = np.flatnonzero((targets > 0) & np.array([len(h) > 0 for h in histories], dtype=bool))
         hist = [histories[i] for i in keep]
-        return cls(inputs=torch.from_numpy(left_pad(hist, max_len)), targets=torch.from_numpy(targets[keep]),
-                   histories=hist, user_ids=user_ids[keep])
+        return cls(
+            inputs=torch.from_numpy(left_pad(hist, max_len)),
+            targets=torch.from_numpy(targets[keep]),
+            histories=hist,
+            user_ids=user_ids[keep],
+        )
 
 
-def length_buckets(inputs: torch.Tensor, batch_size: int, generator: torch.Generator | None = None) -> list[torch.Tensor]:
+def length_buckets(
+    inputs: torch.Tensor, batch_size: int, generator: torch.Generator | None = None
+) -> list[torch.Tensor]:
     """Batches of similar-length rows in random order (ties broken at random), so each batch can be
     trimmed to its longest row: exact with left padding and end-relative positions, and several
     times less encoder work on short-sequence data such as Amazon Beauty."""

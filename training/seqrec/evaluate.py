@@ -10,8 +10,9 @@ from .data import EvalSet, length_buckets, trim
 
 
 @torch.no_grad()
-def full_ranking_ranks(model, data: EvalSet, batch_size: int = 2048, device: torch.device | None = None,
-                       mask_history: bool = True) -> np.ndarray:
+def full_ranking_ranks(
+    model, data: EvalSet, batch_size: int = 2048, device: torch.device | None = None, mask_history: bool = True
+) -> np.ndarray:
     """1-based rank of each user's target among all items; the user's other history items masked."""
     model.eval()
     device = device or next(model.parameters()).device

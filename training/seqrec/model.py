@@ -38,8 +38,8 @@ class SeqRecConfig:
     moe_noise: float = 1.0
     moe_aux_weight: float = 0.01
     id_init: Literal["cooccurrence", "random"] = "cooccurrence"  # see warmstart.py (training split only)
-    attributes: bool = False       # e_id = Emb(i) + mean of the item's learned attribute embeddings (brand, categories)
-    n_attributes: int = 0          # attribute vocabulary size (ids 1..n_attributes, 0 = padding)
+    attributes: bool = False  # e_id = Emb(i) + mean of the item's learned attribute embeddings (brand, categories)
+    n_attributes: int = 0  # attribute vocabulary size (ids 1..n_attributes, 0 = padding)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -54,8 +54,8 @@ class SparseNoisyMoE(nn.Module):
         self.top_k, self.noise = top_k, noise
         self.gate = nn.Linear(d, n_experts, bias=False)
         self.noise_gate = nn.Linear(d, n_experts, bias=False)
-        self.w1 = nn.Parameter(torch.randn(n_experts, d, inner) * d ** -0.5)
-        self.w2 = nn.Parameter(torch.randn(n_experts, inner, d) * inner ** -0.5)
+        self.w1 = nn.Parameter(torch.randn(n_experts, d, inner) * d**-0.5)
+        self.w2 = nn.Parameter(torch.randn(n_experts, inner, d) * inner**-0.5)
         self.aux_loss = torch.zeros(())
 
     def gates(self, x: torch.Tensor) -> torch.Tensor:
@@ -66,7 +66,7 @@ class SparseNoisyMoE(nn.Module):
         return torch.zeros_like(logits).scatter(-1, idx, top.softmax(-1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        g = self.gates(x)                                             # (..., E), k non-zeros
+        g = self.gates(x)  # (..., E), k non-zeros
         hidden = F.gelu(torch.einsum("...d,edh->...eh", x, self.w1))
         out = torch.einsum("...eh,ehd->...ed", hidden, self.w2)
         flat = g.reshape(-1, g.shape[-1])
@@ -82,15 +82,17 @@ class CausalBlock(nn.Module):
         self.heads, self.attn_dropout = cfg.n_heads, cfg.attn_dropout
         self.ln1, self.ln2 = nn.LayerNorm(cfg.d), nn.LayerNorm(cfg.d)
         self.qkv, self.proj = nn.Linear(cfg.d, 3 * cfg.d), nn.Linear(cfg.d, cfg.d)
-        self.ff = nn.Sequential(nn.Linear(cfg.d, cfg.inner), nn.GELU(), nn.Dropout(cfg.dropout),
-                                nn.Linear(cfg.inner, cfg.d))
+        self.ff = nn.Sequential(
+            nn.Linear(cfg.d, cfg.inner), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.inner, cfg.d)
+        )
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, L, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(b, L, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
-                                             dropout_p=self.attn_dropout if self.training else 0.0)
+        att = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0
+        )
         x = x + self.drop(self.proj(att.transpose(1, 2).reshape(b, L, d)))
         return x + self.drop(self.ff(self.ln2(x)))
 
@@ -127,8 +129,13 @@ def seen_items(seq: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 class MultimodalSASRec(nn.Module):
-    def __init__(self, cfg: SeqRecConfig, text: torch.Tensor | None = None, image: torch.Tensor | None = None,
-                 attributes: torch.Tensor | None = None):
+    def __init__(
+        self,
+        cfg: SeqRecConfig,
+        text: torch.Tensor | None = None,
+        image: torch.Tensor | None = None,
+        attributes: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.cfg = cfg
         n = cfg.n_items + 1
@@ -137,7 +144,7 @@ class MultimodalSASRec(nn.Module):
             raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {cfg.modalities}")
         self.item_id = nn.Embedding(n, cfg.d, padding_idx=0) if "id" in cfg.modalities else None
         if self.item_id is not None:
-            nn.init.normal_(self.item_id.weight, std=cfg.d ** -0.5)
+            nn.init.normal_(self.item_id.weight, std=cfg.d**-0.5)
         if cfg.attributes:
             self.init_attributes(attributes)
         for name, feats, dim in (("text", text, cfg.text_dim), ("image", image, cfg.image_dim)):
@@ -152,8 +159,13 @@ class MultimodalSASRec(nn.Module):
             self.register_buffer(f"{name}_has", feats.abs().sum(1) > 0)
             setattr(self, f"{name}_proj", nn.Sequential(nn.Linear(dim, cfg.d), nn.LayerNorm(cfg.d)))
             setattr(self, f"{name}_missing", nn.Parameter(torch.zeros(cfg.d)))
-        self.moe = nn.ModuleDict({m: SparseNoisyMoE(cfg.d, cfg.n_experts, cfg.moe_top_k, cfg.moe_noise)
-                                  for m in cfg.modalities}) if cfg.moe else None
+        self.moe = (
+            nn.ModuleDict(
+                {m: SparseNoisyMoE(cfg.d, cfg.n_experts, cfg.moe_top_k, cfg.moe_noise) for m in cfg.modalities}
+            )
+            if cfg.moe
+            else None
+        )
         self.encoders = nn.ModuleDict({m: ModalityEncoder(cfg) for m in cfg.modalities})
         self.alpha = nn.ParameterDict({m: nn.Parameter(torch.ones(())) for m in cfg.modalities[1:]})
 
@@ -164,7 +176,9 @@ class MultimodalSASRec(nn.Module):
             raise ValueError("attributes extend the id modality and need n_attributes > 0")
         attributes = torch.zeros(n, 1, dtype=torch.long) if attributes is None else attributes.long()
         if attributes.shape[0] != n or attributes.numel() and int(attributes.max()) > cfg.n_attributes:
-            raise ValueError(f"attributes must have {n} rows of ids in 0..{cfg.n_attributes}, got {tuple(attributes.shape)}")
+            raise ValueError(
+                f"attributes must have {n} rows of ids in 0..{cfg.n_attributes}, got {tuple(attributes.shape)}"
+            )
         self.register_buffer("item_attrs", attributes)
         self.attr_emb = nn.Embedding(cfg.n_attributes + 1, cfg.d, padding_idx=0)
         nn.init.zeros_(self.attr_emb.weight)
@@ -176,7 +190,9 @@ class MultimodalSASRec(nn.Module):
         if modality == "id":
             if not self.cfg.attributes:
                 return self.item_id.weight
-            return self.item_id.weight + F.embedding_bag(self.item_attrs, self.attr_emb.weight, mode="mean", padding_idx=0)
+            return self.item_id.weight + F.embedding_bag(
+                self.item_attrs, self.attr_emb.weight, mode="mean", padding_idx=0
+            )
         feats, has = getattr(self, f"{modality}_feats"), getattr(self, f"{modality}_has")
         proj = getattr(self, f"{modality}_proj")(feats)
         return torch.where(has.unsqueeze(-1), proj, getattr(self, f"{modality}_missing"))
@@ -202,8 +218,9 @@ class MultimodalSASRec(nn.Module):
             out[m] = enc(x, valid, mask)
         return out
 
-    def fuse(self, hidden: dict[str, torch.Tensor], tables: dict[str, torch.Tensor],
-             items: torch.Tensor | None = None) -> torch.Tensor:
+    def fuse(
+        self, hidden: dict[str, torch.Tensor], tables: dict[str, torch.Tensor], items: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """s = s_id + a_txt s_txt + a_img s_img (Eq. 3); all items, or the given (N, C) items.
 
         Computed as one product [h_id, a_txt h_txt, ...] . [E_id, E_txt, ...]: the same sum, without
@@ -218,7 +235,9 @@ class MultimodalSASRec(nn.Module):
 
     def fused_table(self, tables: dict[str, torch.Tensor]) -> torch.Tensor:
         """[E_id, E_txt, E_img]: (n_items + 1, d * n_modalities)."""
-        return torch.cat([tables[m] for m in self.cfg.modalities], -1) if len(tables) > 1 else next(iter(tables.values()))
+        return (
+            torch.cat([tables[m] for m in self.cfg.modalities], -1) if len(tables) > 1 else next(iter(tables.values()))
+        )
 
     @staticmethod
     def score(query: torch.Tensor, table: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
@@ -249,8 +268,9 @@ class MultimodalSASRec(nn.Module):
             logits[rows, cols] = float("-inf")
         return logits, targets[sel]
 
-    def calculate_loss(self, seq: torch.Tensor, targets: torch.Tensor, mask_seen: bool = False,
-                       return_logits: bool = False):
+    def calculate_loss(
+        self, seq: torch.Tensor, targets: torch.Tensor, mask_seen: bool = False, return_logits: bool = False
+    ):
         """Cross-entropy over all items (the unseen ones with `mask_seen`) at every position, one causal pass.
 
         `return_logits`: also the position logits and their targets, (loss, logits, targets), for the DPO term."""

@@ -9,8 +9,16 @@ from .model import SeqRecConfig
 from .trainer import SeqRecDPOConfig, SeqRecTrainConfig
 
 # fields a run derives from its data (catalogue size, feature widths) or that are not a recipe's business
-DERIVED = {"n_items", "text_dim", "image_dim", "n_attributes", "stage", "device", "show_progress",
-           "retain_freed_memory"}
+DERIVED = {
+    "n_items",
+    "text_dim",
+    "image_dim",
+    "n_attributes",
+    "stage",
+    "device",
+    "show_progress",
+    "retain_freed_memory",
+}
 
 
 @dataclass(frozen=True)
@@ -19,7 +27,7 @@ class SeqRecRecipe:
 
     name: str
     modalities: tuple[str, ...] = ("id", "text", "image")
-    model: dict = field(default_factory=dict)          # SeqRecConfig fields that differ from its defaults
+    model: dict = field(default_factory=dict)  # SeqRecConfig fields that differ from its defaults
     sft: SeqRecTrainConfig = field(default_factory=SeqRecTrainConfig)
     dpo: SeqRecDPOConfig = field(default_factory=SeqRecDPOConfig)
 
@@ -66,5 +74,10 @@ def run_name(stage: str, model_cfg: dict, train_cfg: SeqRecTrainConfig) -> str:
     if stage == "dpo":
         return f"seqrec_dpo_{train_cfg.sampler}{mask}"
     mods = list(model_cfg.get("modalities", ["id"]))
-    return ("seqrec_sft" + ("_moe" if model_cfg.get("moe") else "") + ("_" + "_".join(mods) if mods != ["id"] else "")
-            + ("_attr" if model_cfg.get("attributes") else "") + mask)
+    return (
+        "seqrec_sft"
+        + ("_moe" if model_cfg.get("moe") else "")
+        + ("_" + "_".join(mods) if mods != ["id"] else "")
+        + ("_attr" if model_cfg.get("attributes") else "")
+        + mask
+    )

@@ -13,8 +13,9 @@ def topk_excluding(scores: torch.Tensor, target: torch.Tensor, k: int) -> torch.
     return idx[keep].view(len(target), k)
 
 
-def random_negatives(scores: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None,
-                     **_) -> torch.Tensor:
+def random_negatives(
+    scores: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None = None, **_
+) -> torch.Tensor:
     """Uniform over all items except padding and y_w."""
     n = scores.shape[1]
     neg = torch.randint(1, n - 1, target.shape, generator=generator, device=scores.device)
@@ -26,8 +27,9 @@ def argmax_negatives(scores: torch.Tensor, target: torch.Tensor, **_) -> torch.T
     return topk_excluding(scores.detach(), target, 1).squeeze(1)
 
 
-def stochastic_topk_negatives(scores: torch.Tensor, target: torch.Tensor, k: int = 50,
-                              generator: torch.Generator | None = None, **_) -> torch.Tensor:
+def stochastic_topk_negatives(
+    scores: torch.Tensor, target: torch.Tensor, k: int = 50, generator: torch.Generator | None = None, **_
+) -> torch.Tensor:
     """y_l ~ U(C_K(x)), C_K(x) = TopK({s(x,i) | i != y_w}, K)  (RoDPO Eq. 4)."""
     k = min(k, scores.shape[1] - 2)  # a catalogue smaller than K + 2: the pool is every other item
     pool = topk_excluding(scores.detach(), target, k)

@@ -46,22 +46,22 @@ class SeqRecTrainConfig:
     lr: float = 2e-3
     lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: per step, to 0 at the last epoch
     weight_decay: float = 0.0
-    ema_decay: float | None = None     # evaluate and keep an exponential moving average of the weights (e.g. 0.999)
-    swa_last: int | None = 7           # evaluate and keep the uniform average of the weights after each of the last
-                                       # N epochs of the budget (SWA, Izmailov et al. 2018): 7 of 15 averages 9-15;
-                                       # N >= epochs averages every epoch
-    patience: int = 5                  # evaluations without a better valid NDCG@10 (with keep="best")
+    ema_decay: float | None = None  # evaluate and keep an exponential moving average of the weights (e.g. 0.999)
+    swa_last: int | None = 7  # evaluate and keep the uniform average of the weights after each of the last
+    # N epochs of the budget (SWA, Izmailov et al. 2018): 7 of 15 averages 9-15;
+    # N >= epochs averages every epoch
+    patience: int = 5  # evaluations without a better valid NDCG@10 (with keep="best")
     keep: Literal["best", "last"] = "last"  # "best": the best-validated weights (early stopping); "last": train all
-                                       # epochs and keep the final weights (RoDPO's fixed-length warm-up, Algorithm 1)
+    # epochs and keep the final weights (RoDPO's fixed-length warm-up, Algorithm 1)
     min_epochs: int = 0
-    eval_every: int = 5                # validate every N epochs (RecBole's eval_step); patience counts validations
-    seed: int = 42                     # the model's initial weights, batching and dropout
-    mask_history: bool = True          # CE's softmax and the negative pool skip the items already in each prefix,
-                                       # as the evaluation and the serving API do
+    eval_every: int = 5  # validate every N epochs (RecBole's eval_step); patience counts validations
+    seed: int = 42  # the model's initial weights, batching and dropout
+    mask_history: bool = True  # CE's softmax and the negative pool skip the items already in each prefix,
+    # as the evaluation and the serving API do
     device: str = "auto"
-    retain_freed_memory: bool = True   # CPU: glibc keeps freed memory for the next step instead of unmapping it
-                                       # (the per-step logits skip page faults: faster steps, same numbers)
-    max_minutes: float | None = None   # wall-clock budget; stops after the current epoch
+    retain_freed_memory: bool = True  # CPU: glibc keeps freed memory for the next step instead of unmapping it
+    # (the per-step logits skip page faults: faster steps, same numbers)
+    max_minutes: float | None = None  # wall-clock budget; stops after the current epoch
     show_progress: bool = True
 
     def __post_init__(self):
@@ -85,16 +85,16 @@ class SeqRecDPOConfig(SeqRecTrainConfig):
     stage: str = field(default="dpo", init=False)
     epochs: int = 3
     lr: float = 1e-3
-    swa_last: int | None = 3           # the running average of every DPO epoch's weights
+    swa_last: int | None = 3  # the running average of every DPO epoch's weights
     keep: Literal["best", "last"] = "best"
     eval_every: int = 1
     sampler: Literal["random", "argmax", "stochastic_topk"] = "stochastic_topk"
-    topk: int = 50                     # K of the stochastic top-K pool (Eq. 4)
-    beta: float = 1.0                  # DPO beta (Eq. 5)
-    lam: float = 1.0                   # lambda of L = CE + lambda * DPO (Eq. 6)
-    precompute_ref: bool = True        # encode every training position with the frozen reference once, before DPO
-                                       # (trl's precompute_ref_log_probs); y_l is sampled per step, so the reference's
-                                       # fused queries and item table are kept rather than its scores
+    topk: int = 50  # K of the stochastic top-K pool (Eq. 4)
+    beta: float = 1.0  # DPO beta (Eq. 5)
+    lam: float = 1.0  # lambda of L = CE + lambda * DPO (Eq. 6)
+    precompute_ref: bool = True  # encode every training position with the frozen reference once, before DPO
+    # (trl's precompute_ref_log_probs); y_l is sampled per step, so the reference's
+    # fused queries and item table are kept rather than its scores
 
     def __post_init__(self):
         super().__post_init__()
@@ -102,10 +102,17 @@ class SeqRecDPOConfig(SeqRecTrainConfig):
 
 
 class SeqRecTrainer:
-    def __init__(self, model: MultimodalSASRec, cfg: SeqRecTrainConfig | SeqRecDPOConfig, train_inputs: torch.Tensor,
-                 train_targets: torch.Tensor, valid: EvalSet, reference: MultimodalSASRec | None = None,
-                 checkpoint_dir: str | Path | None = None,
-                 on_epoch: Callable[[dict], None] | None = None):
+    def __init__(
+        self,
+        model: MultimodalSASRec,
+        cfg: SeqRecTrainConfig | SeqRecDPOConfig,
+        train_inputs: torch.Tensor,
+        train_targets: torch.Tensor,
+        valid: EvalSet,
+        reference: MultimodalSASRec | None = None,
+        checkpoint_dir: str | Path | None = None,
+        on_epoch: Callable[[dict], None] | None = None,
+    ):
         seed_everything(cfg.seed)
         self.cfg, self.device = cfg, pick_device(cfg.device)
         if self.device.type == "cpu" and cfg.retain_freed_memory:
@@ -164,11 +171,18 @@ class SeqRecTrainer:
             seq, tgt = trim(self.inputs[idx], self.targets[idx])
             hidden = ref.encode(seq.to(self.device), tables)
             queries[position_rows(offsets, counts, idx).to(self.device)] = ref.query(
-                {m: h[tgt.to(self.device) > 0] for m, h in hidden.items()})
+                {m: h[tgt.to(self.device) > 0] for m, h in hidden.items()}
+            )
         return {"queries": queries, "table": table, "offsets": offsets, "counts": counts}
 
-    def reference_margin(self, seq: torch.Tensor, targets: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor,
-                         rows: torch.Tensor | None = None):
+    def reference_margin(
+        self,
+        seq: torch.Tensor,
+        targets: torch.Tensor,
+        pos: torch.Tensor,
+        neg: torch.Tensor,
+        rows: torch.Tensor | None = None,
+    ):
         """s_ref(x, y_w) - s_ref(x, y_l): only the two items are scored (the partition cancels).
 
         `rows` (the batch's window indices) reads the reference from `reference_cache`; without it, or without a
@@ -186,16 +200,18 @@ class SeqRecTrainer:
                 s = self.reference.fuse({m: h[targets > 0] for m, h in hidden.items()}, tables, pair)
         return s[:, 0] - s[:, 1]
 
-    def compute_loss(self, seq: torch.Tensor, targets: torch.Tensor,
-                     rows: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    def compute_loss(
+        self, seq: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, dict]:
         loss, logits, tgt = self.model.calculate_loss(seq, targets, mask_seen=self.cfg.mask_history, return_logits=True)
         parts = {"ce": (loss - self.model.aux_loss()).item()}
         if self.cfg.stage == "dpo":
             neg = self.sample_negatives(logits, tgt)
             margin = logits.gather(1, tgt[:, None]).squeeze(1) - logits.gather(1, neg[:, None]).squeeze(1)
             ref_margin = self.reference_margin(seq, targets, tgt, neg, rows)
-            dpo = dpo_logit_loss(margin, torch.zeros_like(margin), ref_margin, torch.zeros_like(ref_margin),
-                                 self.cfg.beta).mean()
+            dpo = dpo_logit_loss(
+                margin, torch.zeros_like(margin), ref_margin, torch.zeros_like(ref_margin), self.cfg.beta
+            ).mean()
             loss = loss + self.cfg.lam * dpo
             parts["dpo"] = dpo.item()
         return loss, parts
@@ -232,10 +248,16 @@ class SeqRecTrainer:
         if self.ckpt is not None:
             state = load_training_state(self.ckpt / f"last-{self.cfg.stage}", self.model, self.optimizer, self.average)
             if state is not None:  # resume after an interruption
-                start_epoch, bad, self.best, self.history = state["epoch"] + 1, state["bad"], state["best"], state["history"]
+                start_epoch, bad, self.best, self.history = (
+                    state["epoch"] + 1,
+                    state["bad"],
+                    state["best"],
+                    state["history"],
+                )
                 best_dir = self.ckpt / f"best-{self.cfg.stage}"
                 if (best_dir / "model.safetensors").exists():
                     from safetensors.torch import load_file
+
                     self.best_state = load_file(str(best_dir / "model.safetensors"))
         t_start = time.perf_counter()
         if self.reference is not None and self.cfg.precompute_ref and self.reference_cache is None:
@@ -253,15 +275,24 @@ class SeqRecTrainer:
                     self.best, bad = {"epoch": epoch, **metrics}, 0
                     self.best_state = {k: v.detach().cpu().clone() for k, v in self.eval_model.state_dict().items()}
                     if self.ckpt is not None:
-                        save_model(self.eval_model, self.ckpt / f"best-{self.cfg.stage}", {"train": asdict(self.cfg), "best": self.best})
+                        save_model(
+                            self.eval_model,
+                            self.ckpt / f"best-{self.cfg.stage}",
+                            {"train": asdict(self.cfg), "best": self.best},
+                        )
                 elif epoch >= self.cfg.min_epochs:
                     bad += 1
             self.history.append(row)
             if self.on_epoch:
                 self.on_epoch(row)
             if self.ckpt is not None:
-                save_training_state(self.ckpt / f"last-{self.cfg.stage}", self.model, self.optimizer,
-                                    {"epoch": epoch, "bad": bad, "best": self.best, "history": self.history}, self.average)
+                save_training_state(
+                    self.ckpt / f"last-{self.cfg.stage}",
+                    self.model,
+                    self.optimizer,
+                    {"epoch": epoch, "bad": bad, "best": self.best, "history": self.history},
+                    self.average,
+                )
             over_budget = self.cfg.max_minutes and (time.perf_counter() - t_start) / 60 > self.cfg.max_minutes
             if (bad >= self.cfg.patience and self.cfg.keep == "best") or over_budget:
                 break

@@ -26,8 +26,9 @@ def fix_signs(vecs: np.ndarray) -> np.ndarray:
     return vecs * np.sign(vecs[top, np.arange(vecs.shape[1])])
 
 
-def cooccurrence_embeddings(train: list[np.ndarray], n_items: int, d: int, window: int = 3, seed: int = 0,
-                            tau: float | None = None) -> np.ndarray:
+def cooccurrence_embeddings(
+    train: list[np.ndarray], n_items: int, d: int, window: int = 3, seed: int = 0, tau: float | None = None
+) -> np.ndarray:
     """Top-d non-trivial eigenvectors of the regularised D_t^-1/2 (C + t/n 11^T) D_t^-1/2, D_t = D + t (Qin & Rohe 2013).
 
     C counts co-occurrences in the training part. Without t (default: the mean degree) the leading
@@ -49,12 +50,12 @@ def cooccurrence_embeddings(train: list[np.ndarray], n_items: int, d: int, windo
 
     rng = np.random.default_rng(seed)
     v0 = rng.standard_normal(n)
-    out = rng.standard_normal((n, d)) * d ** -0.5  # what a tiny catalogue has no eigenvectors for
+    out = rng.standard_normal((n, d)) * d**-0.5  # what a tiny catalogue has no eigenvectors for
     if n >= 4:
         op = LinearOperator((n, n), matvec=matvec, dtype=np.float64)
         vals, vecs = eigsh(op, k=min(d + 1, n - 2), which="LA", v0=v0)
-        vecs = fix_signs(vecs[:, np.argsort(-vals)][:, 1:d + 1])
-        out[:, :vecs.shape[1]] = vecs / (vecs[1:].std() + 1e-12) * d ** -0.5
+        vecs = fix_signs(vecs[:, np.argsort(-vals)][:, 1 : d + 1])
+        out[:, : vecs.shape[1]] = vecs / (vecs[1:].std() + 1e-12) * d**-0.5
     out[0] = 0
     return out.astype(np.float32)
 

@@ -45,7 +45,7 @@ def read_s3rec_sequences(path: Path, rejects: Rejects) -> tuple[list[dict], list
         raw_users += 1
         raw_text = text if text is not None else raw.decode("utf-8", "replace")
 
-        def reject_line(reason: str):
+        def reject_line(reason: str, line_no=line_no, raw_text=raw_text, n_records=n_records):
             rejects.add("users", name, line_no, raw_text, reason)
             for _ in range(n_records):
                 rejects.add("interactions", name, line_no, raw_text, reason)
@@ -67,11 +67,25 @@ def read_s3rec_sequences(path: Path, rejects: Rejects) -> tuple[list[dict], list
         users.append({"user_key": user, "source_file": name, "line_no": line_no, "raw": user})
         for pos, item in enumerate(tokens[1:]):
             if not item.isdigit() or int(item) == 0:
-                rejects.add("interactions", name, line_no, f"{user} {item}",
-                            f"item_id {item!r} at position {pos} is not a positive integer")
+                rejects.add(
+                    "interactions",
+                    name,
+                    line_no,
+                    f"{user} {item}",
+                    f"item_id {item!r} at position {pos} is not a positive integer",
+                )
                 continue
-            interactions.append({"user_key": user, "item_key": item, "ts": pos, "rating": None,
-                                 "source_file": name, "line_no": line_no, "raw": f"{user} {item}"})
+            interactions.append(
+                {
+                    "user_key": user,
+                    "item_key": item,
+                    "ts": pos,
+                    "rating": None,
+                    "source_file": name,
+                    "line_no": line_no,
+                    "raw": f"{user} {item}",
+                }
+            )
     return interactions, users, raw_interactions, raw_users
 
 
@@ -95,15 +109,23 @@ def read_s3rec_items(path: Path, rejects: Rejects) -> tuple[list[dict], int]:
             continue
         cells = text.split("\t")
         if len(cells) != len(header):
-            rejects.add("items", path.name, line_no, text,
-                        f"expected {len(header)} tab-separated fields, found {len(cells)}")
+            rejects.add(
+                "items", path.name, line_no, text, f"expected {len(header)} tab-separated fields, found {len(cells)}"
+            )
             continue
         attrs = cells[idx[attr_col]] if attr_col else ""
         attrs = " | ".join(a for a in attrs.split(" | ") if a and not a.startswith("?"))
-        rows.append({"item_key": cells[idx["item_id"]].strip(),
-                     "title": cells[idx["title"]].strip() if "title" in idx else None,
-                     "categories": attrs or None, "description": None,
-                     "source_file": path.name, "line_no": line_no, "raw": text})
+        rows.append(
+            {
+                "item_key": cells[idx["item_id"]].strip(),
+                "title": cells[idx["title"]].strip() if "title" in idx else None,
+                "categories": attrs or None,
+                "description": None,
+                "source_file": path.name,
+                "line_no": line_no,
+                "raw": text,
+            }
+        )
     return rows, raw_count
 
 
@@ -118,19 +140,27 @@ def read_s3rec(root: Path, options: dict) -> SourceData:
         items = [{"item_key": k, "source_file": "(derived)", "line_no": None, "raw": k} for k in seen]
         raw_items = len(items)
     return SourceData(
-        items=frame(items, ITEM_COLUMNS), users=frame(users, USER_COLUMNS),
-        interactions=frame(inter, INTERACTION_COLUMNS), item_images=frame([], IMAGE_COLUMNS),
+        items=frame(items, ITEM_COLUMNS),
+        users=frame(users, USER_COLUMNS),
+        interactions=frame(inter, INTERACTION_COLUMNS),
+        item_images=frame([], IMAGE_COLUMNS),
         rejects=rejects,
         raw_counts={"items": raw_items, "users": raw_users, "interactions": raw_inter, "item_images": 0},
-        has_item_catalogue=items_file is not None, has_user_catalogue=False, has_timestamps=False,
+        has_item_catalogue=items_file is not None,
+        has_user_catalogue=False,
+        has_timestamps=False,
     )
 
 
-register(SourceReader(
-    name="amazon-s3rec", read=read_s3rec, files=lambda root, o: glob_files(root, S3REC_FILES),
-    default_kcore=0,
-    description="S3-Rec/P5 Amazon split: '<Cat>.txt' sequences + items.tsv titles/attributes",
-))
+register(
+    SourceReader(
+        name="amazon-s3rec",
+        read=read_s3rec,
+        files=lambda root, o: glob_files(root, S3REC_FILES),
+        default_kcore=0,
+        description="S3-Rec/P5 Amazon split: '<Cat>.txt' sequences + items.tsv titles/attributes",
+    )
+)
 
 
 # --- Amazon 2014 raw files (reviews_<Cat>_5.json.gz, meta_<Cat>.json.gz) ---------------------
@@ -166,9 +196,17 @@ def read_a2014_reviews(path: Path, rejects: Rejects) -> tuple[list[dict], int]:
         if not isinstance(ts, int):
             rejects.add("interactions", path.name, line_no, text, f"unixReviewTime {ts!r} is not an integer")
             continue
-        rows.append({"user_key": str(rec["reviewerID"]), "item_key": str(rec["asin"]), "ts": ts,
-                     "rating": float(rating) if isinstance(rating, (int, float)) else None,
-                     "source_file": path.name, "line_no": line_no, "raw": text[:500]})
+        rows.append(
+            {
+                "user_key": str(rec["reviewerID"]),
+                "item_key": str(rec["asin"]),
+                "ts": ts,
+                "rating": float(rating) if isinstance(rating, (int, float)) else None,
+                "source_file": path.name,
+                "line_no": line_no,
+                "raw": text[:500],
+            }
+        )
     return rows, raw_count
 
 
@@ -195,10 +233,18 @@ def read_a2014_meta(path: Path, wanted: set[str], rejects: Rejects) -> tuple[lis
             continue
         raw_count += 1
         desc = rec.get("description")
-        rows.append({"item_key": str(rec["asin"]), "title": rec.get("title"),
-                     "categories": " | ".join(x for x in [rec.get("brand"), _categories(rec.get("categories"))] if x) or None,
-                     "description": desc if isinstance(desc, str) else None,
-                     "source_file": path.name, "line_no": line_no, "raw": text[:500]})
+        rows.append(
+            {
+                "item_key": str(rec["asin"]),
+                "title": rec.get("title"),
+                "categories": " | ".join(x for x in [rec.get("brand"), _categories(rec.get("categories"))] if x)
+                or None,
+                "description": desc if isinstance(desc, str) else None,
+                "source_file": path.name,
+                "line_no": line_no,
+                "raw": text[:500],
+            }
+        )
     return rows, raw_count, skipped
 
 
@@ -213,18 +259,26 @@ def read_a2014(root: Path, options: dict) -> SourceData:
         items = [{"item_key": k, "source_file": "(derived)", "raw": k} for k in sorted({r["item_key"] for r in inter})]
         raw_items = len(items)
     data = SourceData(
-        items=frame(items, ITEM_COLUMNS), users=frame([], USER_COLUMNS),
-        interactions=frame(inter, INTERACTION_COLUMNS), item_images=frame([], IMAGE_COLUMNS),
+        items=frame(items, ITEM_COLUMNS),
+        users=frame([], USER_COLUMNS),
+        interactions=frame(inter, INTERACTION_COLUMNS),
+        item_images=frame([], IMAGE_COLUMNS),
         rejects=rejects,
         raw_counts={"items": raw_items, "users": 0, "interactions": raw_inter, "item_images": 0},
-        has_item_catalogue=meta is not None, has_user_catalogue=False, has_timestamps=True,
+        has_item_catalogue=meta is not None,
+        has_user_catalogue=False,
+        has_timestamps=True,
     )
     data.notes["catalogue_rows_not_reviewed"] = skipped
     return data
 
 
-register(SourceReader(
-    name="amazon-2014", read=read_a2014, files=lambda root, o: glob_files(root, A2014_FILES),
-    default_kcore=5,
-    description="McAuley lab Amazon 2014: reviews_<Cat>_5.json.gz + meta_<Cat>.json.gz",
-))
+register(
+    SourceReader(
+        name="amazon-2014",
+        read=read_a2014,
+        files=lambda root, o: glob_files(root, A2014_FILES),
+        default_kcore=5,
+        description="McAuley lab Amazon 2014: reviews_<Cat>_5.json.gz + meta_<Cat>.json.gz",
+    )
+)

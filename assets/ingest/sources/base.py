@@ -110,8 +110,9 @@ def read_lines(path: Path, encoding: str = "utf-8", skip_blank: bool = True) -> 
     except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as exc:
         if isinstance(exc, SourceError):
             raise
-        raise SourceError(path, f"corrupt or truncated compressed file after line {line_no} ({exc})",
-                          line=line_no + 1) from None
+        raise SourceError(
+            path, f"corrupt or truncated compressed file after line {line_no} ({exc})", line=line_no + 1
+        ) from None
 
 
 def read_text(path: Path, encoding: str = "utf-8") -> str:
@@ -141,8 +142,16 @@ def parse_int(value: str) -> int | None:
         return None
 
 
-def split_lines(path: Path, sep: str, n_fields: int, table: str, rejects, encoding: str = "utf-8",
-                exact: bool = True, skip_header: bool = False):
+def split_lines(
+    path: Path,
+    sep: str,
+    n_fields: int,
+    table: str,
+    rejects,
+    encoding: str = "utf-8",
+    exact: bool = True,
+    skip_header: bool = False,
+):
     """Yield (line_no, fields, text) for every line; lines that do not split into n_fields are
     rejected with their reason and yielded with fields None, so callers count every raw row."""
     first = True
@@ -157,8 +166,9 @@ def split_lines(path: Path, sep: str, n_fields: int, table: str, rejects, encodi
             continue
         fields = text.split(sep)
         if (exact and len(fields) != n_fields) or len(fields) < n_fields:
-            rejects.add(table, path.name, line_no, text,
-                        f"expected {n_fields} fields separated by {sep!r}, found {len(fields)}")
+            rejects.add(
+                table, path.name, line_no, text, f"expected {n_fields} fields separated by {sep!r}, found {len(fields)}"
+            )
             yield line_no, None, text
             continue
         yield line_no, fields, text

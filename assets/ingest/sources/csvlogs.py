@@ -23,8 +23,12 @@ from ..frames import (
 )
 from .base import FileSpec, SourceReader, find_one, glob_files, register
 
-FILES = [FileSpec("interactions.*"), FileSpec("items.csv", required=False),
-         FileSpec("users.csv", required=False), FileSpec("images/*", required=False)]
+FILES = [
+    FileSpec("interactions.*"),
+    FileSpec("items.csv", required=False),
+    FileSpec("users.csv", required=False),
+    FileSpec("images/*", required=False),
+]
 USER_ALIASES = ("user", "user_id", "userId")
 ITEM_ALIASES = ("item", "item_id", "itemId", "movieId", "asin")
 TS_ALIASES = ("timestamp", "ts", "time", "unixReviewTime")
@@ -53,8 +57,7 @@ def load_table(path: Path) -> tuple[pd.DataFrame, pd.Series]:
             df = pd.DataFrame.from_records(records).astype("string")
             lines = pd.Series(lines_l)
         else:
-            df = pd.read_csv(path, dtype="string", keep_default_na=False, encoding="utf-8",
-                             on_bad_lines="error")
+            df = pd.read_csv(path, dtype="string", keep_default_na=False, encoding="utf-8", on_bad_lines="error")
             lines = pd.Series(range(2, len(df) + 2))
     except UnicodeDecodeError as exc:
         raise SourceError(path, f"not valid utf-8 text ({exc.reason} at byte {exc.start})") from None
@@ -85,16 +88,25 @@ def parse_interactions(path: Path, rejects: Rejects) -> tuple[pd.DataFrame, int]
     raw_text = _row_text(df) if len(df.columns) else pd.Series([""] * len(df))
     if "__bad__" in df.columns:
         bad = df["__bad__"].notna()
-        rejects.add_frame("interactions", pd.DataFrame({"source_file": path.name, "line_no": lines[bad],
-                                                        "raw": df.loc[bad, "__bad__"]}), "not a JSON object")
+        rejects.add_frame(
+            "interactions",
+            pd.DataFrame({"source_file": path.name, "line_no": lines[bad], "raw": df.loc[bad, "__bad__"]}),
+            "not a JSON object",
+        )
         df, lines, raw_text = df[~bad], lines[~bad], raw_text[~bad]
     u, i, t = _pick(df, USER_ALIASES, path), _pick(df, ITEM_ALIASES, path), _pick(df, TS_ALIASES, path)
     r = _pick(df, ("rating", "overall"), path, required=False)
-    out = pd.DataFrame({
-        "user_key": df[u].str.strip(), "item_key": df[i].str.strip(),
-        "ts_text": df[t].str.strip(), "rating_text": df[r].str.strip() if r else pd.NA,
-        "source_file": path.name, "line_no": lines.values, "raw": raw_text.values,
-    })
+    out = pd.DataFrame(
+        {
+            "user_key": df[u].str.strip(),
+            "item_key": df[i].str.strip(),
+            "ts_text": df[t].str.strip(),
+            "rating_text": df[r].str.strip() if r else pd.NA,
+            "source_file": path.name,
+            "line_no": lines.values,
+            "raw": raw_text.values,
+        }
+    )
     ts = pd.to_numeric(out["ts_text"], errors="coerce")
     need = ts.isna() & (out["ts_text"].fillna("") != "")
     if need.any():
@@ -117,8 +129,9 @@ def parse_interactions(path: Path, rejects: Rejects) -> tuple[pd.DataFrame, int]
 
 def read_csvlogs(root: Path, options: dict) -> SourceData:
     rejects = Rejects()
-    inter_path = find_one(root, "interactions.csv", "interactions.parquet", "interactions.jsonl",
-                          "interactions.json", "interactions.*")
+    inter_path = find_one(
+        root, "interactions.csv", "interactions.parquet", "interactions.jsonl", "interactions.json", "interactions.*"
+    )
     inter, raw_inter = parse_interactions(inter_path, rejects)
     items, images, raw_items, raw_images = frame([], ITEM_COLUMNS), frame([], IMAGE_COLUMNS), 0, 0
     items_path = find_one(root, "items.csv", required=False)
@@ -126,16 +139,31 @@ def read_csvlogs(root: Path, options: dict) -> SourceData:
         df, lines = load_table(items_path)
         key = _pick(df, ITEM_ALIASES, items_path)
         get = lambda c: df[c] if c in df.columns else None
-        items = frame({"item_key": df[key].str.strip(), "title": get("title"), "categories": get("categories"),
-                       "description": get("description"), "source_file": items_path.name,
-                       "line_no": lines.values, "raw": _row_text(df)}, ITEM_COLUMNS)
+        items = frame(
+            {
+                "item_key": df[key].str.strip(),
+                "title": get("title"),
+                "categories": get("categories"),
+                "description": get("description"),
+                "source_file": items_path.name,
+                "line_no": lines.values,
+                "raw": _row_text(df),
+            },
+            ITEM_COLUMNS,
+        )
         raw_items = len(items)
         if "image" in df.columns:
             has = df["image"].fillna("") != ""
-            images = frame({"item_key": df.loc[has, key].str.strip(),
-                            "path": [str(root / p) for p in df.loc[has, "image"]],
-                            "source_file": items_path.name, "line_no": lines[has].values,
-                            "raw": df.loc[has, "image"]}, IMAGE_COLUMNS)
+            images = frame(
+                {
+                    "item_key": df.loc[has, key].str.strip(),
+                    "path": [str(root / p) for p in df.loc[has, "image"]],
+                    "source_file": items_path.name,
+                    "line_no": lines[has].values,
+                    "raw": df.loc[has, "image"],
+                },
+                IMAGE_COLUMNS,
+            )
             raw_images = len(images)
     users, raw_users = frame([], USER_COLUMNS), 0
     users_path = find_one(root, "users.csv", required=False)
@@ -145,16 +173,36 @@ def read_csvlogs(root: Path, options: dict) -> SourceData:
         cols = {c: df[c] for c in ("gender", "occupation", "zip") if c in df.columns}
         if "age" in df.columns:
             cols["age"] = pd.to_numeric(df["age"], errors="coerce")
-        users = frame({"user_key": df[key].str.strip(), **cols, "source_file": users_path.name,
-                       "line_no": lines.values, "raw": _row_text(df)}, USER_COLUMNS)
+        users = frame(
+            {
+                "user_key": df[key].str.strip(),
+                **cols,
+                "source_file": users_path.name,
+                "line_no": lines.values,
+                "raw": _row_text(df),
+            },
+            USER_COLUMNS,
+        )
         raw_users = len(users)
     return SourceData(
-        items=items, users=users, interactions=inter, item_images=images, rejects=rejects,
+        items=items,
+        users=users,
+        interactions=inter,
+        item_images=images,
+        rejects=rejects,
         raw_counts={"items": raw_items, "users": raw_users, "interactions": raw_inter, "item_images": raw_images},
-        has_item_catalogue=items_path is not None, has_user_catalogue=users_path is not None,
+        has_item_catalogue=items_path is not None,
+        has_user_catalogue=users_path is not None,
         has_timestamps=True,
     )
 
 
-register(SourceReader(name="csv", read=read_csvlogs, files=lambda r, o: glob_files(r, FILES),
-                      default_kcore=0, description="your logs: interactions.{csv,parquet,jsonl} (+ items.csv, users.csv)"))
+register(
+    SourceReader(
+        name="csv",
+        read=read_csvlogs,
+        files=lambda r, o: glob_files(r, FILES),
+        default_kcore=0,
+        description="your logs: interactions.{csv,parquet,jsonl} (+ items.csv, users.csv)",
+    )
+)

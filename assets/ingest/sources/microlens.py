@@ -18,8 +18,7 @@ from ..frames import (
 )
 from .base import FileSpec, SourceReader, find_one, glob_files, read_lines, read_text, register
 
-FILES = [FileSpec("*_pairs.tsv"), FileSpec("*_titles.csv", required=False),
-         FileSpec("covers/*.jpg", required=False)]
+FILES = [FileSpec("*_pairs.tsv"), FileSpec("*_titles.csv", required=False), FileSpec("covers/*.jpg", required=False)]
 
 
 def read_pairs(path: Path, rejects: Rejects) -> tuple[list[dict], list[dict], int, int]:
@@ -49,11 +48,25 @@ def read_pairs(path: Path, rejects: Rejects) -> tuple[list[dict], list[dict], in
         users.append({"user_key": user, "source_file": path.name, "line_no": line_no, "raw": user})
         for pos, item in enumerate(items):
             if not item.isdigit():
-                rejects.add("interactions", path.name, line_no, f"{user}\t{item}",
-                            f"item_id {item!r} at position {pos} is not an integer")
+                rejects.add(
+                    "interactions",
+                    path.name,
+                    line_no,
+                    f"{user}\t{item}",
+                    f"item_id {item!r} at position {pos} is not an integer",
+                )
                 continue
-            inter.append({"user_key": user, "item_key": item, "ts": pos, "rating": None,
-                          "source_file": path.name, "line_no": line_no, "raw": f"{user}\t{item}"})
+            inter.append(
+                {
+                    "user_key": user,
+                    "item_key": item,
+                    "ts": pos,
+                    "rating": None,
+                    "source_file": path.name,
+                    "line_no": line_no,
+                    "raw": f"{user}\t{item}",
+                }
+            )
     return inter, users, raw_inter, raw_users
 
 
@@ -69,8 +82,15 @@ def read_titles(path: Path, rejects: Rejects) -> tuple[list[dict], int]:
         if len(record) != 2 or not record[0].strip().isdigit():
             rejects.add("items", path.name, line_no, ",".join(record), "expected 'item,title' with an integer item id")
             continue
-        rows.append({"item_key": record[0].strip(), "title": record[1].strip() or None,
-                     "source_file": path.name, "line_no": line_no, "raw": ",".join(record)[:500]})
+        rows.append(
+            {
+                "item_key": record[0].strip(),
+                "title": record[1].strip() or None,
+                "source_file": path.name,
+                "line_no": line_no,
+                "raw": ",".join(record)[:500],
+            }
+        )
     return rows, raw
 
 
@@ -82,13 +102,24 @@ def read_microlens(root: Path, options: dict) -> SourceData:
     covers = sorted((root / "covers").glob("*.jpg")) if (root / "covers").is_dir() else []
     images = [{"item_key": p.stem, "path": str(p), "source_file": "covers/", "raw": p.name} for p in covers]
     return SourceData(
-        items=frame(items, ITEM_COLUMNS), users=frame(users, USER_COLUMNS),
-        interactions=frame(inter, INTERACTION_COLUMNS), item_images=frame(images, IMAGE_COLUMNS),
+        items=frame(items, ITEM_COLUMNS),
+        users=frame(users, USER_COLUMNS),
+        interactions=frame(inter, INTERACTION_COLUMNS),
+        item_images=frame(images, IMAGE_COLUMNS),
         rejects=rejects,
         raw_counts={"items": raw_items, "users": raw_users, "interactions": raw_inter, "item_images": len(images)},
-        has_item_catalogue=titles is not None, has_user_catalogue=False, has_timestamps=False,
+        has_item_catalogue=titles is not None,
+        has_user_catalogue=False,
+        has_timestamps=False,
     )
 
 
-register(SourceReader(name="microlens", read=read_microlens, files=lambda r, o: glob_files(r, FILES),
-                      default_kcore=0, description="MicroLens pairs.tsv + titles.csv (+ covers/)"))
+register(
+    SourceReader(
+        name="microlens",
+        read=read_microlens,
+        files=lambda r, o: glob_files(r, FILES),
+        default_kcore=0,
+        description="MicroLens pairs.tsv + titles.csv (+ covers/)",
+    )
+)

@@ -40,17 +40,33 @@ def _rating_rows(path: Path, sep: str, rejects: Rejects) -> tuple[list[dict], in
         user, item, rating, ts = (f.strip() for f in fields)
         bad = [n for n, v in (("user_id", user), ("item_id", item), ("timestamp", ts)) if not v.isdigit()]
         if bad:
-            rejects.add("interactions", path.name, line_no, text,
-                        "; ".join(f"{n} {v!r} is not a non-negative integer" for n, v in
-                                  zip(bad, [dict(user_id=user, item_id=item, timestamp=ts)[b] for b in bad])))
+            rejects.add(
+                "interactions",
+                path.name,
+                line_no,
+                text,
+                "; ".join(
+                    f"{n} {v!r} is not a non-negative integer"
+                    for n, v in zip(bad, [dict(user_id=user, item_id=item, timestamp=ts)[b] for b in bad])
+                ),
+            )
             continue
         try:
             value = float(rating)
         except ValueError:
             rejects.add("interactions", path.name, line_no, text, f"rating {rating!r} is not a number")
             continue
-        rows.append({"user_key": user, "item_key": item, "ts": int(ts), "rating": value,
-                     "source_file": path.name, "line_no": line_no, "raw": text})
+        rows.append(
+            {
+                "user_key": user,
+                "item_key": item,
+                "ts": int(ts),
+                "rating": value,
+                "source_file": path.name,
+                "line_no": line_no,
+                "raw": text,
+            }
+        )
     return rows, raw
 
 
@@ -61,10 +77,18 @@ def _user_rows(path: Path, sep: str, order: tuple[str, ...], rejects: Rejects) -
         if fields is None:
             continue
         rec = dict(zip(order, (f.strip() for f in fields)))
-        rows.append({"user_key": rec["user_key"], "gender": rec.get("gender"),
-                     "age": int(rec["age"]) if rec.get("age", "").isdigit() else None,
-                     "occupation": rec.get("occupation"), "zip": rec.get("zip"),
-                     "source_file": path.name, "line_no": line_no, "raw": text})
+        rows.append(
+            {
+                "user_key": rec["user_key"],
+                "gender": rec.get("gender"),
+                "age": int(rec["age"]) if rec.get("age", "").isdigit() else None,
+                "occupation": rec.get("occupation"),
+                "zip": rec.get("zip"),
+                "source_file": path.name,
+                "line_no": line_no,
+                "raw": text,
+            }
+        )
     return rows, raw
 
 
@@ -83,21 +107,37 @@ def _imdb_plots(path: Path | None) -> dict[str, str]:
     if path is None:
         return {}
     records = json.loads(read_text(path))
-    return {str(r["movie_id"]): r["description"] for r in records
-            if isinstance(r, dict) and r.get("description") and "movie_id" in r}
+    return {
+        str(r["movie_id"]): r["description"]
+        for r in records
+        if isinstance(r, dict) and r.get("description") and "movie_id" in r
+    }
 
 
 def _image_rows(pairs: list[tuple[str, Path, int | None]], source_file: str) -> tuple[list[dict], int]:
-    rows = [{"item_key": key, "path": str(path), "source_file": source_file, "line_no": line,
-             "raw": f"{key} -> {path.name}"} for key, path, line in pairs]
+    rows = [
+        {
+            "item_key": key,
+            "path": str(path),
+            "source_file": source_file,
+            "line_no": line,
+            "raw": f"{key} -> {path.name}",
+        }
+        for key, path, line in pairs
+    ]
     return rows, len(rows)
 
 
 # --- 100K ---------------------------------------------------------------------------------------
 
-ML100K_FILES = [FileSpec("u.data"), FileSpec("u.item"), FileSpec("u.user", required=False),
-                FileSpec("u.genre", required=False), FileSpec("imdb_details*.json*", required=False),
-                FileSpec("ml100k_to_ml1m_posters.tsv", required=False)]
+ML100K_FILES = [
+    FileSpec("u.data"),
+    FileSpec("u.item"),
+    FileSpec("u.user", required=False),
+    FileSpec("u.genre", required=False),
+    FileSpec("imdb_details*.json*", required=False),
+    FileSpec("ml100k_to_ml1m_posters.tsv", required=False),
+]
 
 
 def ml100k_files(root: Path, options: dict) -> list[tuple[Path, str]]:
@@ -134,9 +174,17 @@ def read_ml100k(root: Path, options: dict) -> SourceData:
             continue
         flags = fields[5:]
         cats = [g for g, f in zip(genres, flags) if f.strip() == "1" and g != "unknown"]
-        items.append({"item_key": fields[0].strip(), "title": fields[1].strip() or None,
-                      "categories": " | ".join(cats) or None, "description": plots.get(fields[0].strip()),
-                      "source_file": item_file.name, "line_no": line_no, "raw": text})
+        items.append(
+            {
+                "item_key": fields[0].strip(),
+                "title": fields[1].strip() or None,
+                "categories": " | ".join(cats) or None,
+                "description": plots.get(fields[0].strip()),
+                "source_file": item_file.name,
+                "line_no": line_no,
+                "raw": text,
+            }
+        )
     images, raw_images = [], 0
     mapping = find_one(root, "ml100k_to_ml1m_posters.tsv", required=False)
     if mapping:
@@ -148,22 +196,37 @@ def read_ml100k(root: Path, options: dict) -> SourceData:
             pairs.append((cells[0], root / "posters" / Path(cells[2]).name, line_no))
         images, raw_images = _image_rows(pairs, mapping.name)
     return SourceData(
-        items=frame(items, ITEM_COLUMNS), users=frame(users, USER_COLUMNS),
-        interactions=frame(inter, INTERACTION_COLUMNS), item_images=frame(images, IMAGE_COLUMNS),
+        items=frame(items, ITEM_COLUMNS),
+        users=frame(users, USER_COLUMNS),
+        interactions=frame(inter, INTERACTION_COLUMNS),
+        item_images=frame(images, IMAGE_COLUMNS),
         rejects=rejects,
         raw_counts={"items": raw_items, "users": raw_users, "interactions": raw_inter, "item_images": raw_images},
-        has_item_catalogue=True, has_user_catalogue=user_file is not None, has_timestamps=True,
+        has_item_catalogue=True,
+        has_user_catalogue=user_file is not None,
+        has_timestamps=True,
     )
 
 
-register(SourceReader(name="movielens-100k", read=read_ml100k, files=ml100k_files, default_kcore=0,
-                      description="GroupLens ml-100k (+ IMDb plots, + posters via the 100K->1M map)"))
+register(
+    SourceReader(
+        name="movielens-100k",
+        read=read_ml100k,
+        files=ml100k_files,
+        default_kcore=0,
+        description="GroupLens ml-100k (+ IMDb plots, + posters via the 100K->1M map)",
+    )
+)
 
 
 # --- 1M -----------------------------------------------------------------------------------------
 
-ML1M_FILES = [FileSpec("ratings.dat"), FileSpec("movies.dat"), FileSpec("users.dat", required=False),
-              FileSpec("posters/*.jpg", required=False)]
+ML1M_FILES = [
+    FileSpec("ratings.dat"),
+    FileSpec("movies.dat"),
+    FileSpec("users.dat", required=False),
+    FileSpec("posters/*.jpg", required=False),
+]
 
 
 def read_ml1m(root: Path, options: dict) -> SourceData:
@@ -178,19 +241,37 @@ def read_ml1m(root: Path, options: dict) -> SourceData:
         raw_items += 1
         if fields is None:
             continue
-        items.append({"item_key": fields[0].strip(), "title": fields[1].strip() or None,
-                      "categories": " | ".join(g for g in fields[2].split("|") if g) or None,
-                      "source_file": "movies.dat", "line_no": line_no, "raw": text})
+        items.append(
+            {
+                "item_key": fields[0].strip(),
+                "title": fields[1].strip() or None,
+                "categories": " | ".join(g for g in fields[2].split("|") if g) or None,
+                "source_file": "movies.dat",
+                "line_no": line_no,
+                "raw": text,
+            }
+        )
     posters = sorted((root / "posters").glob("*.jpg")) if (root / "posters").is_dir() else []
     images, raw_images = _image_rows([(p.stem, p, None) for p in posters], "posters/")
     return SourceData(
-        items=frame(items, ITEM_COLUMNS), users=frame(users, USER_COLUMNS),
-        interactions=frame(inter, INTERACTION_COLUMNS), item_images=frame(images, IMAGE_COLUMNS),
+        items=frame(items, ITEM_COLUMNS),
+        users=frame(users, USER_COLUMNS),
+        interactions=frame(inter, INTERACTION_COLUMNS),
+        item_images=frame(images, IMAGE_COLUMNS),
         rejects=rejects,
         raw_counts={"items": raw_items, "users": raw_users, "interactions": raw_inter, "item_images": raw_images},
-        has_item_catalogue=True, has_user_catalogue=user_file is not None, has_timestamps=True,
+        has_item_catalogue=True,
+        has_user_catalogue=user_file is not None,
+        has_timestamps=True,
     )
 
 
-register(SourceReader(name="movielens-1m", read=read_ml1m, files=lambda r, o: glob_files(r, ML1M_FILES),
-                      default_kcore=0, description="GroupLens ml-1m (*.dat) + optional posters/<MovieID>.jpg"))
+register(
+    SourceReader(
+        name="movielens-1m",
+        read=read_ml1m,
+        files=lambda r, o: glob_files(r, ML1M_FILES),
+        default_kcore=0,
+        description="GroupLens ml-1m (*.dat) + optional posters/<MovieID>.jpg",
+    )
+)

@@ -19,22 +19,52 @@ from .base import SourceReader, glob_files, register
 from .csvlogs import FILES, read_csvlogs
 
 CATEGORIES = [
-    ("Trail Running", (196, 78, 52)), ("Green Tea", (70, 140, 60)), ("Sci-Fi Novels", (60, 70, 170)),
-    ("Espresso Gear", (110, 70, 40)), ("Yoga", (170, 90, 170)), ("Board Games", (220, 170, 40)),
-    ("Skin Care", (230, 150, 160)), ("Camping", (40, 120, 120)), ("Jazz Vinyl", (30, 30, 30)),
-    ("Watercolour", (90, 170, 220)), ("Mountain Bikes", (150, 150, 150)), ("Baking", (240, 200, 140)),
+    ("Trail Running", (196, 78, 52)),
+    ("Green Tea", (70, 140, 60)),
+    ("Sci-Fi Novels", (60, 70, 170)),
+    ("Espresso Gear", (110, 70, 40)),
+    ("Yoga", (170, 90, 170)),
+    ("Board Games", (220, 170, 40)),
+    ("Skin Care", (230, 150, 160)),
+    ("Camping", (40, 120, 120)),
+    ("Jazz Vinyl", (30, 30, 30)),
+    ("Watercolour", (90, 170, 220)),
+    ("Mountain Bikes", (150, 150, 150)),
+    ("Baking", (240, 200, 140)),
 ]
 SUBCATEGORIES = ["Starter", "Classic", "Pro", "Limited"]
 SHAPES = ["circle", "square", "triangle", "diamond"]
-ADJECTIVES = ["Bright", "Quiet", "Swift", "Golden", "Urban", "Wild", "Gentle", "Bold", "Crisp", "Lunar",
-              "Cosy", "Brisk", "Velvet", "Silver", "Rustic", "Nordic"]
+ADJECTIVES = [
+    "Bright",
+    "Quiet",
+    "Swift",
+    "Golden",
+    "Urban",
+    "Wild",
+    "Gentle",
+    "Bold",
+    "Crisp",
+    "Lunar",
+    "Cosy",
+    "Brisk",
+    "Velvet",
+    "Silver",
+    "Rustic",
+    "Nordic",
+]
 NOUNS = {
-    "Trail Running": ["Shoe", "Vest", "Sock", "Cap"], "Green Tea": ["Sencha", "Matcha", "Kettle", "Cup"],
-    "Sci-Fi Novels": ["Saga", "Chronicle", "Odyssey", "Anthology"], "Espresso Gear": ["Grinder", "Tamper", "Pitcher", "Scale"],
-    "Yoga": ["Mat", "Block", "Strap", "Bolster"], "Board Games": ["Quest", "Empire", "Duel", "Puzzle"],
-    "Skin Care": ["Serum", "Cream", "Cleanser", "Mask"], "Camping": ["Tent", "Stove", "Lantern", "Sleeping Bag"],
-    "Jazz Vinyl": ["Session", "Standards", "Live Set", "Ballads"], "Watercolour": ["Brush", "Paper Pad", "Palette", "Paint Set"],
-    "Mountain Bikes": ["Helmet", "Saddle", "Tyre", "Frame"], "Baking": ["Whisk", "Tin", "Mixer", "Flour"],
+    "Trail Running": ["Shoe", "Vest", "Sock", "Cap"],
+    "Green Tea": ["Sencha", "Matcha", "Kettle", "Cup"],
+    "Sci-Fi Novels": ["Saga", "Chronicle", "Odyssey", "Anthology"],
+    "Espresso Gear": ["Grinder", "Tamper", "Pitcher", "Scale"],
+    "Yoga": ["Mat", "Block", "Strap", "Bolster"],
+    "Board Games": ["Quest", "Empire", "Duel", "Puzzle"],
+    "Skin Care": ["Serum", "Cream", "Cleanser", "Mask"],
+    "Camping": ["Tent", "Stove", "Lantern", "Sleeping Bag"],
+    "Jazz Vinyl": ["Session", "Standards", "Live Set", "Ballads"],
+    "Watercolour": ["Brush", "Paper Pad", "Palette", "Paint Set"],
+    "Mountain Bikes": ["Helmet", "Saddle", "Tyre", "Frame"],
+    "Baking": ["Whisk", "Tin", "Mixer", "Flour"],
 }
 
 
@@ -57,8 +87,16 @@ def _items(cfg: SyntheticConfig, rng: np.random.Generator) -> list[dict]:
         noun = NOUNS[cat][rank % 4]
         title = f"{ADJECTIVES[rng.integers(len(ADJECTIVES))]} {noun} {sub} No.{rank + 1}"
         desc = f"A {sub.lower()} {noun.lower()} for {cat.lower()} fans; item {rank + 1} of its line."
-        rows.append({"item": f"i{idx + 1:05d}", "title": title, "categories": f"{cat} | {sub}",
-                     "description": desc, "image": f"images/i{idx + 1:05d}.png", "cat": cat_i})
+        rows.append(
+            {
+                "item": f"i{idx + 1:05d}",
+                "title": title,
+                "categories": f"{cat} | {sub}",
+                "description": desc,
+                "image": f"images/i{idx + 1:05d}.png",
+                "cat": cat_i,
+            }
+        )
     return rows
 
 
@@ -157,5 +195,12 @@ def synthetic_files(root: Path | None, options: dict) -> list[tuple[Path, str]]:
     return glob_files(generate(staging, cfg), FILES)
 
 
-register(SourceReader(name="synthetic", read=read_csvlogs, files=synthetic_files, default_kcore=0,
-                      description="seeded synthetic multimodal catalogue (the embedded default)"))
+register(
+    SourceReader(
+        name="synthetic",
+        read=read_csvlogs,
+        files=synthetic_files,
+        default_kcore=0,
+        description="seeded synthetic multimodal catalogue (the embedded default)",
+    )
+)
