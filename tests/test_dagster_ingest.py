@@ -1,6 +1,7 @@
 """The ingest part of the lineage in-process through Dagster, with its checks."""
 
 import dagster as dg
+import pytest
 
 from orchestration.definitions import defs
 
@@ -26,4 +27,9 @@ def test_example_run_configs_validate_against_the_jobs():
     assert {f.stem for f in files} == {"amazon_beauty", "movielens_100k", "microlens_50k"}
     for f in files:
         result = dg.validate_run_config(job, yaml.safe_load(f.read_text()))
-        assert result["ops"]["seqrec_dpo"]["config"]["sampler"] == "stochastic_topk", f.name
+        assert result["ops"]["seqrec_dpo"]["config"]["sampler"] == "stochastic_topk", f.name  # the recipe's
+        assert result["ops"]["seqrec_sft"]["config"]["modalities"] == ["id", "text", "image"], f.name
+    bad = {"ops": {"seqrec_dpo": {"config": {"sampler": "hardest"}}, "seqrec_sft": {"config": {"keep": "first"}}}}
+    with pytest.raises(dg.DagsterInvalidConfigError) as err:  # fails at launch, naming the allowed values
+        dg.validate_run_config(job, bad)
+    assert "stochastic_topk" in str(err.value) and "'best'" in str(err.value)
