@@ -21,7 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--home", default=os.environ.get("RECALIGN_HOME"))
-    ap.add_argument("--dataset", default="amazon-beauty")
+    ap.add_argument("--dataset", default="amazon-beauty", help="a dataset of recalign.datasets.KNOWN (item texts)")
+    ap.add_argument("--path", default=None, help="its folder (default: ../shared/data/<folder>)")
+    ap.add_argument("--posters-dir", default=None, help="a folder of .jpg posters (default: MovieLens-1M's)")
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--texts", type=int, default=1024)
     ap.add_argument("--posters", type=int, default=64)
@@ -32,14 +34,22 @@ def main() -> None:
     from assets.embeddings.pipeline import embed_text_table, image_encoder, text_encoder
     from assets.embeddings.texts import item_metadata_text
     from assets.ingest.pipeline import DatasetSpec, ingest, peak_rss_mb
-    from recalign.settings import Settings, shared_data_dir
+    from recalign.datasets import locate
+    from recalign.settings import Settings
     from recalign.warehouse import Warehouse
 
-    shared = shared_data_dir()
+    try:
+        source, path = locate(args.dataset, args.path)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
+    posters_dir = Path(args.posters_dir) if args.posters_dir else None
+    if posters_dir is None:
+        try:
+            posters_dir = Path(locate("movielens-1m")[1]) / "posters"
+        except FileNotFoundError as err:
+            sys.exit(f"error: {err} (or pass --posters-dir)")
     settings = Settings.from_env(args.home or tempfile.mkdtemp(prefix="recalign-bench-"))
-    ingest(
-        settings, DatasetSpec("amazon-s3rec", str(shared / "amazon_beauty"), name=args.dataset), only_if_missing=True
-    )
+    ingest(settings, DatasetSpec(source, path, name=args.dataset), only_if_missing=True)
     wh = Warehouse(settings.warehouse_path(args.dataset))
     texts = item_metadata_text(wh)["content"].tolist()[: args.texts]
     enc = text_encoder()
@@ -47,7 +57,7 @@ def main() -> None:
     t0 = time.perf_counter()
     enc.encode(texts)
     text_rate = len(texts) / (time.perf_counter() - t0)
-    posters = sorted((shared / "movielens_1m_posters" / "posters").glob("*.jpg"))[: args.posters]
+    posters = sorted(posters_dir.glob("*.jpg"))[: args.posters]
     ienc = image_encoder()
     ienc.encode(posters[:4])
     t0 = time.perf_counter()

@@ -28,6 +28,7 @@ def run() -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--home", default=os.environ.get("RECALIGN_HOME"))
     ap.add_argument("--model", default="smollm2")
+    ap.add_argument("--path", default=None, help="the MovieLens-100k folder (default: ../shared/data/movielens_100k)")
     ap.add_argument("--users", type=int, default=24)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--eval-users", type=int, default=8)
@@ -41,7 +42,8 @@ def run() -> dict:
     from assets.llmrec.pipeline import TrackConfig, _context, preference_rows
     from assets.summaries.backends import TemplateSummarizer
     from assets.summaries.summarize import sample_users, summarize_users
-    from recalign.settings import Settings, shared_data_dir
+    from recalign.datasets import locate
+    from recalign.settings import Settings
     from recalign.warehouse import Warehouse
     from training.llm.prompt import prompt_text
     from training.llm.scoring import evaluate_examples
@@ -55,11 +57,11 @@ def run() -> dict:
 
     ds = "movielens_100k"
     settings = Settings.from_env(args.home or tempfile.mkdtemp(prefix="recalign-bench-"))
-    ingest(
-        settings,
-        DatasetSpec("movielens-100k", str(shared_data_dir() / "movielens_100k"), name=ds),
-        only_if_missing=True,
-    )
+    try:
+        source, path = locate("movielens-100k", args.path)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
+    ingest(settings, DatasetSpec(source, path, name=ds), only_if_missing=True)
     wh = Warehouse(settings.warehouse_path(ds))
     summarize_users(wh, TemplateSummarizer(), sample_users(wh, args.users, 0), max_blocks=4)
     embed_text_table(settings, ds, "item_text")

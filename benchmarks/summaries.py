@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--home", default=os.environ.get("RECALIGN_HOME"))
-    ap.add_argument("--dataset", default="amazon-beauty")
+    ap.add_argument("--dataset", default="amazon-beauty", help="a dataset of recalign.datasets.KNOWN")
+    ap.add_argument("--path", default=None, help="its folder (default: ../shared/data/<folder>)")
     ap.add_argument("--items", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=48)
@@ -31,15 +32,16 @@ def main() -> None:
     from assets.ingest.pipeline import DatasetSpec, ingest, peak_rss_mb
     from assets.summaries.backends import LLMSummarizer
     from assets.summaries.summarize import item_requests
-    from recalign.settings import Settings, shared_data_dir
+    from recalign.datasets import locate
+    from recalign.settings import Settings
     from recalign.warehouse import Warehouse
 
     settings = Settings.from_env(args.home or tempfile.mkdtemp(prefix="recalign-bench-"))
-    ingest(
-        settings,
-        DatasetSpec("amazon-s3rec", str(shared_data_dir() / "amazon_beauty"), name=args.dataset),
-        only_if_missing=True,
-    )
+    try:
+        source, path = locate(args.dataset, args.path)
+    except (ValueError, FileNotFoundError) as err:
+        sys.exit(f"error: {err}")
+    ingest(settings, DatasetSpec(source, path, name=args.dataset), only_if_missing=True)
     wh = Warehouse(settings.warehouse_path(args.dataset))
     reqs = item_requests(wh, list(range(1, args.items + 1)))["request"].tolist()
     llm = LLMSummarizer(args.model, settings.models_dir, args.max_new_tokens, vision_bridge=False)
