@@ -22,6 +22,7 @@ from training.seqrec.checkpoint import load_model, save_model
 from training.seqrec.data import EvalSet, training_windows
 from training.seqrec.evaluate import full_ranking_ranks
 from training.seqrec.model import MultimodalSASRec, SeqRecConfig
+from training.seqrec.recipe import get_recipe
 from training.seqrec.trainer import SeqRecDPOConfig, SeqRecTrainConfig, SeqRecTrainer
 from training.seqrec.warmstart import warm_start_ids
 
@@ -60,7 +61,7 @@ def attribute_matrix(wh: Warehouse, n_items: int) -> tuple[torch.Tensor, list[st
 
 
 def load_data(
-    settings: Settings, dataset: str, max_len: int = 50, modalities: list[str] | None = None, attributes: bool = False
+    settings: Settings, dataset: str, max_len: int, modalities: list[str] | None = None, attributes: bool = False
 ) -> SeqRecData:
     wh = settings.warehouse(dataset)
     seq = load_sequences(wh)
@@ -153,33 +154,37 @@ def train_stage(
 ) -> dict:
     """Train one stage, register the model, write metrics; returns a summary for asset metadata.
 
+    model_cfg: SeqRecConfig fields of a new model; missing ones take the default recipe's values.
     reference: (registry name, version) of the stage-1 model (policy init + frozen reference) for DPO.
     init: (registry name, version) of a model to continue training from (same architecture), no reference.
     """
     t0 = time.perf_counter()
     registry, store = settings.registry(dataset), settings.metrics()
-    wanted = list(model_cfg.get("modalities", ["id"]))
-    data = data or load_data(
-        settings, dataset, model_cfg.get("max_len", 50), wanted, model_cfg.get("attributes", False)
-    )
-    ref_model, ref_meta = None, None
+    ref_model, ref_meta, model = None, None, None
     if reference is not None:
         ref_mv = registry.get(*reference)
         ref_model, ref_meta = load_model(ref_mv.path)
         model = copy.deepcopy(ref_model)
-        model_cfg = ref_model.cfg.to_dict()
     elif init is not None:
         model, _ = load_model(registry.get(*init).path)
-        model_cfg = model.cfg.to_dict()
-    else:
+    model_cfg = get_recipe("default").model_config(**model_cfg) if model is None else model.cfg.to_dict()
+    wanted = list(model_cfg["modalities"])
+    if data is None:  # a loaded model carries its own text / image / attribute features
+        data = load_data(
+            settings,
+            dataset,
+            model_cfg["max_len"],
+            *((wanted, model_cfg["attributes"]) if model is None else (["id"], False)),
+        )
+    if model is None:
         torch.manual_seed(train_cfg.seed)  # the initial weights
         mods = available_modalities(data, wanted)
-        if model_cfg.get("attributes") and data.attributes is None:
+        if model_cfg["attributes"] and data.attributes is None:
             raise ValueError(
                 f"{dataset}: attributes asked for, but the data was loaded without them (load_data(attributes=True))"
             )
         # like a missing modality, attributes drop out where the catalogue has none (or there is no id modality)
-        attrs = data.attributes if model_cfg.get("attributes") and "id" in mods and data.attribute_names else None
+        attrs = data.attributes if model_cfg["attributes"] and "id" in mods and data.attribute_names else None
         cfg = SeqRecConfig(
             **{
                 **model_cfg,

@@ -28,7 +28,7 @@ def argmax_negatives(scores: torch.Tensor, target: torch.Tensor, **_) -> torch.T
 
 
 def stochastic_topk_negatives(
-    scores: torch.Tensor, target: torch.Tensor, k: int = 50, generator: torch.Generator | None = None, **_
+    scores: torch.Tensor, target: torch.Tensor, k: int, generator: torch.Generator | None = None, **_
 ) -> torch.Tensor:
     """y_l ~ U(C_K(x)), C_K(x) = TopK({s(x,i) | i != y_w}, K)  (RoDPO Eq. 4)."""
     k = min(k, scores.shape[1] - 2)  # a catalogue smaller than K + 2: the pool is every other item
