@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from recalign.configargs import add_config_args, picked  # noqa: E402
 from recalign.datasets import KNOWN, locate  # noqa: E402
 from training.seqrec.model import SeqRecConfig  # noqa: E402
-from training.seqrec.recipe import DERIVED, RECIPES, UNSET, get_recipe, run_name  # noqa: E402
+from training.seqrec.recipe import DERIVED, RECIPES, UNSET, get_recipe  # noqa: E402
 from training.seqrec.trainer import SeqRecDPOConfig, SeqRecTrainConfig  # noqa: E402
 
 
@@ -115,7 +115,6 @@ def main() -> None:
             spec.dataset,
             model_cfg,
             sft_cfg,
-            variant=run_name("sft", model_cfg, sft_cfg),
             data=data,
             log=log,
             init=tuple(args.sft_init.split("/")) if args.sft_init else None,
@@ -150,7 +149,6 @@ def main() -> None:
             spec.dataset,
             {},
             dpo_cfg,
-            variant=run_name("dpo", {}, dpo_cfg),
             reference=(sft["name"], sft["version"]),
             data=data,
             log=log,

@@ -74,11 +74,15 @@ def test_dagster_and_cli_defaults_are_the_dataclasses():
 
 
 def test_benchmark_flags_default_to_the_recipe():
-    sys.path.insert(0, str(REPO / "benchmarks"))
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_seqrec", REPO / "benchmarks" / "seqrec.py")
+    bench = importlib.util.module_from_spec(spec)
+    path = list(sys.path)
     try:
-        import seqrec as bench
+        spec.loader.exec_module(bench)  # as a file: benchmarks/ never on sys.path (its serving.py would shadow ours)
     finally:
-        sys.path.pop(0)
+        sys.path[:] = path
     from training.seqrec.recipe import get_recipe
 
     sys_argv, sys.argv = sys.argv, ["seqrec.py"]

@@ -8,7 +8,7 @@ import pandas as pd
 from assets.common import dataclass_config, md_table, to_metadata
 from assets.resources import DatasetResource, RecalignHome
 from training.seqrec.model import SeqRecConfig
-from training.seqrec.recipe import DERIVED, get_recipe, run_name
+from training.seqrec.recipe import DERIVED, get_recipe
 from training.seqrec.trainer import SeqRecDPOConfig, SeqRecTrainConfig
 
 from .pipeline import train_stage
@@ -80,9 +80,7 @@ def seqrec_sft(
 ) -> dg.MaterializeResult:
     model_cfg = config.pick(SeqRecConfig)
     train = SeqRecTrainConfig(**config.pick(SeqRecTrainConfig), show_progress=False)
-    out = train_stage(
-        recalign.settings(), dataset.dataset, model_cfg, train, run_name("sft", model_cfg, train), log=context.log.info
-    )
+    out = train_stage(recalign.settings(), dataset.dataset, model_cfg, train, log=context.log.info)
     return dg.MaterializeResult(metadata=_metadata(out))
 
 
@@ -106,7 +104,6 @@ def seqrec_dpo(
         dataset.dataset,
         {},
         train,
-        run_name("dpo", {}, train),
         reference=(sft.name, sft.version),
         log=context.log.info,
     )

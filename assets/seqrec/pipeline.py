@@ -22,7 +22,7 @@ from training.seqrec.checkpoint import load_model, save_model
 from training.seqrec.data import EvalSet, training_windows
 from training.seqrec.evaluate import full_ranking_ranks
 from training.seqrec.model import MultimodalSASRec, SeqRecConfig
-from training.seqrec.recipe import get_recipe
+from training.seqrec.recipe import get_recipe, run_name
 from training.seqrec.trainer import SeqRecDPOConfig, SeqRecTrainConfig, SeqRecTrainer
 from training.seqrec.warmstart import warm_start_ids
 
@@ -145,7 +145,7 @@ def train_stage(
     dataset: str,
     model_cfg: dict,
     train_cfg: SeqRecTrainConfig | SeqRecDPOConfig,
-    variant: str,
+    variant: str | None = None,
     reference: tuple[str, str] | None = None,
     data: SeqRecData | None = None,
     upstream: dict | None = None,
@@ -155,6 +155,7 @@ def train_stage(
     """Train one stage, register the model, write metrics; returns a summary for asset metadata.
 
     model_cfg: SeqRecConfig fields of a new model; missing ones take the default recipe's values.
+    variant: the registry name; None: `run_name` of the model as built (its modalities after missing ones dropped).
     reference: (registry name, version) of the stage-1 model (policy init + frozen reference) for DPO.
     init: (registry name, version) of a model to continue training from (same architecture), no reference.
     """
@@ -210,6 +211,7 @@ def train_stage(
         "reference": None if reference is None else f"{reference[0]}/{reference[1]}",
         "init": None if init is None else f"{init[0]}/{init[1]}",
     }
+    variant = variant or run_name(train_cfg.stage, model_cfg, train_cfg)
     run_id = store.new_run(
         FAMILY, variant, dataset, config, {**upstream_versions(settings, dataset), **(upstream or {})}
     )
