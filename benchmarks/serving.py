@@ -1,7 +1,9 @@
 """Serving benchmark: the real server on 127.0.0.1, a bounded load from a second process; one JSON line.
 
     python benchmarks/serving.py --home /tmp/bh --dataset amazon-beauty --seconds 15 --concurrency 16
-Targets (2 cores, 16 clients): /v1/recommend p99 under 50 ms; at least 30% of /healthz's requests/s; 0 errors.
+Serves the published model, else the newest model of the sequential track (any variant).
+Targets (2 cores, 16 clients): /v1/recommend p99 under 50 ms and at least 1,000 requests/s, 0 errors; /healthz is
+measured beside it for reference (a ratio to it moves whenever /healthz gets faster, so it is no target).
 """
 
 import argparse
@@ -14,6 +16,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+TARGETS = {"recommend_p99_ms": 50, "recommend_rps": 1000, "concurrency": 16}
 sys.path.insert(0, str(ROOT))
 
 
@@ -143,11 +146,8 @@ def main() -> None:
 
     settings = Settings.from_env(args.home)
     reg = settings.registry(args.dataset)
-    if reg.published() is None:
-        latest = reg.latest("seqrec_dpo") or reg.latest("seqrec_sft")
-        if latest is None:
-            sys.exit(f"no model in {reg.root}: run benchmarks/seqrec.py --home {args.home} first")
-        reg.publish(latest)
+    if reg.published() is None and reg.newest("seqrec") is None:
+        sys.exit(f"no model in {reg.root}: run benchmarks/seqrec.py --home {args.home} first")
     log = Path(settings.cache_dir) / "serving-bench.log"
     svc = serving(settings.home, args.dataset, log)
     try:
@@ -186,8 +186,18 @@ def main() -> None:
             )  # warm-up
             res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
             out[endpoint] = {**res, "client": "httpx"}
+        import httpx
+
+        out["model"] = httpx.get(svc.url + "/readyz").json()["model"]  # published, else the track's newest
         out["recommend_to_healthz_rps"] = round(out["recommend"]["rps"] / out["healthz"]["rps"], 3)
         out["errors"] = out["recommend"]["errors"] + out["healthz"]["errors"]
+        out["targets"] = TARGETS
+        rec = out["recommend"]
+        out["meets_targets"] = (
+            rec["p99_ms"] < TARGETS["recommend_p99_ms"]
+            and rec["rps"] >= TARGETS["recommend_rps"]
+            and out["errors"] == 0
+        )
         print(json.dumps(out))
     finally:
         svc.stop()

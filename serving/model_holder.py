@@ -12,7 +12,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recalign.registry import Registry
 from training.seqrec.checkpoint import load_model
+
+TRACK = "seqrec"  # registry names of the sequential track: seqrec_sft*, seqrec_dpo*
 
 log = logging.getLogger("recalign.serving")
 
@@ -98,8 +101,18 @@ class ModelHolder:
         """Load the pointer's model if it changed; keep the old one when the new one is bad."""
         try:
             raw = self.pointer.read_text()
-        except FileNotFoundError:
-            return False
+        except FileNotFoundError:  # nothing published yet: the newest model of the sequential track, any variant
+            newest = Registry(self.pointer.parent).newest(TRACK)
+            if newest is None:
+                return False
+            raw = json.dumps(
+                {
+                    "name": newest.name,
+                    "version": newest.version,
+                    "path": str(newest.path),
+                    "source": "newest (nothing published)",
+                }
+            )
         if raw == self._seen:
             return False
         self._seen = raw

@@ -56,8 +56,7 @@ def ml_run(tmp_path_factory):
         "ml100k",
         TINY,
         sft_config(epochs=2, batch_size=64, lr=3e-3, show_progress=False),
-        "seqrec_sft",
-        data=data,
+        data=data,  # registered under its run_name: seqrec_sft
         log=quiet,
     )
     dpo = train_stage(
@@ -65,7 +64,6 @@ def ml_run(tmp_path_factory):
         "ml100k",
         {},
         dpo_config(epochs=1, batch_size=64, topk=20, show_progress=False),
-        "seqrec_dpo",
         reference=(sft["name"], sft["version"]),
         data=data,
         log=quiet,
@@ -239,3 +237,21 @@ def test_history_mask_hides_exactly_each_real_prefix(ml_run):
             prefix = set(seq[b, : p + 1][seq[b, : p + 1] > 0].tolist()) - {int(t[r])}
             assert set(hidden[r].nonzero().flatten().tolist()) == prefix
         assert torch.isfinite(masked.gather(1, t[:, None])).all()
+
+
+def test_serving_holds_the_tracks_newest_model_until_one_is_published(ml_run):
+    """`make serve` before any publish serves the newest sequential model, whatever its variant's name."""
+    from serving.model_holder import ModelHolder
+
+    home, _, _, _, sft, dpo, _ = ml_run
+    reg = home.registry("ml100k")
+    assert reg.published() is None and dpo["name"] != "seqrec_dpo"  # a variant name, e.g. seqrec_dpo_stochastic_topk
+    n_items = home.warehouse("ml100k").n_items()
+    holder = ModelHolder(home.registry_dir("ml100k"), n_items)
+    newest = max((d for d in (reg.root / "models").glob("seqrec*/2*")), key=lambda d: d.name)  # versions sort by time
+    assert holder.check() and (holder.current.name, holder.current.version) == (newest.parent.name, newest.name)
+    reg.publish(reg.get(sft["name"], sft["version"]))
+    try:
+        assert holder.check() and holder.current.version == sft["version"]  # the pointer wins once it exists
+    finally:
+        reg.pointer.unlink()
