@@ -17,6 +17,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from training.smoke import small  # noqa: E402  (RECALIGN_SMOKE: the docs test's small form)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -24,9 +26,9 @@ def main() -> None:
     ap.add_argument("--dataset", default="amazon-beauty", help="a dataset of recalign.datasets.KNOWN (item texts)")
     ap.add_argument("--path", default=None, help="its folder (default: ../shared/data/<folder>)")
     ap.add_argument("--posters-dir", default=None, help="a folder of .jpg posters (default: MovieLens-1M's)")
-    ap.add_argument("--queries", type=int, default=300)
-    ap.add_argument("--texts", type=int, default=1024)
-    ap.add_argument("--posters", type=int, default=64)
+    ap.add_argument("--queries", type=int, default=small(300, 20))
+    ap.add_argument("--texts", type=int, default=small(1024, 64))
+    ap.add_argument("--posters", type=int, default=small(64, 8))
     args = ap.parse_args()
     import torch
 

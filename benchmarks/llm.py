@@ -15,6 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from training.smoke import small  # noqa: E402  (RECALIGN_SMOKE: the docs test's small form)
+
 
 def main() -> None:
     import contextlib
@@ -29,9 +31,9 @@ def run() -> dict:
     ap.add_argument("--home", default=os.environ.get("RECALIGN_HOME"))
     ap.add_argument("--model", default="smollm2")
     ap.add_argument("--path", default=None, help="the MovieLens-100k folder (default: ../shared/data/movielens_100k)")
-    ap.add_argument("--users", type=int, default=24)
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--eval-users", type=int, default=8)
+    ap.add_argument("--users", type=int, default=small(24, 6))
+    ap.add_argument("--steps", type=int, default=small(6, 1))
+    ap.add_argument("--eval-users", type=int, default=small(8, 4))
     args = ap.parse_args()
     import torch
 

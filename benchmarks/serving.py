@@ -19,6 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TARGETS = {"recommend_p99_ms": 50, "recommend_rps": 1000, "concurrency": 16}
 sys.path.insert(0, str(ROOT))
 
+from training.smoke import small  # noqa: E402  (RECALIGN_SMOKE: the docs test's small form)
+
 
 def load(url: str, n: int, concurrency: int, body_fn) -> dict:
     """Drive n requests with `concurrency` clients (runs in its own process)."""
@@ -130,9 +132,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--home", required=False, default=os.environ.get("RECALIGN_HOME"))
     ap.add_argument("--dataset", default="amazon-beauty")
-    ap.add_argument("--requests", type=int, default=2000)
+    ap.add_argument("--requests", type=int, default=small(2000, 200))
     ap.add_argument("--concurrency", type=int, default=16)
-    ap.add_argument("--seconds", type=int, default=15, help="wrk: load duration per endpoint")
+    ap.add_argument("--seconds", type=int, default=small(15, 2), help="wrk: load duration per endpoint")
     ap.add_argument("--python-client", action="store_true", help="use the httpx client even where wrk exists")
     ap.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)

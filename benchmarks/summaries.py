@@ -15,13 +15,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from training.smoke import small  # noqa: E402  (RECALIGN_SMOKE: the docs test's small form)
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--home", default=os.environ.get("RECALIGN_HOME"))
     ap.add_argument("--dataset", default="amazon-beauty", help="a dataset of recalign.datasets.KNOWN")
     ap.add_argument("--path", default=None, help="its folder (default: ../shared/data/<folder>)")
-    ap.add_argument("--items", type=int, default=64)
+    ap.add_argument("--items", type=int, default=small(64, 4))
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--max-new-tokens", type=int, default=48)
     ap.add_argument("--model", default="smollm2")

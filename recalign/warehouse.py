@@ -126,6 +126,10 @@ class SequenceData:
     test: np.ndarray  # (U,) test target, 0 when none
     n_items: int  # max item id (ids are 1..n_items, 0 = padding)
 
+    def first_users(self, n: int) -> SequenceData:
+        """The first n users (a small form of the data: RECALIGN_SMOKE)."""
+        return SequenceData(self.user_ids[:n], self.train[:n], self.valid[:n], self.test[:n], self.n_items)
+
     def history(self, split: str) -> list[np.ndarray]:
         """The input sequence for predicting the split's target (valid: train; test: train+valid)."""
         if split == "valid":

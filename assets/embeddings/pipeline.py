@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from recalign.settings import Settings
+from training.smoke import SMOKE_TEXTS, smoke
 
 from .encoders import MINILM_ID, ImageEncoder, SentenceEncoder
 from .texts import TEXT_RECIPES
@@ -30,6 +31,8 @@ def embed_text_table(
     """Embed the recipe's text for `table` incrementally; returns stats for metadata."""
     wh = settings.warehouse(dataset)
     rows = TEXT_RECIPES[table](wh)
+    if smoke():
+        rows = rows.head(SMOKE_TEXTS)
     enc = text_encoder(model, device)
     stats = settings.vectors(dataset).upsert(table, rows, enc.model_id, enc.dim, enc.encode, batch_size)
     return stats.as_dict() | {"source_rows": len(rows)}

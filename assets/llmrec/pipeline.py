@@ -25,6 +25,7 @@ from training.llm.trainers import (
     run_preference,
     run_sft,
 )
+from training.smoke import SMOKE_LLM_USERS, small
 
 from .data import LLMData, eval_examples, train_examples
 
@@ -46,6 +47,10 @@ class TrackConfig:
     item_notes: bool = False  # candidate item summaries in the prompt (longer prompts; on by default on GPUs)
     eval_users: int | None = None  # evaluate on the first n sampled users (None: all of them)
     stage: StageConfig = field(default_factory=StageConfig)
+
+    def __post_init__(self):
+        self.n_users = small(self.n_users, SMOKE_LLM_USERS)
+        self.eval_users = small(self.eval_users, SMOKE_LLM_USERS)
 
     def example_kw(self) -> dict:
         return {"history_len": self.history_len, "with_notes": self.item_notes}

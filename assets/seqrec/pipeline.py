@@ -25,6 +25,7 @@ from training.seqrec.model import MultimodalSASRec, SeqRecConfig
 from training.seqrec.recipe import get_recipe, run_name
 from training.seqrec.trainer import SeqRecDPOConfig, SeqRecTrainConfig, SeqRecTrainer
 from training.seqrec.warmstart import warm_start_ids
+from training.smoke import SMOKE_USERS, smoke
 
 FAMILY = "seqrec"
 
@@ -65,6 +66,8 @@ def load_data(
 ) -> SeqRecData:
     wh = settings.warehouse(dataset)
     seq = load_sequences(wh)
+    if smoke():
+        seq = seq.first_users(SMOKE_USERS)
     x, y = training_windows(seq.train, max_len)
     mods = modalities or ["id"]
     text = feature_matrix(settings, dataset, "item_text", seq.n_items) if "text" in mods else None

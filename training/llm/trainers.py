@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
+from ..smoke import smoke
 from .rewards import RewardWeights, mspa_rewards
 
 
@@ -53,6 +54,10 @@ class StageConfig:
     logging_steps: int = 5
     gradient_checkpointing: bool = False  # trl turns it on by default; on small models it only costs time
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+
+    def __post_init__(self):
+        if smoke():
+            self.max_steps = 1
 
     def trainer_kwargs(self, out_dir: Path) -> dict:
         cuda = torch.cuda.is_available()

@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..device import autocast, pick_device, retain_freed_memory, seed_everything
+from ..smoke import small
 from .checkpoint import load_training_state, save_model, save_training_state
 from .data import EvalSet, length_buckets, position_rows, trim
 from .evaluate import evaluate
@@ -65,6 +66,7 @@ class SeqRecTrainConfig:
     show_progress: bool = True
 
     def __post_init__(self):
+        self.epochs = small(self.epochs, 1)
         _check_choice("keep", self.keep, KEEP)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
         if self.ema_decay and self.swa_last:

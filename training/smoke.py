@@ -1,0 +1,25 @@
+"""RECALIGN_SMOKE=1: every command in a small form, so the docs test can run each one the README and docs/ show.
+
+What it shrinks, and nothing else: training epochs (1) and LLM steps (1); the sequential track's users (the
+first 2,000); text embeddings (the first 2,000 texts of a table); the LLM track's user sample (8); and the
+benchmarks' own loads (see each). Results of a smoke run are not results: the flag is for checking commands.
+"""
+
+from __future__ import annotations
+
+import os
+
+SMOKE_USERS = 2000
+SMOKE_TEXTS = 2000
+SMOKE_LLM_USERS = 8
+
+
+def smoke() -> bool:
+    return os.environ.get("RECALIGN_SMOKE", "").lower() not in ("", "0", "false", "no")
+
+
+def small(value, smoke_value):
+    """`value`, or at most `smoke_value` under RECALIGN_SMOKE (None counts as unbounded)."""
+    if not smoke():
+        return value
+    return smoke_value if value is None else min(value, smoke_value)
