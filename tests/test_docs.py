@@ -29,8 +29,14 @@ def blocks() -> list[dict]:
     for doc in DOCS:
         for m in FENCE.finditer(doc.read_text()):
             line = doc.read_text()[: m.start("body")].count("\n") + 1
-            out.append({"doc": doc.name, "line": line, "directive": (m["directive"] or "").strip(),
-                        "commands": commands(m["body"])})
+            out.append(
+                {
+                    "doc": doc.name,
+                    "line": line,
+                    "directive": (m["directive"] or "").strip(),
+                    "commands": commands(m["body"]),
+                }
+            )
     return out
 
 
@@ -38,9 +44,9 @@ def commands(body: str) -> list[str]:
     """Shell commands of a block: continuation lines joined, blank and comment-only lines left out."""
     out, current = [], ""
     for raw in body.splitlines():
-        current += raw
+        current += raw.strip() if current else raw
         if raw.rstrip().endswith("\\"):
-            current = current.rstrip()[:-1] + " "
+            current = current.rstrip()[:-1].rstrip() + " "
             continue
         if current.strip() and not current.strip().startswith("#"):
             out.append(current.strip())
@@ -62,8 +68,13 @@ def _wait_for_port(host: str, port: int, proc: subprocess.Popen, seconds: float)
 
 
 def test_every_documented_command_runs(tmp_path):
-    env = {**os.environ, "RECALIGN_SMOKE": "1", "RECALIGN_HOME": str(tmp_path / "home"),
-           "DAGSTER_HOME": str(tmp_path / "dagster"), "DAGSTER_DISABLE_TELEMETRY": "1"}
+    env = {
+        **os.environ,
+        "RECALIGN_SMOKE": "1",
+        "RECALIGN_HOME": str(tmp_path / "home"),
+        "DAGSTER_HOME": str(tmp_path / "dagster"),
+        "DAGSTER_DISABLE_TELEMETRY": "1",
+    }
     env.pop("PYTEST_CURRENT_TEST", None)
     (tmp_path / "tmp").mkdir()
     ran, syntax, skipped = [], [], []
@@ -71,9 +82,12 @@ def test_every_documented_command_runs(tmp_path):
     def run(cmd: str, where: str) -> None:
         cmd = cmd.replace("/tmp/", f"{tmp_path}/tmp/")
         t0 = time.time()
-        proc = subprocess.run(["bash", "-o", "pipefail", "-c", cmd], cwd=REPO, env=env, capture_output=True,
-                              text=True, timeout=1200)
-        assert proc.returncode == 0, f"{where}: `{cmd}` exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        proc = subprocess.run(
+            ["bash", "-o", "pipefail", "-c", cmd], cwd=REPO, env=env, capture_output=True, text=True, timeout=1200
+        )
+        assert proc.returncode == 0, (
+            f"{where}: `{cmd}` exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
         ran.append((where, cmd, round(time.time() - t0, 1)))
 
     for b in blocks():
@@ -89,8 +103,14 @@ def test_every_documented_command_runs(tmp_path):
             continue
         if b["directive"].startswith("server"):
             host, port = b["directive"].split()[1].rsplit(":", 1)
-            server = subprocess.Popen(["bash", "-c", b["commands"][0]], cwd=REPO, env=env, start_new_session=True,
-                                      stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"))
+            server = subprocess.Popen(
+                ["bash", "-c", b["commands"][0]],
+                cwd=REPO,
+                env=env,
+                start_new_session=True,
+                stdout=subprocess.DEVNULL,
+                stderr=open(tmp_path / "server.log", "w"),
+            )
             try:
                 _wait_for_port(host, int(port), server, 300)
                 ran.append((where, b["commands"][0], "server"))
@@ -116,4 +136,4 @@ def test_directives_parse_and_blocks_are_found():
     found = blocks()
     assert sum(len(b["commands"]) for b in found) >= 10
     assert {b["directive"].split()[0] for b in found if b["directive"]} <= {"syntax-only", "server"}
-    assert commands("a \\\n  b\n# note\n\nc  # trailing\n") == ["a  b", "c  # trailing"]
+    assert commands("a \\\n  b\n# note\n\nc  # trailing\n") == ["a b", "c  # trailing"]

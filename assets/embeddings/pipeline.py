@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from recalign.settings import Settings
-from training.smoke import SMOKE_TEXTS, smoke
+from training.smoke import SMOKE_IMAGES, SMOKE_TEXTS, smoke
 
 from .encoders import MINILM_ID, ImageEncoder, SentenceEncoder
 from .texts import TEXT_RECIPES
@@ -49,6 +49,8 @@ def embed_item_images(settings: Settings, dataset: str, device: str = "cpu", bat
     """EfficientNet-Lite0 vectors of every validated item image; items without an image get no row."""
     wh = settings.warehouse(dataset)
     img = wh.read("SELECT item_id AS id, path FROM item_images ORDER BY item_id")
+    if smoke():
+        img = img.head(SMOKE_IMAGES)
     rows = pd.DataFrame({"id": img["id"], "content": img["path"], "content_hash": [_file_hash(p) for p in img["path"]]})
     store = settings.vectors(dataset)
     if rows.empty:

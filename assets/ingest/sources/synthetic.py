@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from training.smoke import SMOKE_SYNTHETIC, smoke
+
 from .base import SourceReader, glob_files, register
 from .csvlogs import FILES, read_csvlogs
 
@@ -188,6 +190,8 @@ def generate(dest: Path, cfg: SyntheticConfig = SyntheticConfig()) -> Path:
 
 
 def synthetic_files(root: Path | None, options: dict) -> list[tuple[Path, str]]:
+    if smoke():  # the small form: fewer items and users unless the run asks for a size
+        options = {"n_items": SMOKE_SYNTHETIC[0], "n_users": SMOKE_SYNTHETIC[1], **options}
     cfg = SyntheticConfig(**{k: v for k, v in options.items() if k in SyntheticConfig.__dataclass_fields__})
     from recalign.settings import Settings
 
