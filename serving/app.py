@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI, HTTPException, Query, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
@@ -29,15 +29,17 @@ from prometheus_client import (
 from prometheus_client.core import (
     CounterMetricFamily,
 )
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from recalign.settings import Settings
 
 from .catalogue import Catalogue
+from .guard import MAX_BODY_BYTES, BodyGuard
 from .model_holder import ModelHolder
 
 MAX_K = 100
 MAX_HISTORY = 200
+OPEN_PATHS = ("/healthz", "/readyz")  # probes stay open when RECALIGN_API_KEY is set
 log = logging.getLogger("recalign.serving")
 
 
@@ -59,17 +61,41 @@ class ServiceConfig:
 
 
 class RecommendRequest(BaseModel):
-    user_id: int | None = Field(None, description="a known user: their history is looked up")
-    history: list[int] | None = Field(
+    """Exactly one of `user_id` and `history`; nothing else besides the options."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"oneOf": [{"required": ["user_id"]}, {"required": ["history"]}]}
+    )
+
+    user_id: int = Field(None, description="a known user: their history is looked up")
+    history: list[int] = Field(
         None, max_length=MAX_HISTORY, description="or an ad-hoc history of item ids, oldest first"
     )
     k: int = Field(10, ge=1, le=MAX_K)
-    exclude_seen: bool = Field(
+    exclude_seen: StrictBool = Field(
         True,
         description="leave out the history's items (models trained with mask_history, the "
         "default, never learned to rank them: their scores say nothing)",
     )
-    category: str | None = Field(None, max_length=200, description="only items whose category path contains this")
+    category: str = Field(None, max_length=200, description="only items whose category path contains this")
+
+
+class Problem(BaseModel):
+    """Why a request was refused: a message, or FastAPI's list of validation errors (422)."""
+
+    detail: str | list[dict]
+
+
+REFUSED = {
+    400: {
+        "model": Problem,
+        "description": "the body is not strict JSON (NaN, Infinity, a number that overflows, a lone surrogate)",
+    },
+    401: {"model": Problem, "description": "RECALIGN_API_KEY is set and X-API-Key is missing or wrong"},
+    413: {"model": Problem, "description": f"the body is over {MAX_BODY_BYTES} bytes"},
+    422: {"model": Problem, "description": "a field out of its range, or not exactly one of user_id and history"},
+}
+NOT_FOUND = {404: {"model": Problem, "description": "an unknown item id"}}
 
 
 class ScoredItem(BaseModel):
@@ -171,11 +197,22 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
                 requests.labels(path, str(status[0])).inc()
                 latency.labels(path).observe(time.perf_counter() - t0)
 
-    app.add_middleware(Observe)
+    class KeyGuard:
+        """With RECALIGN_API_KEY set, every path but the probes needs X-API-Key (the API, /docs, /openapi.json,
+        /metrics)."""
 
-    def require_key(request: Request):
-        if cfg.api_key and request.headers.get("x-api-key") != cfg.api_key:
-            raise HTTPException(401, "missing or wrong X-API-Key")
+        def __init__(self, app):
+            self.app = app
+
+        async def __call__(self, scope, receive, send):
+            if scope["type"] == "http" and cfg.api_key and scope["path"] not in OPEN_PATHS:
+                if dict(scope.get("headers") or []).get(b"x-api-key", b"").decode("latin-1") != cfg.api_key:
+                    return await JSONResponse({"detail": "missing or wrong X-API-Key"}, 401)(scope, receive, send)
+            return await self.app(scope, receive, send)
+
+    app.add_middleware(BodyGuard)
+    app.add_middleware(KeyGuard)
+    app.add_middleware(Observe)  # outermost: refused requests are counted too
 
     def cat() -> Catalogue:
         return state["catalogue"]
@@ -187,7 +224,7 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: {"description": "no model loaded yet"}})
     def readyz():
         h = holder()
         cur = h.current
@@ -200,7 +237,7 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
         }
         return JSONResponse(body, status_code=200 if cur is not None else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse, responses=REFUSED)
     def prometheus():
         return Response(generate_latest(metrics), media_type=CONTENT_TYPE_LATEST)
 
@@ -255,7 +292,7 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
         }
         return Response(json.dumps(body, separators=(",", ":")), media_type="application/json")
 
-    @app.post("/v1/recommend", response_model=RecommendResponse, dependencies=[Depends(require_key)])
+    @app.post("/v1/recommend", response_model=RecommendResponse, responses={**REFUSED, **NOT_FOUND})
     async def recommend(req: RecommendRequest):
         # a few ms of CPU: run inline on the event loop (thread-pool hand-offs under the GIL cost more)
         return recommend_sync(req)
@@ -267,7 +304,7 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
         if req.history is not None:
             unknown = sorted({i for i in req.history if i not in c.titles})
             if unknown:
-                raise HTTPException(422, f"unknown item ids: {unknown[:20]}")
+                raise HTTPException(404, f"unknown item ids: {unknown[:20]}")
             if not req.history:
                 return _recommend(np.zeros(0, np.int64), req.k, req.exclude_seen, req.category, user_known=False)
             return _recommend(np.asarray(req.history, np.int64), req.k, req.exclude_seen, req.category, user_known=True)
@@ -276,25 +313,24 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
             return _recommend(np.zeros(0, np.int64), req.k, req.exclude_seen, req.category, user_known=False)
         return _recommend(hist, req.k, req.exclude_seen, req.category, user_known=True, user_id=req.user_id)
 
-    @app.get(
-        "/v1/users/{user_id}/recommendations", response_model=RecommendResponse, dependencies=[Depends(require_key)]
-    )
+    @app.get("/v1/users/{user_id}/recommendations", response_model=RecommendResponse)
     async def recommend_user(
         user_id: int,
         k: int = Query(10, ge=1, le=MAX_K),
         exclude_seen: bool = True,
         category: str | None = Query(None, max_length=200),
     ):
-        return recommend_sync(RecommendRequest(user_id=user_id, k=k, exclude_seen=exclude_seen, category=category))
+        given = {"category": category} if category is not None else {}
+        return recommend_sync(RecommendRequest(user_id=user_id, k=k, exclude_seen=exclude_seen, **given))
 
-    @app.get("/v1/items/{item_id}", response_model=ItemDetails, dependencies=[Depends(require_key)])
+    @app.get("/v1/items/{item_id}", response_model=ItemDetails, responses={**REFUSED, **NOT_FOUND})
     def item(item_id: int):
         c = cat()
         if item_id not in c.titles:
             raise HTTPException(404, f"unknown item id {item_id}")
         return ItemDetails(item_id=item_id, title=c.titles[item_id], categories=c.categories.get(item_id))
 
-    @app.get("/v1/items/{item_id}/similar", response_model=SimilarResponse, dependencies=[Depends(require_key)])
+    @app.get("/v1/items/{item_id}/similar", response_model=SimilarResponse, responses={**REFUSED, **NOT_FOUND})
     def similar(item_id: int, k: int = Query(10, ge=1, le=MAX_K)):
         c = cat()
         if item_id not in c.titles:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -75,6 +76,19 @@ def precompute_top(
     return out
 
 
+def without_paths(message: str) -> str:
+    """An error message for a status page: absolute paths cut to their last component."""
+    return re.sub(r"(?:/[^/\s'\"]+)+/([^/\s'\"]+)", r"\1", message)[:500]
+
+
+def _model_of(raw: str) -> str | None:
+    try:
+        entry = json.loads(raw)
+        return f"{entry['name']}/{entry['version']}"
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 class ModelHolder:
     def __init__(
         self,
@@ -127,7 +141,11 @@ class ModelHolder:
                 raise ValueError("model produces non-finite scores")
         except Exception as exc:  # noqa: BLE001 - any failure means: refuse and keep serving the old model
             self.refusals += 1
-            self.last_error = {"at": time.time(), "pointer": raw[:500], "error": f"{type(exc).__name__}: {exc}"}
+            self.last_error = {
+                "at": time.time(),
+                "model": _model_of(raw),
+                "error": without_paths(f"{type(exc).__name__}: {exc}"),
+            }
             log.error(
                 "refused new model: %s (still serving %s)",
                 self.last_error["error"],
@@ -144,6 +162,7 @@ class ModelHolder:
             model, entry["name"], entry["version"], entry["path"], time.time(), users, states, tables, top
         )
         self.switches += 1
+        self.last_error = None  # a good model is serving again
         log.info("serving model %s/%s", entry["name"], entry["version"])
         return True
 

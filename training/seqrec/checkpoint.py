@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save_file
 
 from .model import MultimodalSASRec, SeqRecConfig
 
@@ -38,7 +38,9 @@ def load_model(directory: str | Path, map_location: str = "cpu") -> tuple[Multim
     if meta.get("format") != FORMAT:
         raise ValueError(f"{d}: not a recalign sequential model (format {meta.get('format')!r})")
     cfg = SeqRecConfig(**meta["model"])
-    state = load_file(str(d / "model.safetensors"), device=map_location)
+    # read into memory this process owns: a memory-mapped file truncated or replaced in place under a running
+    # server would kill it with SIGBUS at the next access
+    state = {k: v.to(map_location) for k, v in load((d / "model.safetensors").read_bytes()).items()}
     model = MultimodalSASRec(
         cfg, text=state.get("text_feats"), image=state.get("image_feats"), attributes=state.get("item_attrs")
     )
