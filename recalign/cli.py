@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 
 
@@ -51,9 +52,17 @@ def cmd_demo(args) -> int:
     )
     if not result.success:
         for ev in result.all_events:
-            if ev.is_failure and ev.step_failure_data is not None:
-                print(f"error in {ev.step_key}: {ev.step_failure_data.error.message.strip()}", file=sys.stderr)
-    return 0 if result.success else 1
+            if ev.is_step_failure and ev.step_failure_data.error is not None:
+                print(f"error in {ev.step_key}: {_root_message(ev.step_failure_data.error)}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _root_message(error) -> str:
+    """The innermost cause of a Dagster step error: the source's own message, not the framework's wrapper."""
+    while error.cause is not None:
+        error = error.cause
+    return re.sub(r"^[\w.]*(Error|Exception): ", "", error.message.strip())
 
 
 def cmd_ingest(args) -> int:

@@ -178,3 +178,73 @@ def test_cli_reports_bad_input_without_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "u.data: file is empty" in proc.stderr
+
+
+def test_unicode_digits_and_endless_numbers_are_rejected_rows_not_crashes(home, tmp_path, shared):
+    """Planted in copies of the real files: '881250949²' in u.data, a 5,000-digit id, '12³' in Beauty.txt."""
+    ml = tmp_path / "ml"
+    ml.mkdir()
+    for name in ("u.item", "u.user"):
+        (ml / name).write_bytes((shared / "movielens_100k" / name).read_bytes())
+    lines = (shared / "movielens_100k" / "u.data").read_text().splitlines()[:200]
+    lines[10] = lines[10].rsplit("\t", 1)[0] + "\t881250949\u00b2"
+    lines[20] = "9" * 5000 + "\t" + lines[20].split("\t", 1)[1]
+    (ml / "u.data").write_text("\n".join(lines) + "\n")
+    md, rej = build(home, "movielens-100k", ml)
+    bad = rej[rej["table_name"] == "interactions"].set_index("line_no")["reason"]
+    assert set(bad.index) == {11, 21} and "timestamp" in bad[11] and "user_id" in bad[21]
+    assert md["interactions"] == 198
+    s3 = tmp_path / "s3"
+    s3.mkdir()
+    beauty = (shared / "amazon_beauty" / "Beauty.txt").read_text().splitlines()[:100]
+    beauty[5] = beauty[5] + " 12\u00b3"
+    (s3 / "Beauty.txt").write_text("\n".join(beauty) + "\n")
+    (s3 / "items.tsv").write_bytes((shared / "amazon_beauty" / "items.tsv").read_bytes())
+    md, rej = build(home, "amazon-s3rec", s3)
+    assert (rej["line_no"] == 6).all() and len(rej) and rej["reason"].str.contains("12\u00b3").any()
+
+
+def test_a_decompression_bomb_poster_is_a_rejected_row(home, tmp_path):
+    from PIL import Image
+
+    mapping = "ml100k_movie_id\tml1m_movie_id\tposter_file\ttitle\n1\t1\tposters_src/1.png\tToy\n"
+    root = ml100k(tmp_path, "1\t1\t5\t881250949\n", extra={"ml100k_to_ml1m_posters.tsv": mapping})
+    (tmp_path / "posters_src").mkdir()
+    Image.new("1", (15000, 15000)).save(tmp_path / "posters_src" / "1.png")  # 225 M pixels in a few KB
+    md, rej = build(home, "movielens-100k", root)
+    assert md["item_images"] == 0
+    reason = rej[rej["table_name"] == "item_images"]["reason"].iloc[0]
+    assert "not a readable image: 1.png" in reason and ("pixels" in reason or "Bomb" in reason)
+
+
+def test_landing_file_with_out_of_range_iso_dates_keeps_its_valid_rows(home, tmp_path):
+    from assets.ingest.landing import ingest_batch
+    from assets.ingest.pipeline import build_sequences
+
+    spec = DatasetSpec(source="synthetic", options={"n_items": 40, "n_users": 30})
+    land_raw(home, spec)
+    build_warehouse(home, spec)
+    build_sequences(home, spec)
+    log = tmp_path / "day.csv"
+    log.write_text(
+        "user,item,timestamp\nu00001,i00002,2030-01-01\nu00002,i00003,9999-12-31\n"
+        "u00003,i00004,1500-01-01\nu00004,i00005,2030-01-02T10:00:00Z\n"
+    )
+    wh = home.warehouse(spec.dataset)
+    stats = ingest_batch(wh, log, "day.csv@x")
+    assert stats["accepted"] == 2 and stats["rejected"] == 2 and stats["reconciled"]
+    reasons = wh.read("SELECT line_no, reason FROM rejected_rows WHERE batch = 'day.csv@x' ORDER BY line_no")
+    assert reasons["line_no"].tolist() == [3, 4] and reasons["reason"].str.contains("ts").all()
+
+
+def test_cli_demo_on_a_missing_folder_prints_the_sources_error_and_exits_2(tmp_path):
+    env = {**__import__("os").environ, "RECALIGN_HOME": str(tmp_path / "h"), "DAGSTER_HOME": ""}
+    proc = subprocess.run(
+        [sys.executable, "-m", "recalign.cli", "demo", "--source", "movielens-100k", "--path", "/nonexistent"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "error in raw_dataset: /nonexistent: dataset folder not found" in proc.stderr

@@ -14,6 +14,15 @@ IMAGE_COLUMNS = ["item_key", "path", "source_file", "line_no", "raw"]
 REJECT_COLUMNS = ["table_name", "source_file", "line_no", "raw", "reason"]
 
 
+MAX_ID_DIGITS = 18  # ids and timestamps fit an int64; longer digit strings are data errors
+
+
+def digits(text: str) -> bool:
+    """An ASCII decimal number of at most 18 digits: what `int()` of an id or a timestamp may be given.
+    (`str.isdigit` also accepts '²' or '³', which int() refuses, and int() refuses over 4,300 digits.)"""
+    return 0 < len(text) <= MAX_ID_DIGITS and text.isascii() and text.isdigit()
+
+
 def empty_frame(columns: list[str]) -> pd.DataFrame:
     return pd.DataFrame({c: pd.Series(dtype="object") for c in columns})
 

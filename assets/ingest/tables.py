@@ -53,6 +53,9 @@ def _reject_unknown(
     return df[~bad]
 
 
+MAX_IMAGE_PIXELS = 40_000_000  # a poster or product photo is far smaller; larger is a bomb or a mistake
+
+
 def check_images(df: pd.DataFrame, rejects: Rejects) -> pd.DataFrame:
     """Keep images that exist and decode; record width, height and bytes."""
     from PIL import Image, UnidentifiedImageError
@@ -61,14 +64,16 @@ def check_images(df: pd.DataFrame, rejects: Rejects) -> pd.DataFrame:
     for idx, row in df.iterrows():
         path = Path(row["path"])
         try:
-            with Image.open(path) as img:
+            with Image.open(path) as img:  # reads the header only; PIL refuses decompression bombs here
+                if img.size[0] * img.size[1] > MAX_IMAGE_PIXELS:
+                    raise ValueError(f"{img.size[0]}x{img.size[1]} pixels, over {MAX_IMAGE_PIXELS:,}")
                 img.verify()
                 size = img.size
             keep.append(idx)
             sizes.append((size[0], size[1], path.stat().st_size))
         except FileNotFoundError:
             rejects.add("item_images", row["source_file"], row["line_no"], row["raw"], f"image file not found: {path}")
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as exc:
             rejects.add(
                 "item_images",
                 row["source_file"],

@@ -14,6 +14,7 @@ from ..frames import (
     USER_COLUMNS,
     Rejects,
     SourceData,
+    digits,
     frame,
 )
 from .base import FileSpec, SourceReader, bad_encoding, find_one, glob_files, read_lines, register
@@ -54,7 +55,7 @@ def read_s3rec_sequences(path: Path, rejects: Rejects) -> tuple[list[dict], list
             reject_line(bad_encoding("utf-8"))
             continue
         user = tokens[0]
-        if not user.isdigit():
+        if not digits(user):
             reject_line(f"user_id {user!r} is not a positive integer")
             continue
         if len(tokens) < 2:
@@ -66,7 +67,7 @@ def read_s3rec_sequences(path: Path, rejects: Rejects) -> tuple[list[dict], list
         first_line[user] = line_no
         users.append({"user_key": user, "source_file": name, "line_no": line_no, "raw": user})
         for pos, item in enumerate(tokens[1:]):
-            if not item.isdigit() or int(item) == 0:
+            if not digits(item) or int(item) == 0:
                 rejects.add(
                     "interactions",
                     name,

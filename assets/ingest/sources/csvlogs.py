@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from ..errors import SourceError
@@ -81,6 +82,14 @@ def _pick(df: pd.DataFrame, aliases: tuple[str, ...], path: Path, required: bool
     return None
 
 
+def iso_seconds(text: pd.Series) -> pd.Series:
+    """Unix seconds of ISO dates, NaN where a value is not one; any year pandas can parse (1500, 9999: the schema's
+    range check rejects them with a reason later), never an out-of-bounds error for the whole file."""
+    iso = pd.to_datetime(text, errors="coerce", utc=True, format="ISO8601")
+    seconds = iso.dt.tz_localize(None).to_numpy(dtype="datetime64[s]").astype("int64").astype("float64")
+    return pd.Series(np.where(iso.isna().to_numpy(), np.nan, seconds), index=text.index)
+
+
 def parse_interactions(path: Path, rejects: Rejects) -> tuple[pd.DataFrame, int]:
     """user, item, timestamp (int seconds or ISO date), optional rating -> normalised frame."""
     df, lines = load_table(path)
@@ -110,8 +119,7 @@ def parse_interactions(path: Path, rejects: Rejects) -> tuple[pd.DataFrame, int]
     ts = pd.to_numeric(out["ts_text"], errors="coerce")
     need = ts.isna() & (out["ts_text"].fillna("") != "")
     if need.any():
-        iso = pd.to_datetime(out.loc[need, "ts_text"], errors="coerce", utc=True, format="ISO8601")
-        ts.loc[need] = (iso - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+        ts.loc[need] = iso_seconds(out.loc[need, "ts_text"])
     out["ts"] = ts
     out["rating"] = pd.to_numeric(out["rating_text"], errors="coerce") if r else None
     reasons = pd.Series("", index=out.index)

@@ -14,6 +14,7 @@ from ..frames import (
     USER_COLUMNS,
     Rejects,
     SourceData,
+    digits,
     frame,
 )
 from .base import FileSpec, SourceReader, find_one, glob_files, read_lines, read_text, register
@@ -32,7 +33,7 @@ def read_pairs(path: Path, rejects: Rejects) -> tuple[list[dict], list[dict], in
         reason = None
         if text is None:
             reason = "line is not valid utf-8 text"
-        elif not user.strip().isdigit():
+        elif not digits(user.strip()):
             reason = f"user_id {user!r} is not a positive integer"
         elif not items:
             reason = "line has no tab-separated item list"
@@ -47,7 +48,7 @@ def read_pairs(path: Path, rejects: Rejects) -> tuple[list[dict], list[dict], in
         first[user] = line_no
         users.append({"user_key": user, "source_file": path.name, "line_no": line_no, "raw": user})
         for pos, item in enumerate(items):
-            if not item.isdigit():
+            if not digits(item):
                 rejects.add(
                     "interactions",
                     path.name,
@@ -79,7 +80,7 @@ def read_titles(path: Path, rejects: Rejects) -> tuple[list[dict], int]:
     for record in reader:
         raw += 1
         line_no = reader.line_num
-        if len(record) != 2 or not record[0].strip().isdigit():
+        if len(record) != 2 or not digits(record[0].strip()):
             rejects.add("items", path.name, line_no, ",".join(record), "expected 'item,title' with an integer item id")
             continue
         rows.append(

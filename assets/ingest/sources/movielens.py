@@ -15,6 +15,7 @@ from ..frames import (
     USER_COLUMNS,
     Rejects,
     SourceData,
+    digits,
     frame,
 )
 from .base import (
@@ -38,7 +39,7 @@ def _rating_rows(path: Path, sep: str, rejects: Rejects) -> tuple[list[dict], in
         if fields is None:
             continue
         user, item, rating, ts = (f.strip() for f in fields)
-        bad = [n for n, v in (("user_id", user), ("item_id", item), ("timestamp", ts)) if not v.isdigit()]
+        bad = [n for n, v in (("user_id", user), ("item_id", item), ("timestamp", ts)) if not digits(v)]
         if bad:
             rejects.add(
                 "interactions",
@@ -81,7 +82,7 @@ def _user_rows(path: Path, sep: str, order: tuple[str, ...], rejects: Rejects) -
             {
                 "user_key": rec["user_key"],
                 "gender": rec.get("gender"),
-                "age": int(rec["age"]) if rec.get("age", "").isdigit() else None,
+                "age": int(rec["age"]) if digits(rec.get("age", "")) else None,
                 "occupation": rec.get("occupation"),
                 "zip": rec.get("zip"),
                 "source_file": path.name,
@@ -98,7 +99,7 @@ def _genres(path: Path | None) -> list[str]:
     names = {}
     for _, text, _ in read_lines(path, encoding=LATIN1):
         name, _, idx = text.partition("|")
-        if idx.strip().isdigit():
+        if digits(idx.strip()):
             names[int(idx)] = name
     return [names[i] for i in sorted(names)]
 
