@@ -75,8 +75,9 @@ class Warehouse:
 
     # --- writing ----------------------------------------------------------------------------
 
-    def write_tables(self, tables: Tables, info: dict) -> None:
-        """Replace the base tables in one transaction (readers never see a half-written build)."""
+    def write_tables(self, tables: Tables, info: dict, sequences: tuple[pd.DataFrame, dict] | None = None) -> None:
+        """Replace the base tables, and the sequences built from them, in one transaction (readers never see a
+        half-written build, nor sequences that disagree with the interactions)."""
         Items.validate(tables.items)
         Users.validate(tables.users)
         Interactions.validate(tables.interactions)
@@ -97,15 +98,21 @@ class Warehouse:
             self.write(
                 "dataset_info", pd.DataFrame({"key": list(meta), "value": [json.dumps(v) for v in meta.values()]}), con
             )
+            if sequences is not None:
+                self.write_sequences(*sequences, con=con)
             con.execute("COMMIT")
 
-    def write_sequences(self, seq: pd.DataFrame, stats: dict) -> None:
+    def write_sequences(self, seq: pd.DataFrame, stats: dict, con=None) -> None:
+        """Replace the sequences and their statistics: in `con`'s open transaction, or in one of their own."""
         Sequences.validate(seq)
-        with self.connect() as con:
-            con.execute("BEGIN TRANSACTION")
+        if con is not None:
             self.write("sequences", seq, con)
             self.write("sequence_stats", pd.DataFrame([stats]), con)
-            con.execute("COMMIT")
+            return
+        with self.connect() as c:
+            c.execute("BEGIN TRANSACTION")
+            self.write_sequences(seq, stats, c)
+            c.execute("COMMIT")
 
     # --- reading ----------------------------------------------------------------------------
 

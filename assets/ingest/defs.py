@@ -192,8 +192,8 @@ def interaction_log_batch(
     files = scan(settings.landing_dir)
     if key not in files:
         raise dg.Failure(f"landed file for partition {key!r} is gone or changed; drop it again to ingest it")
-    stats = ingest_batch(settings.warehouse(spec.dataset), files[key], key)
-    seq = build_sequences(settings, spec)
+    stats = ingest_batch(settings.warehouse(spec.dataset), files[key], key, spec.k)
+    seq = stats.pop("sequences")
     context.log.info(f"batch {key}: {stats}; sequences: {seq}")
     return dg.MaterializeResult(
         metadata={**to_metadata(stats), "users_after": seq["users"], "interactions_after": seq["interactions_kept"]},

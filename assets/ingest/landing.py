@@ -14,6 +14,7 @@ from recalign.warehouse import Warehouse
 from .frames import Rejects
 from .raw import sha256_file
 from .schemas import InteractionsIn, validate_rows
+from .sequences import compute_sequences
 from .sources.csvlogs import parse_interactions
 
 SUFFIXES = (".csv", ".parquet", ".jsonl", ".json", ".ndjson")
@@ -28,8 +29,9 @@ def scan(landing: Path) -> dict[str, Path]:
     return {batch_key(p): p for p in sorted(landing.iterdir()) if p.is_file() and p.suffix in SUFFIXES}
 
 
-def ingest_batch(wh: Warehouse, path: Path, key: str) -> dict:
-    """Validate one log file and append it; unknown items rejected, new users added, counts reconciled."""
+def ingest_batch(wh: Warehouse, path: Path, key: str, kcore: int = 0) -> dict:
+    """Validate one log file and append it; unknown items rejected, new users added, counts reconciled; the
+    sequences (k-core `kcore`) rebuilt in the same transaction. Returns the batch's and the sequences' stats."""
     t0 = time.perf_counter()
     rejects = Rejects()
     df, raw = parse_interactions(path, rejects)
@@ -100,8 +102,12 @@ def ingest_batch(wh: Warehouse, path: Path, key: str) -> dict:
             "ingested_at": time.time(),
         }
         con.execute("INSERT INTO log_batches VALUES (?, ?, ?, ?, ?, ?, ?, ?)", list(stats.values()))
+        seq, seq_stats = compute_sequences(
+            con.execute("SELECT user_id, item_id, ts, row_order FROM interactions").df(), kcore
+        )
+        wh.write_sequences(seq, seq_stats, con=con)
         con.execute("COMMIT")
-    return stats | {"seconds": round(time.perf_counter() - t0, 2)}
+    return stats | {"seconds": round(time.perf_counter() - t0, 2), "sequences": seq_stats}
 
 
 def last_ingest_time(wh: Warehouse) -> float | None:

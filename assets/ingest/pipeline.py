@@ -12,7 +12,7 @@ from recalign.settings import Settings, safe_name
 from recalign.warehouse import Warehouse
 
 from .raw import MANIFEST, land
-from .sequences import kcore, leave_one_out
+from .sequences import compute_sequences
 from .sources.base import get_source
 from .tables import build_tables
 
@@ -52,6 +52,7 @@ def build_warehouse(settings: Settings, spec: DatasetSpec) -> dict:
     manifest = json.loads((raw / MANIFEST).read_text())
     data = get_source(spec.source).read(raw, dict(spec.options))
     tables = build_tables(data)
+    sequences = compute_sequences(tables.interactions[["user_id", "item_id", "ts", "row_order"]], spec.k)
     wh = settings.warehouse(spec.dataset)
     wh.write_tables(
         tables,
@@ -61,6 +62,7 @@ def build_warehouse(settings: Settings, spec: DatasetSpec) -> dict:
             "origin": manifest["origin"],
             "raw_fingerprint": manifest["fingerprint"],
         },
+        sequences=sequences,  # in the same transaction: a reader never sees tables and sequences disagree
     )
     recon = tables.reconciliation
     return {
@@ -81,23 +83,9 @@ def build_warehouse(settings: Settings, spec: DatasetSpec) -> dict:
 
 
 def build_sequences(settings: Settings, spec: DatasetSpec) -> dict:
+    """Rebuild the sequences from the stored interactions (one transaction)."""
     wh = settings.warehouse(spec.dataset)
-    inter = wh.interactions()
-    filtered, rounds = kcore(inter, spec.k)
-    seq = leave_one_out(filtered)
-    lengths = seq.groupby("user_id").size()
-    stats = {
-        "kcore": spec.k,
-        "kcore_rounds": rounds,
-        "interactions_in": len(inter),
-        "interactions_kept": len(filtered),
-        "removed_by_kcore": len(inter) - len(filtered),
-        "users": int(seq["user_id"].nunique()),
-        "items": int(seq["item_id"].nunique()),
-        "evaluable_users": int((seq["split"] == "test").sum()),
-        "mean_length": float(lengths.mean()) if len(lengths) else 0.0,
-        "max_length": int(lengths.max()) if len(lengths) else 0,
-    }
+    seq, stats = compute_sequences(wh.interactions(), spec.k)
     wh.write_sequences(seq, stats)
     return stats
 

@@ -33,3 +33,23 @@ def leave_one_out(inter: pd.DataFrame) -> pd.DataFrame:
     split = np.where(n < 3, "train", np.where(from_end == 1, "test", np.where(from_end == 2, "valid", "train")))
     df["split"] = split
     return df[["user_id", "position", "item_id", "ts", "split"]].reset_index(drop=True)
+
+
+def compute_sequences(inter: pd.DataFrame, k: int) -> tuple[pd.DataFrame, dict]:
+    """k-core filter + leave-one-out of (user_id, item_id, ts, row_order) rows, and their statistics."""
+    filtered, rounds = kcore(inter, k)
+    seq = leave_one_out(filtered)
+    lengths = seq.groupby("user_id").size()
+    stats = {
+        "kcore": k,
+        "kcore_rounds": rounds,
+        "interactions_in": len(inter),
+        "interactions_kept": len(filtered),
+        "removed_by_kcore": len(inter) - len(filtered),
+        "users": int(seq["user_id"].nunique()),
+        "items": int(seq["item_id"].nunique()),
+        "evaluable_users": int((seq["split"] == "test").sum()),
+        "mean_length": float(lengths.mean()) if len(lengths) else 0.0,
+        "max_length": int(lengths.max()) if len(lengths) else 0,
+    }
+    return seq, stats
