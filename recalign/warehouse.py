@@ -75,13 +75,19 @@ class Warehouse:
 
     # --- writing ----------------------------------------------------------------------------
 
-    def write_tables(self, tables: Tables, info: dict, sequences: tuple[pd.DataFrame, dict] | None = None) -> None:
+    def write_tables(
+        self,
+        tables: Tables,
+        info: dict,
+        sequences: tuple[pd.DataFrame, dict] | None = None,
+        log_batches: pd.DataFrame | None = None,
+    ) -> None:
         """Replace the base tables, and the sequences built from them, in one transaction (readers never see a
         half-written build, nor sequences that disagree with the interactions)."""
         Items.validate(tables.items)
         Users.validate(tables.users)
         Interactions.validate(tables.interactions)
-        rejected = tables.rejected.assign(batch="base")
+        rejected = tables.rejected if "batch" in tables.rejected.columns else tables.rejected.assign(batch="base")
         with self.connect() as con:
             con.execute("BEGIN TRANSACTION")
             for name, df in [
@@ -100,6 +106,8 @@ class Warehouse:
             )
             if sequences is not None:
                 self.write_sequences(*sequences, con=con)
+            if log_batches is not None:  # the landed batches' counts after a rebuild of the base
+                self.write("log_batches", log_batches, con)
             con.execute("COMMIT")
 
     def write_sequences(self, seq: pd.DataFrame, stats: dict, con=None) -> None:

@@ -248,3 +248,41 @@ def test_cli_demo_on_a_missing_folder_prints_the_sources_error_and_exits_2(tmp_p
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "error in raw_dataset: /nonexistent: dataset folder not found" in proc.stderr
+
+
+def test_landed_batches_survive_a_base_reingest_and_grow_interactions_once(home, tmp_path):
+    """The same file under two names, a file with out-of-range dates, then a re-ingest of the base files."""
+    from assets.ingest.landing import ingest_batch
+
+    spec = DatasetSpec(source="synthetic", options={"n_items": 40, "n_users": 30})
+    land_raw(home, spec)
+    build_warehouse(home, spec)
+    wh = home.warehouse(spec.dataset)
+    n_base = wh.read("SELECT count(*) AS n FROM interactions")["n"].iloc[0]
+    day = "user,item,timestamp\nu00001,i00002,2030-01-01\nnewcomer,i00003,2030-01-02\nnewcomer,i99999,2030-01-03\n"
+    (tmp_path / "day1.csv").write_text(day)
+    (tmp_path / "day1-copy.csv").write_text(day)
+    (tmp_path / "dates.csv").write_text("user,item,timestamp\nu00002,i00004,9999-12-31\nu00002,i00005,2030-02-01\n")
+    stats = [ingest_batch(wh, tmp_path / f, f, 0) for f in ("day1.csv", "day1-copy.csv", "dates.csv")]
+    assert [(s["accepted"], s["rejected"]) for s in stats] == [(2, 1), (0, 3), (1, 1)]
+    count = lambda: int(wh.read("SELECT count(*) AS n FROM interactions")["n"].iloc[0])
+    assert count() == n_base + 3
+    before = wh.read("SELECT batch, accepted, rejected, reconciled FROM log_batches ORDER BY batch")
+    landed = wh.read(
+        "SELECT u.user_key, t.item_key, i.ts FROM interactions i JOIN users u USING (user_id) "
+        "JOIN items t USING (item_id) WHERE batch <> 'base' ORDER BY 1, 2"
+    )
+    rejected = wh.read("SELECT batch, line_no, reason FROM rejected_rows WHERE batch <> 'base' ORDER BY 1, 2")
+    build_warehouse(home, spec)  # the base again: what landed stays, once
+    assert count() == n_base + 3
+    assert wh.read("SELECT batch, accepted, rejected, reconciled FROM log_batches ORDER BY batch").equals(before)
+    assert wh.read(
+        "SELECT u.user_key, t.item_key, i.ts FROM interactions i JOIN users u USING (user_id) "
+        "JOIN items t USING (item_id) WHERE batch <> 'base' ORDER BY 1, 2"
+    ).equals(landed)
+    assert wh.read("SELECT batch, line_no, reason FROM rejected_rows WHERE batch <> 'base' ORDER BY 1, 2").equals(
+        rejected
+    )
+    assert wh.read("SELECT count(*) AS n FROM users WHERE user_key = 'newcomer'")["n"].iloc[0] == 1
+    seq = wh.read("SELECT interactions_in FROM sequence_stats")["interactions_in"].iloc[0]
+    assert seq == n_base + 3  # the sequences were rebuilt with the landed rows too

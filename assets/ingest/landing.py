@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from recalign.warehouse import Warehouse
+from recalign.warehouse import Tables, Warehouse
 
 from .frames import Rejects
 from .raw import sha256_file
@@ -115,3 +115,85 @@ def last_ingest_time(wh: Warehouse) -> float | None:
         return None
     v = wh.read("SELECT max(ingested_at) AS t FROM log_batches")["t"].iloc[0]
     return None if pd.isna(v) else float(v)
+
+
+def landed_state(wh: Warehouse) -> dict | None:
+    """What the landed log batches added to a warehouse, by source keys (dense ids change with a rebuild)."""
+    if not wh.path.exists() or not wh.has_table("log_batches"):
+        return None
+    return {
+        "interactions": wh.read(
+            "SELECT u.user_key, t.item_key, i.ts, i.rating, i.source_file, i.line_no, i.batch FROM interactions i "
+            "JOIN users u USING (user_id) JOIN items t USING (item_id) WHERE i.batch <> 'base' ORDER BY i.row_order"
+        ),
+        "rejected": wh.read("SELECT * FROM rejected_rows WHERE batch <> 'base'"),
+        "log_batches": wh.read("SELECT * FROM log_batches ORDER BY ingested_at"),
+    }
+
+
+def carry_landed(tables: Tables, landed: dict) -> tuple[Tables, pd.DataFrame]:
+    """The landed batches' rows re-applied on top of a rebuilt base (a re-ingest of the base files loses nothing):
+    users new to the base get ids after it; rows whose item left the catalogue, or that the base now holds, become
+    rejected rows of their batch with the reason. Returns the tables and the batches' updated counts."""
+    inter, batches = landed["interactions"], landed["log_batches"].copy()
+    users = dict(zip(tables.users["user_key"], tables.users["user_id"], strict=True))
+    items = dict(zip(tables.items["item_key"], tables.items["item_id"], strict=True))
+    gone = ~inter["item_key"].isin(items)
+    moved = [
+        _as_rejected(
+            inter[gone],
+            "item "
+            + inter.loc[gone, "item_key"].map(repr)
+            + " is no longer in the items file (the base was re-ingested)",
+        )
+    ]
+    keep = inter[~gone].copy()
+    first = keep.drop_duplicates("user_key")
+    new = first[~first["user_key"].isin(users)]
+    start = int(tables.users["user_id"].max()) + 1 if len(tables.users) else 1
+    new_ids = dict(zip(new["user_key"], range(start, start + len(new)), strict=True))
+    users |= new_ids
+    keep["user_id"], keep["item_id"] = keep["user_key"].map(users), keep["item_key"].map(items)
+    base = tables.interactions[["user_id", "item_id", "ts"]]
+    dup = keep.merge(base, on=["user_id", "item_id", "ts"], how="left", indicator=True)["_merge"].eq("both").to_numpy()
+    moved.append(_as_rejected(keep[dup], "duplicate of an interaction already stored (same user+item+ts)"))
+    keep = keep[~dup]
+    order = int(tables.interactions["row_order"].max()) + 1 if len(tables.interactions) else 0
+    keep["row_order"] = np.arange(order, order + len(keep), dtype="int64")
+    cols = list(tables.interactions.columns)
+    new_users = pd.DataFrame(
+        {"user_id": list(new_ids.values()), "user_key": list(new_ids), "source_file": new["source_file"].to_numpy()}
+    )
+    moved = pd.concat(moved, ignore_index=True)
+    out = Tables(
+        items=tables.items,
+        item_images=tables.item_images,
+        reconciliation=tables.reconciliation,
+        info=tables.info,
+        users=pd.concat([tables.users, new_users], ignore_index=True),
+        interactions=pd.concat([tables.interactions, keep[cols]], ignore_index=True),
+        id_map=pd.concat(
+            [tables.id_map, pd.DataFrame({"kind": "user", "source_key": list(new_ids), "id": list(new_ids.values())})],
+            ignore_index=True,
+        ),
+        rejected=pd.concat([tables.rejected.assign(batch="base"), landed["rejected"], moved], ignore_index=True),
+    )
+    counts = moved.groupby("batch").size()
+    batches["accepted"] -= batches["batch"].map(counts).fillna(0).astype("int64")
+    batches["rejected"] += batches["batch"].map(counts).fillna(0).astype("int64")
+    batches["reconciled"] = batches["raw_rows"] == batches["accepted"] + batches["rejected"]
+    return out, batches
+
+
+def _as_rejected(rows: pd.DataFrame, reasons) -> pd.DataFrame:
+    raw = rows["user_key"] + "," + rows["item_key"] + "," + rows["ts"].astype(str)
+    return pd.DataFrame(
+        {
+            "table_name": "interactions",
+            "source_file": rows["source_file"],
+            "line_no": rows["line_no"],
+            "raw": raw,
+            "reason": reasons,
+            "batch": rows["batch"],
+        }
+    )

@@ -11,6 +11,7 @@ from pathlib import Path
 from recalign.settings import Settings, safe_name
 from recalign.warehouse import Warehouse
 
+from .landing import carry_landed, landed_state
 from .raw import MANIFEST, land
 from .sequences import compute_sequences
 from .sources.base import get_source
@@ -52,8 +53,11 @@ def build_warehouse(settings: Settings, spec: DatasetSpec) -> dict:
     manifest = json.loads((raw / MANIFEST).read_text())
     data = get_source(spec.source).read(raw, dict(spec.options))
     tables = build_tables(data)
-    sequences = compute_sequences(tables.interactions[["user_id", "item_id", "ts", "row_order"]], spec.k)
     wh = settings.warehouse(spec.dataset)
+    landed, batches = landed_state(wh), None
+    if landed is not None:  # a re-ingest of the base keeps what landed log batches added
+        tables, batches = carry_landed(tables, landed)
+    sequences = compute_sequences(tables.interactions[["user_id", "item_id", "ts", "row_order"]], spec.k)
     wh.write_tables(
         tables,
         {
@@ -63,6 +67,7 @@ def build_warehouse(settings: Settings, spec: DatasetSpec) -> dict:
             "raw_fingerprint": manifest["fingerprint"],
         },
         sequences=sequences,  # in the same transaction: a reader never sees tables and sequences disagree
+        log_batches=batches,
     )
     recon = tables.reconciliation
     return {
