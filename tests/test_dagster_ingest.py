@@ -12,7 +12,12 @@ def test_ingest_job_materialises_with_checks(home):
     keys = {m.asset_key.to_user_string() for m in result.asset_materializations_for_node("base_tables")}
     assert keys == {"items", "users", "interactions", "item_images"}
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
-    assert checks == {"rows_reconcile": True, "referential_integrity": True, "sequences_valid": True}
+    assert checks == {
+        "rows_reconcile": True,
+        "referential_integrity": True,
+        "items_have_titles": True,
+        "sequences_valid": True,
+    }
     md = result.asset_materializations_for_node("base_tables")[2].metadata
     assert md["reconciled"].value is True and md["rows"].value > 10000
 

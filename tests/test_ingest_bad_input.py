@@ -286,3 +286,58 @@ def test_landed_batches_survive_a_base_reingest_and_grow_interactions_once(home,
     assert wh.read("SELECT count(*) AS n FROM users WHERE user_key = 'newcomer'")["n"].iloc[0] == 1
     seq = wh.read("SELECT interactions_in FROM sequence_stats")["interactions_in"].iloc[0]
     assert seq == n_base + 3  # the sequences were rebuilt with the landed rows too
+
+
+def test_interactions_of_a_rejected_item_point_at_the_items_own_rejected_row(home, tmp_path, shared):
+    """A bad byte in one line of a copy of the real Beauty items.tsv: the item is rejected with its reason, and
+    the interactions that name it say so, instead of 'not in the items file'."""
+    root = tmp_path / "s3"
+    root.mkdir()
+    lines = (shared / "amazon_beauty" / "items.tsv").read_bytes().split(b"\n")
+    lines[1] = lines[1].replace(b"Simmer", b"Sim\xffmer")  # item 1
+    (root / "items.tsv").write_bytes(b"\n".join(lines))
+    (root / "Beauty.txt").write_text(
+        "\n".join((shared / "amazon_beauty" / "Beauty.txt").read_text().splitlines()[:300])
+    )
+    md, rej = build(home, "amazon-s3rec", root)
+    item_row = rej[rej["table_name"] == "items"]
+    assert item_row["line_no"].tolist() == [2] and item_row["reason"].str.contains("utf-8").all()
+    inter = rej[rej["table_name"] == "interactions"]
+    assert len(inter) >= 1 and inter["reason"].str.startswith("item '1' was rejected itself (items.tsv line 2:").all()
+
+
+def test_a_rating_off_the_scale_and_a_nul_in_a_key_are_rejected_rows(home, tmp_path):
+    root = ml100k(tmp_path, "1\t1\t5\t881250949\n2\t2\t9\t881250950\n1\t2\t3\t881250951\n")
+    md, rej = build(home, "movielens-100k", root)
+    assert md["interactions"] == 2 and "outside MovieLens' 1-5 stars" in rej["reason"].iloc[0]
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "interactions.csv").write_text("user,item,timestamp\nalice,i1,100\nal\x00ice,i1,200\nalice,i2,300\n")
+    md, rej = build(home, "csv", logs)
+    assert md["users"] == 1 and md["interactions"] == 2
+    assert rej["line_no"].tolist() == [3] and rej["reason"].str.contains("user_key").all()
+
+
+def test_items_without_their_title_column_fail_the_titles_check(tmp_path, shared, monkeypatch):
+    """A copy of the real Beauty files whose items.tsv lost its title column: the `items_have_titles` check fails."""
+    import dagster as dg
+
+    from assets.resources import DatasetResource, RecalignHome
+    from orchestration.definitions import defs
+
+    root = tmp_path / "s3"
+    root.mkdir()
+    rows = [line.split("\t") for line in (shared / "amazon_beauty" / "items.tsv").read_text().splitlines()]
+    (root / "items.tsv").write_text("\n".join("\t".join(r[:2] + r[3:]) for r in rows) + "\n")
+    (root / "Beauty.txt").write_text(
+        "\n".join((shared / "amazon_beauty" / "Beauty.txt").read_text().splitlines()[:500])
+    )
+    resources = {
+        "recalign": RecalignHome(home=str(tmp_path / "home")),
+        "dataset": DatasetResource(source="amazon-s3rec", path=str(root), name="untitled"),
+    }
+    result = defs.resolve_job_def("ingest").execute_in_process(
+        instance=dg.DagsterInstance.ephemeral(), resources=resources
+    )
+    check = {c.check_name: c for c in result.get_asset_check_evaluations()}["items_have_titles"]
+    assert not check.passed and check.metadata["share"].value == 1.0

@@ -12,6 +12,7 @@ from .landing import ingest_batch, scan
 from .pipeline import build_sequences, build_warehouse, land_raw, sequence_problems
 
 OWNERS = ["team:recalign"]
+NULL_TITLES = 0.01  # the share of untitled items above which the items check warns
 BASE_TABLES = ["items", "users", "interactions", "item_images"]
 
 
@@ -144,6 +145,22 @@ def referential_integrity(recalign: RecalignHome, dataset: DatasetResource) -> d
 
 
 @dg.asset_check(
+    asset="items",
+    description=f"Item titles are there: at most {NULL_TITLES:.0%} of items without one (a source file missing its "
+    "title column, or a reader that lost it, leaves them all NULL).",
+)
+def items_have_titles(recalign: RecalignHome, dataset: DatasetResource) -> dg.AssetCheckResult:
+    row = _wh(recalign, dataset).read("SELECT count(*) AS n, count(*) FILTER (title IS NULL) AS missing FROM items")
+    n, missing = int(row["n"].iloc[0]), int(row["missing"].iloc[0])
+    share = missing / n if n else 0.0
+    return dg.AssetCheckResult(
+        passed=share <= NULL_TITLES,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={"items": n, "without_title": missing, "share": round(share, 4)},
+    )
+
+
+@dg.asset_check(
     asset="sequences",
     blocking=True,
     description="Sequences schema holds (one valid and one test item per evaluable user), every sequence "
@@ -213,4 +230,4 @@ def interaction_log_batch(
 
 
 assets = [raw_dataset, base_tables, sequences, interaction_log_batch]
-asset_checks = [rows_reconcile, referential_integrity, sequences_valid]
+asset_checks = [rows_reconcile, referential_integrity, items_have_titles, sequences_valid]

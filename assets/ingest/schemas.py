@@ -11,26 +11,28 @@ from recalign.schemas import MAX_TS
 from .errors import SourceError
 from .frames import Rejects
 
+KEY = r"^[^\x00-\x1f\x7f]+$"  # a key holds no control character (a NUL would make a second, distinct user)
+
 
 class ItemsIn(pa.DataFrameModel):
     """A catalogue row: a non-empty source key; text fields optional."""
 
-    item_key: Series[str] = pa.Field(str_length={"min_value": 1, "max_value": 256})
+    item_key: Series[str] = pa.Field(str_length={"min_value": 1, "max_value": 256}, str_matches=KEY)
     title: Series[str] = pa.Field(nullable=True)
     categories: Series[str] = pa.Field(nullable=True)
     description: Series[str] = pa.Field(nullable=True)
 
 
 class UsersIn(pa.DataFrameModel):
-    user_key: Series[str] = pa.Field(str_length={"min_value": 1, "max_value": 256})
+    user_key: Series[str] = pa.Field(str_length={"min_value": 1, "max_value": 256}, str_matches=KEY)
     age: Series[float] = pa.Field(nullable=True, ge=0, le=130)
 
 
 class InteractionsIn(pa.DataFrameModel):
     """One event: who, what, when (unix seconds or an ordinal position), optional rating."""
 
-    user_key: Series[str] = pa.Field(str_length={"min_value": 1, "max_value": 256})
-    item_key: Series[str] = pa.Field(str_length={"min_value": 1, "max_value": 256})
+    user_key: Series[str] = pa.Field(str_length={"min_value": 1, "max_value": 256}, str_matches=KEY)
+    item_key: Series[str] = pa.Field(str_length={"min_value": 1, "max_value": 256}, str_matches=KEY)
     ts: Series[int] = pa.Field(ge=0, le=MAX_TS)
     rating: Series[float] = pa.Field(nullable=True, ge=-10, le=10)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +48,27 @@ def _reject_unknown(
 ) -> pd.DataFrame:
     bad = ~df[col].isin(known)
     if bad.any():
-        rejects.add_frame(
-            table, df[bad], f"unknown {what} " + df.loc[bad, col].map(repr) + f" (not in the {what}s file)"
+        own = rejected_keys(rejects, what + "s")
+        reasons = df.loc[bad, col].map(
+            lambda k: (
+                f"{what} {k!r} was rejected itself ({own[k]})"
+                if k in own
+                else f"unknown {what} {k!r} (not in the {what}s file)"
+            )
         )
+        rejects.add_frame(table, df[bad], reasons)
     return df[~bad]
+
+
+def rejected_keys(rejects: Rejects, table: str) -> dict[str, str]:
+    """The keys of a table's rejected rows (the first field of the raw line, tab-, '|', ':' or comma-separated),
+    each with where and why it was rejected: what an interaction naming that key points at."""
+    out = {}
+    for r in rejects.rows:
+        if r["table_name"] == table and r["raw"]:
+            key = re.split(r"\t|\||::|,", str(r["raw"]), maxsplit=1)[0].strip().strip('"')
+            out.setdefault(key, f"{r['source_file']} line {r['line_no']}: {r['reason']}")
+    return out
 
 
 MAX_IMAGE_PIXELS = 40_000_000  # a poster or product photo is far smaller; larger is a bomb or a mistake

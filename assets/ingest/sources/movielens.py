@@ -30,6 +30,7 @@ from .base import (
 )
 
 LATIN1 = "latin-1"
+RATINGS = (0.5, 5.0)  # MovieLens stars (half stars in the newer releases)
 
 
 def _rating_rows(path: Path, sep: str, rejects: Rejects) -> tuple[list[dict], int]:
@@ -56,6 +57,9 @@ def _rating_rows(path: Path, sep: str, rejects: Rejects) -> tuple[list[dict], in
             value = float(rating)
         except ValueError:
             rejects.add("interactions", path.name, line_no, text, f"rating {rating!r} is not a number")
+            continue
+        if not RATINGS[0] <= value <= RATINGS[1]:
+            rejects.add("interactions", path.name, line_no, text, f"rating {rating} is outside MovieLens' 1-5 stars")
             continue
         rows.append(
             {
