@@ -341,3 +341,17 @@ def test_items_without_their_title_column_fail_the_titles_check(tmp_path, shared
     )
     check = {c.check_name: c for c in result.get_asset_check_evaluations()}["items_have_titles"]
     assert not check.passed and check.metadata["share"].value == 1.0
+
+
+def test_a_cut_short_u_data_says_so_in_its_last_lines_reason(home, tmp_path, shared):
+    ml = tmp_path / "ml"
+    ml.mkdir()
+    for name in ("u.item", "u.user"):
+        (ml / name).write_bytes((shared / "movielens_100k" / name).read_bytes())
+    data = (shared / "movielens_100k" / "u.data").read_bytes()[:5000]  # cut mid-line, as a failed copy leaves it
+    (ml / "u.data").write_bytes(data[: data.rindex(b"\n") + 6])
+    md, rej = build(home, "movielens-100k", ml)
+    assert len(rej) == 1 and rej["reason"].iloc[0].endswith("the file ends inside this line (cut short?)")
+    (ml / "u.data").write_bytes(data[: data.rindex(b"\n")])  # a complete last line without a newline is fine
+    md, rej = build(home, "movielens-100k", ml)
+    assert rej.empty

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import io
 import zlib
@@ -142,6 +143,26 @@ def parse_int(value: str) -> int | None:
         return None
 
 
+def unterminated_last_line(path: Path, line_no: int) -> bool:
+    """Whether line `line_no` is the file's last and has no line break: a malformed one there was cut short."""
+    stat = path.stat()
+    return _unterminated_last(str(path), stat.st_size, stat.st_mtime_ns) == line_no
+
+
+@functools.lru_cache(maxsize=32)
+def _unterminated_last(path: str, size: int, mtime_ns: int) -> int | None:
+    """The number of a file's last line when it has no line break, else None (read once per file version)."""
+    lines, last = 0, b""
+    try:
+        with _open_bytes(Path(path)) as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                lines += chunk.count(b"\n")
+                last = chunk[-1:]
+    except (OSError, EOFError):
+        return None
+    return lines + 1 if last and last != b"\n" else None
+
+
 def split_lines(
     path: Path,
     sep: str,
@@ -166,8 +187,13 @@ def split_lines(
             continue
         fields = text.split(sep)
         if (exact and len(fields) != n_fields) or len(fields) < n_fields:
+            cut = "; the file ends inside this line (cut short?)" if unterminated_last_line(path, line_no) else ""
             rejects.add(
-                table, path.name, line_no, text, f"expected {n_fields} fields separated by {sep!r}, found {len(fields)}"
+                table,
+                path.name,
+                line_no,
+                text,
+                f"expected {n_fields} fields separated by {sep!r}, found {len(fields)}{cut}",
             )
             yield line_no, None, text
             continue
