@@ -355,3 +355,13 @@ def test_a_cut_short_u_data_says_so_in_its_last_lines_reason(home, tmp_path, sha
     (ml / "u.data").write_bytes(data[: data.rindex(b"\n")])  # a complete last line without a newline is fine
     md, rej = build(home, "movielens-100k", ml)
     assert rej.empty
+
+
+def test_a_corrupt_attribute_map_is_one_clear_error(home, tmp_path, shared):
+    root = tmp_path / "s3"
+    root.mkdir()
+    (root / "Beauty.txt").write_text("\n".join((shared / "amazon_beauty" / "Beauty.txt").read_text().splitlines()[:50]))
+    good = (shared / "amazon_beauty" / "Beauty_item2attributes.json").read_bytes()
+    (root / "Beauty_item2attributes.json").write_bytes(good[: len(good) // 2])  # cut in half
+    with pytest.raises(SourceError, match=f"^{root}/Beauty_item2attributes.json:1: not valid JSON"):  # the user's file
+        build(home, "amazon-s3rec", root)

@@ -14,3 +14,10 @@ class SourceError(ValueError):
         self.message = message
         where = f"{self.path}:{line}" if line is not None else self.path
         super().__init__(f"{where}: {message}")
+
+    def relocated(self, landed: str | Path, origin: str | Path) -> SourceError:
+        """The same error naming the user's file instead of its landed copy under raw/."""
+        path = self.path
+        if origin and Path(origin).is_dir() and path.startswith(str(landed)):
+            path = str(Path(origin) / Path(path).relative_to(landed))
+        return SourceError(path, self.message, self.line)

@@ -11,6 +11,7 @@ from pathlib import Path
 from recalign.settings import Settings, safe_name
 from recalign.warehouse import Warehouse
 
+from .errors import SourceError
 from .landing import carry_landed, landed_state
 from .raw import MANIFEST, land
 from .sequences import compute_sequences
@@ -51,7 +52,10 @@ def build_warehouse(settings: Settings, spec: DatasetSpec) -> dict:
     if not (raw / MANIFEST).exists():
         land_raw(settings, spec)
     manifest = json.loads((raw / MANIFEST).read_text())
-    data = get_source(spec.source).read(raw, dict(spec.options))
+    try:
+        data = get_source(spec.source).read(raw, dict(spec.options))
+    except SourceError as err:  # name the file the user gave, not its landed copy
+        raise err.relocated(raw, manifest.get("origin") or "") from None
     tables = build_tables(data)
     wh = settings.warehouse(spec.dataset)
     landed, batches = landed_state(wh), None

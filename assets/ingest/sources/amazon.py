@@ -130,9 +130,21 @@ def read_s3rec_items(path: Path, rejects: Rejects) -> tuple[list[dict], int]:
     return rows, raw_count
 
 
+def check_json(path: Path | None) -> None:
+    """A landed JSON file must parse (the attribute map is provenance beside items.tsv's attribute ids)."""
+    if path is None:
+        return
+    try:
+        json.loads(path.read_bytes())
+    except (ValueError, UnicodeDecodeError) as err:
+        line = getattr(err, "lineno", None)
+        raise SourceError(path, f"not valid JSON: {getattr(err, 'msg', err)}", line=line) from None
+
+
 def read_s3rec(root: Path, options: dict) -> SourceData:
     rejects = Rejects()
     inter, users, raw_inter, raw_users = read_s3rec_sequences(_sequence_file(root), rejects)
+    check_json(find_one(root, "*_item2attributes.json", required=False))
     items_file = find_one(root, "items.tsv", required=False)
     if items_file is not None:
         items, raw_items = read_s3rec_items(items_file, rejects)
