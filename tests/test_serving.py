@@ -133,6 +133,12 @@ def test_hot_switch_without_dropping_requests_and_corrupt_model_refused(beauty):
         metrics = httpx.get(svc.url + "/metrics").text  # the holder's own counts, not a placeholder
         assert f"recalign_model_switches_total {float(ready['switches'])}" in metrics and ready["switches"] >= 2
         assert f"recalign_model_refusals_total {float(ready['refused'])}" in metrics
+        assert str(home.home) not in str(ready["last_error"])  # no filesystem paths on a status page
+        reg.publish(mv2)  # a good model again: the error is history
+        deadline = time.time() + 30
+        while time.time() < deadline and httpx.get(svc.url + "/readyz").json()["last_error"]:
+            time.sleep(0.3)
+        assert httpx.get(svc.url + "/readyz").json()["last_error"] is None
     finally:
         stop.set()
         t.join()
