@@ -9,6 +9,8 @@ from assets.ingest.defs import landing_files
 from assets.ingest.landing import last_ingest_time, scan
 from assets.resources import DatasetResource, RecalignHome
 
+MAX_ATTEMPTS = 3  # runs of one landed batch before the sensor stops trying it
+
 ingest_logs = dg.define_asset_job(
     "ingest_logs",
     selection=dg.AssetSelection.assets("interaction_log_batch"),
@@ -28,19 +30,41 @@ retrain = dg.define_asset_job(
     job=ingest_logs,
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Each file in landing/interactions/ once, keyed by name + sha256 (a changed file is a new batch).",
+    description="Each file in landing/interactions/ once, keyed by name + sha256 (a changed file is a new batch); "
+    f"a batch whose runs all failed (a killed worker) is tried again, {MAX_ATTEMPTS} runs at most.",
 )
 def landing_sensor(context: dg.SensorEvaluationContext, recalign: RecalignHome):
     seen = set(json.loads(context.cursor)) if context.cursor else set()
     files = scan(recalign.settings().landing_dir)
     new = [k for k in files if k not in seen]
-    if not new:
-        return dg.SkipReason(f"no new files ({len(files)} landed, all ingested)")
+    failed = failed_batches(context.instance, [k for k in files if k in seen])
+    retry = {k: n for k, n in failed.items() if n < MAX_ATTEMPTS}
+    if not new and not retry:
+        given_up = sorted(set(failed) - set(retry))
+        return dg.SkipReason(
+            f"no new files ({len(files)} landed, all ingested)"
+            + (
+                f"; {len(given_up)} failed {MAX_ATTEMPTS} times, fix and drop them again: {given_up[:5]}"
+                if given_up
+                else ""
+            )
+        )
     return dg.SensorResult(
-        run_requests=[dg.RunRequest(partition_key=k, run_key=k) for k in new],
-        dynamic_partitions_requests=[landing_files.build_add_request(new)],
+        run_requests=[dg.RunRequest(partition_key=k, run_key=k) for k in new]
+        + [dg.RunRequest(partition_key=k, run_key=f"{k}#attempt{n + 1}") for k, n in retry.items()],
+        dynamic_partitions_requests=[landing_files.build_add_request(new)] if new else [],
         cursor=json.dumps(sorted(seen | set(new))),
     )
+
+
+def failed_batches(instance: dg.DagsterInstance, keys: list[str]) -> dict[str, int]:
+    """Landed batches none of whose runs succeeded or is still going, with how many runs failed."""
+    out = {}
+    for key in keys:
+        runs = instance.get_runs(filters=dg.RunsFilter(job_name=ingest_logs.name, tags={"dagster/partition": key}))
+        if runs and all(r.status == dg.DagsterRunStatus.FAILURE for r in runs):
+            out[key] = len(runs)
+    return out
 
 
 def retrain_decision(recalign: RecalignHome, dataset: DatasetResource) -> tuple[bool, str]:

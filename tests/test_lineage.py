@@ -169,3 +169,49 @@ def test_gate_refuses_a_candidate_below_popularity_and_nothing_is_published(line
     finally:
         for mv in newest:
             (mv.path / "card.json").write_text(json.dumps(mv.card))
+
+
+def test_a_landed_batch_whose_run_died_is_tried_again_then_given_up(lineage, monkeypatch):
+    """The sensor's cursor never skips a batch for good: a run killed mid-way is retried; a file that fails every
+    time is tried 3 times, then named in the sensor's skip reason."""
+    import assets.ingest.defs as ingest_defs
+    from assets.resources import DatasetResource, RecalignHome
+    from orchestration.automation import landing_sensor
+    from recalign.settings import Settings
+
+    _, home = lineage
+    landing = Settings.from_env(home).landing_dir
+    for f in landing.iterdir():
+        f.unlink()
+    res = {"recalign": RecalignHome(home=str(home)), "dataset": DatasetResource(**SMALL)}
+    instance = dg.DagsterInstance.ephemeral()
+    job = defs.resolve_job_def("ingest_logs")
+    (landing / "night.csv").write_text("user,item,timestamp\nu00001,i00009,1900000000\n")
+    out = landing_sensor(dg.build_sensor_context(instance=instance, resources=res))
+    key = out.run_requests[0].partition_key
+    instance.add_dynamic_partitions("landing_files", [key])
+    real = ingest_defs.ingest_batch
+    monkeypatch.setattr(ingest_defs, "ingest_batch", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("killed")))
+    assert not job.execute_in_process(partition_key=key, instance=instance, resources=res, raise_on_error=False).success
+    again = landing_sensor(dg.build_sensor_context(instance=instance, cursor=out.cursor, resources=res))
+    assert [(r.partition_key, r.run_key) for r in again.run_requests] == [(key, f"{key}#attempt2")]
+    monkeypatch.setattr(ingest_defs, "ingest_batch", real)
+    assert job.execute_in_process(partition_key=key, instance=instance, resources=res, raise_on_error=False).success
+    done = landing_sensor(dg.build_sensor_context(instance=instance, cursor=out.cursor, resources=res))
+    assert isinstance(done, dg.SkipReason) and "all ingested" in done.skip_message
+    # a file that fails every run (no user column): 3 runs, then it is named and left alone
+    (landing / "broken.csv").write_text("who,item,timestamp\nx,i00001,1900000000\n")
+    tick = landing_sensor(dg.build_sensor_context(instance=instance, cursor=out.cursor, resources=res))
+    broken, cursor = tick.run_requests[0].partition_key, tick.cursor
+    instance.add_dynamic_partitions("landing_files", [broken])
+    for attempt in (2, 3):
+        assert not job.execute_in_process(
+            partition_key=broken, instance=instance, resources=res, raise_on_error=False
+        ).success
+        tick = landing_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=res))
+        assert [r.run_key for r in tick.run_requests] == [f"{broken}#attempt{attempt}"]
+    assert not job.execute_in_process(
+        partition_key=broken, instance=instance, resources=res, raise_on_error=False
+    ).success
+    tick = landing_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=res))
+    assert isinstance(tick, dg.SkipReason) and "failed 3 times" in tick.skip_message and broken in tick.skip_message
