@@ -6,6 +6,7 @@ registry/<dataset>/published.json            {"name", "version", "path", "publis
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -65,9 +66,15 @@ class Registry:
     def newest(self, prefix: str) -> ModelVersion | None:
         """The newest version among the models whose name starts with `prefix` (versions sort by time)."""
         base = self.root / "models"
-        names = [d.name for d in base.iterdir() if d.is_dir() and d.name.startswith(prefix)] if base.exists() else []
-        found = [mv for mv in (self.latest(n) for n in names) if mv is not None]
-        return max(found, key=lambda mv: mv.version) if found else None
+        found = (
+            [(d.name, d.parent.name) for d in base.glob(f"{glob.escape(prefix)}*/[0-9]*") if (d / "card.json").exists()]
+            if base.exists()
+            else []
+        )
+        if not found:
+            return None
+        version, name = max(found)  # one card read, however many versions (serving polls this when unpublished)
+        return self.get(name, version)
 
     def get(self, name: str, version: str) -> ModelVersion:
         d = self.root / "models" / name / version

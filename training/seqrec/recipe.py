@@ -23,18 +23,18 @@ DERIVED = {
 
 @dataclass(frozen=True)
 class SeqRecRecipe:
-    """Model + SFT + DPO settings. `modalities` are asked for; those without vectors drop out at training time."""
+    """Which modalities to ask for (those without vectors drop out at training time) + the SFT and DPO configs;
+    the model's own settings are SeqRecConfig's defaults (a recipe that needs others would add them here)."""
 
     name: str
     modalities: tuple[str, ...] = ("id", "text", "image")
-    model: dict = field(default_factory=dict)  # SeqRecConfig fields that differ from its defaults
     sft: SeqRecTrainConfig = field(default_factory=SeqRecTrainConfig)
     dpo: SeqRecDPOConfig = field(default_factory=SeqRecDPOConfig)
 
     def model_config(self, **overrides) -> dict:
         """SeqRecConfig fields (all but the data-derived ones), this recipe's values, then `overrides`."""
         base = {f.name: _default(f) for f in fields(SeqRecConfig) if f.name not in DERIVED}
-        return {**base, "modalities": list(self.modalities), **self.model, **_given(overrides)}
+        return {**base, "modalities": list(self.modalities), **_given(overrides)}
 
     def sft_config(self, **overrides) -> SeqRecTrainConfig:
         return replace(self.sft, **_given(overrides))
