@@ -3,28 +3,24 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 import typing
 
 import dagster as dg
 import pandas as pd
 import pydantic
 
+from recalign.markdown import markdown_table
+
 
 def md_table(df: pd.DataFrame, max_rows: int = 20, max_width: int = 80) -> dg.MetadataValue:
     """A Markdown table for asset metadata (no extra dependency)."""
-    df = df.head(max_rows)
-    cols = [str(c) for c in df.columns]
+    return dg.MetadataValue.md(markdown_table(df, max_rows, max_width))
 
-    def cell(v):
-        if isinstance(v, float):
-            return "" if math.isnan(v) else f"{v:.4g}"
-        s = "" if v is None or (not isinstance(v, (list, dict)) and pd.isna(v)) else str(v)
-        return s.replace("|", "\\|").replace("\n", " ")[:max_width]
 
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return dg.MetadataValue.md("\n".join(lines))
+def from_pipes(metadata: dict) -> dict:
+    """Metadata in Dagster Pipes' form ({"raw_value", "type"}) as Dagster metadata values, for in-process runs."""
+    kinds = {"md": dg.MetadataValue.md, "path": dg.MetadataValue.path, "json": dg.MetadataValue.json}
+    return {k: kinds[v["type"]](v["raw_value"]) if v["type"] in kinds else v["raw_value"] for k, v in metadata.items()}
 
 
 def to_metadata(values: dict) -> dict:

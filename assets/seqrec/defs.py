@@ -3,15 +3,14 @@
 from dataclasses import asdict
 
 import dagster as dg
-import pandas as pd
 
-from assets.common import dataclass_config, md_table, to_metadata
+from assets.common import dataclass_config, from_pipes
 from assets.resources import DatasetResource, RecalignHome
 from training.seqrec.model import SeqRecConfig
 from training.seqrec.recipe import DERIVED, get_recipe
 from training.seqrec.trainer import SeqRecDPOConfig, SeqRecTrainConfig
 
-from .pipeline import train_stage
+from .pipeline import stage_metadata, train_stage
 from .publish import STAGES, evaluate_gate, publish_candidate
 
 OWNERS = ["team:recalign"]
@@ -34,37 +33,7 @@ SeqRecDPORunConfig = dataclass_config(
 
 
 def _metadata(out: dict) -> dict:
-    test, valid = out["test"], out["valid"]
-    table = [
-        {"split": s, **{k: round(v, 4) for k, v in m.items() if "@" in k}}
-        for s, m in (("valid", valid), ("test", test))
-    ]
-    curve = pd.DataFrame(
-        [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in out["history"]]
-    )
-    return {
-        **to_metadata(
-            {
-                k: out[k]
-                for k in (
-                    "run_id",
-                    "name",
-                    "version",
-                    "epochs_run",
-                    "best_epoch",
-                    "kept_epoch",
-                    "seconds",
-                    "seconds_per_epoch",
-                )
-            }
-        ),
-        "modalities": ",".join(out["modalities"]),
-        "test_ndcg@10": test["ndcg@10"],
-        "valid_ndcg@10": valid["ndcg@10"],
-        "metrics": md_table(pd.DataFrame(table)),
-        "epochs": md_table(curve),
-        "model_path": dg.MetadataValue.path(out["path"]),
-    }
+    return from_pipes(stage_metadata(out))
 
 
 @dg.asset(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import tempfile
@@ -10,9 +11,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from assets.embeddings.pipeline import feature_matrix
+from recalign.markdown import markdown_table
 from recalign.metrics_store import MetricsStore
 from recalign.popularity import item_counts
 from recalign.settings import Settings
@@ -20,6 +23,7 @@ from recalign.warehouse import SequenceData, Warehouse, load_sequences
 from training.metrics import metrics_from_ranks
 from training.seqrec.checkpoint import load_model, save_model
 from training.seqrec.data import EvalSet, training_windows
+from training.seqrec.distributed import is_main, rank_and_world
 from training.seqrec.evaluate import full_ranking_ranks
 from training.seqrec.model import MultimodalSASRec, SeqRecConfig
 from training.seqrec.recipe import get_recipe, run_name
@@ -154,6 +158,7 @@ def train_stage(
     upstream: dict | None = None,
     log=print,
     init: tuple[str, str] | None = None,
+    checkpoint_dir: str | Path | None = None,
 ) -> dict:
     """Train one stage, register the model, write metrics; returns a summary for asset metadata.
 
@@ -161,6 +166,8 @@ def train_stage(
     variant: the registry name; None: `run_name` of the model as built (its modalities after missing ones dropped).
     reference: (registry name, version) of the stage-1 model (policy init + frozen reference) for DPO.
     init: (registry name, version) of a model to continue training from (same architecture), no reference.
+    checkpoint_dir: where the training state is kept after every epoch, so a run started again resumes (default:
+    a temporary folder). Under torchrun every rank trains; rank 0 alone writes the run, the metrics and the model.
     """
     t0 = time.perf_counter()
     registry, store = settings.registry(dataset), settings.metrics()
@@ -215,11 +222,14 @@ def train_stage(
         "init": None if init is None else f"{init[0]}/{init[1]}",
     }
     variant = variant or run_name(train_cfg.stage, model_cfg, train_cfg)
-    run_id = store.new_run(
-        FAMILY, variant, dataset, config, {**upstream_versions(settings, dataset), **(upstream or {})}
-    )
-    log(f"run {run_id}: {variant} with modalities {model_cfg['modalities']}, {len(data.train_inputs)} windows")
-    with tempfile.TemporaryDirectory(dir=settings.cache_dir) as tmp:
+    main = is_main()
+    if main:
+        run_id = store.new_run(
+            FAMILY, variant, dataset, config, {**upstream_versions(settings, dataset), **(upstream or {})}
+        )
+        log(f"run {run_id}: {variant} with modalities {model_cfg['modalities']}, {len(data.train_inputs)} windows")
+    with contextlib.ExitStack() as stack:
+        ckpt = checkpoint_dir or stack.enter_context(tempfile.TemporaryDirectory(dir=settings.cache_dir))
         trainer = SeqRecTrainer(
             model,
             train_cfg,
@@ -227,10 +237,12 @@ def train_stage(
             data.train_targets,
             data.valid,
             reference=ref_model,
-            checkpoint_dir=Path(tmp),
+            checkpoint_dir=Path(ckpt),
             on_epoch=lambda r: log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()})),
         )
         fit = trainer.fit()
+    if not main:
+        return {"rank": rank_and_world()[0], "epochs_run": fit["epochs_run"]}
     store.log_curve(run_id, train_cfg.stage, fit["history"])
     metrics = evaluate_and_log(trainer.model, data, store, run_id)
     pos, neg = score_samples(trainer.model, data, k=getattr(train_cfg, "topk", SeqRecDPOConfig.topk))
@@ -272,4 +284,34 @@ def train_stage(
         "seconds_per_epoch": round(float(np.mean(train_secs)), 2) if train_secs else 0.0,
         "modalities": model_cfg["modalities"],
         "history": fit["history"],
+    }
+
+
+SUMMARY_FIELDS = ("run_id", "name", "version", "epochs_run", "best_epoch", "kept_epoch", "seconds", "seconds_per_epoch")
+
+
+def stage_metadata(out: dict) -> dict:
+    """A stage's summary as materialisation metadata in Dagster Pipes' form ({"raw_value", "type"}): the same
+    fields whether the stage ran in the asset's process or in torchrun's processes behind Pipes."""
+    test, valid = out["test"], out["valid"]
+    table = [
+        {"split": s, **{k: round(v, 4) for k, v in m.items() if "@" in k}}
+        for s, m in (("valid", valid), ("test", test))
+    ]
+    curve = pd.DataFrame(
+        [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in out["history"]]
+    )
+
+    def raw(v):
+        kind = "int" if isinstance(v, int) else "float" if isinstance(v, float) else "text"
+        return {"raw_value": v if kind != "text" else str(v), "type": kind}
+
+    return {
+        **{k: raw(out[k]) for k in SUMMARY_FIELDS},
+        "modalities": raw(",".join(out["modalities"])),
+        "test_ndcg@10": raw(float(test["ndcg@10"])),
+        "valid_ndcg@10": raw(float(valid["ndcg@10"])),
+        "metrics": {"raw_value": markdown_table(pd.DataFrame(table)), "type": "md"},
+        "epochs": {"raw_value": markdown_table(curve), "type": "md"},
+        "model_path": {"raw_value": out["path"], "type": "path"},
     }

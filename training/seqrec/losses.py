@@ -1,9 +1,24 @@
-"""Losses of the sequential track."""
+"""Losses of the sequential track.
+
+Next-item objectives over a `PositionScores` (scores.py), chosen by `SeqRecTrainConfig.loss`:
+- `ce`: cross-entropy over the whole catalogue (memory N x n_items per step; the default while it is small);
+- `sampled_softmax`: softmax over the positive and K sampled negatives with the logQ correction, negatives
+  uniform over the catalogue or the other positions' targets in the batch (memory N x K);
+- `gbce`: gSASRec's generalised binary cross-entropy over K uniform negatives (memory N x K).
+And the preference term of stage 2 (RoDPO Eq. 5).
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
+
+from .scores import PositionScores
+
+LOSSES = ("ce", "sampled_softmax", "gbce")
+NEGATIVES = ("uniform", "in_batch")
 
 
 def dpo_logit_loss(
@@ -11,3 +26,102 @@ def dpo_logit_loss(
 ) -> torch.Tensor:
     """-log sigma(beta * [(s_w - s_l) - (s_ref_w - s_ref_l)]) on logit margins (RoDPO Eq. 5), per pair."""
     return -F.logsigmoid(beta * ((policy_w - policy_l) - (ref_w - ref_l)))
+
+
+def full_cross_entropy(scored: PositionScores, generator: torch.Generator | None = None) -> torch.Tensor:
+    """-log softmax(s(x, .))_y over every item (padding and masked items excluded), mean over positions."""
+    return F.cross_entropy(scored.materialise(), scored.targets)
+
+
+def sampled_softmax_logq(
+    pos: torch.Tensor,
+    neg: torch.Tensor,
+    log_q_pos: torch.Tensor,
+    log_q_neg: torch.Tensor,
+    masked: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """-log softmax([s+ - log Q(y), s-_j - log Q(j)])_0 per position (sampled softmax with the logQ correction:
+    Bengio & Senecal 2008; Yi et al., RecSys 2019). pos (N,), neg (N, K), log_q_* broadcastable."""
+    neg = neg - log_q_neg
+    if masked is not None:
+        neg = neg.masked_fill(masked, float("-inf"))
+    logits = torch.cat([(pos - log_q_pos)[:, None], neg], 1)
+    return -logits.log_softmax(1)[:, 0]
+
+
+def gbce_beta(n_negatives: int, n_items: int, t: float) -> float:
+    """beta = alpha (t (1 - 1/alpha) + 1/alpha), alpha = K / (|I| - 1) (gSASRec, Petrov & Macdonald, RecSys 2023)."""
+    alpha = n_negatives / max(n_items - 1, 1)
+    return alpha * (t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
+
+
+def gbce(pos: torch.Tensor, neg: torch.Tensor, beta: float, masked: torch.Tensor | None = None) -> torch.Tensor:
+    """-log sigma(s+)^beta - sum_j log(1 - sigma(s-_j)) per position (gSASRec's gBCE)."""
+    neg_term = F.logsigmoid(-neg)
+    if masked is not None:
+        neg_term = neg_term.masked_fill(masked, 0.0)
+    return -beta * F.logsigmoid(pos) - neg_term.sum(1)
+
+
+@dataclass
+class SampledSoftmax:
+    """Sampled softmax over K negatives shared by the batch's positions: memory N x K, not N x n_items."""
+
+    n_negatives: int = 256
+    negatives: str = "uniform"
+    log_q: torch.Tensor | None = None  # (n_items + 1,) log of each item's share of training targets (in_batch)
+
+    def draw(self, scored: PositionScores, generator: torch.Generator | None) -> torch.Tensor:
+        if self.negatives == "in_batch":  # the other positions' targets: drawn in proportion to popularity
+            return scored.targets
+        n = scored.n_items
+        return torch.randint(1, n + 1, (self.n_negatives,), generator=generator).to(scored.query.device)
+
+    def log_q_of(self, items: torch.Tensor) -> torch.Tensor:
+        if self.negatives == "uniform" or self.log_q is None:  # uniform: log Q is one constant, it cancels
+            return torch.zeros(items.shape, device=items.device)
+        return self.log_q.to(items.device)[items]
+
+    def loss_on(self, scored: PositionScores, neg: torch.Tensor) -> torch.Tensor:
+        """The loss against a given shared negative set (K,): with every item, it is the full cross-entropy."""
+        pos = scored.of(scored.targets[:, None])[:, 0]
+        return sampled_softmax_logq(
+            pos, scored.of(neg), self.log_q_of(scored.targets), self.log_q_of(neg)[None, :], scored.masked(neg)
+        ).mean()
+
+    def __call__(self, scored: PositionScores, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.loss_on(scored, self.draw(scored, generator))
+
+
+@dataclass
+class GBCE:
+    """gSASRec's gBCE over K uniform negatives shared by the batch's positions (calibration t)."""
+
+    n_negatives: int = 256
+    t: float = 0.75
+
+    def __call__(self, scored: PositionScores, generator: torch.Generator | None = None) -> torch.Tensor:
+        neg = torch.randint(1, scored.n_items + 1, (self.n_negatives,), generator=generator).to(scored.query.device)
+        pos = scored.of(scored.targets[:, None])[:, 0]
+        beta = gbce_beta(self.n_negatives, scored.n_items, self.t)
+        return gbce(pos, scored.of(neg), beta, scored.masked(neg)).mean()
+
+
+def make_objective(loss: str, n_negatives: int, negatives: str, gbce_t: float, train_targets: torch.Tensor | None):
+    """The configured next-item objective; `train_targets` (any shape, 0 = padding) give in-batch log Q."""
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {', '.join(map(repr, LOSSES))}; got {loss!r}")
+    if negatives not in NEGATIVES:
+        raise ValueError(f"negatives must be one of {', '.join(map(repr, NEGATIVES))}; got {negatives!r}")
+    if loss == "ce":
+        return full_cross_entropy
+    if loss == "gbce":
+        if negatives != "uniform":
+            raise ValueError("gbce's calibration assumes uniform negatives: set negatives='uniform'")
+        return GBCE(n_negatives, gbce_t)
+    log_q = None
+    if negatives == "in_batch" and train_targets is not None:
+        t = train_targets[train_targets > 0]
+        counts = torch.bincount(t, minlength=int(t.max()) + 1).float()
+        log_q = (counts / counts.sum()).clamp(min=1e-12).log()
+    return SampledSoftmax(n_negatives, negatives, log_q)

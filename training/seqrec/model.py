@@ -16,6 +16,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .losses import full_cross_entropy
+from .scores import PositionScores, seen_pairs
+
+seen_items = seen_pairs  # (row, item) pairs of each position's prefix, the row's target excepted
+
 MODALITIES = ("id", "text", "image")
 
 
@@ -113,19 +118,6 @@ class ModalityEncoder(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         return self.ln_out(x)
-
-
-def seen_items(seq: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(row, item) pairs of `position_logits` rows whose prefix seq[b, :t+1] holds the item, the row's target excepted."""
-    sel = targets > 0
-    B, L = seq.shape
-    row_of = torch.full((B, L), -1, dtype=torch.long, device=seq.device)
-    row_of[sel] = torch.arange(int(sel.sum()), device=seq.device)
-    prefix = torch.ones(L, L, dtype=torch.bool, device=seq.device).tril()
-    b, t, s = (prefix[None] & (seq > 0)[:, None, :]).nonzero(as_tuple=True)
-    rows, cols = row_of[b, t], seq[b, s]
-    keep = (rows >= 0) & (cols != targets[b, t])
-    return rows[keep], cols[keep]
 
 
 class MultimodalSASRec(nn.Module):
@@ -251,6 +243,15 @@ class MultimodalSASRec(nn.Module):
             return torch.zeros(())
         return self.cfg.moe_aux_weight * sum(moe.aux_loss for moe in self.moe.values())
 
+    def position_scores(self, seq: torch.Tensor, targets: torch.Tensor, mask_seen: bool = False) -> PositionScores:
+        """Every non-padded target position's fused query and the fused item table: the (N, n_items + 1) score
+        matrix as its factors (scores.py), with `mask_seen` the items already in each prefix excluded."""
+        tables = self.item_tables()
+        hidden = self.encode(seq, tables)
+        sel = targets > 0
+        query = self.query({m: h[sel] for m, h in hidden.items()})
+        return PositionScores(query, self.fused_table(tables), targets[sel], seq, targets, mask_seen)
+
     def position_logits(self, seq: torch.Tensor, targets: torch.Tensor, mask_seen: bool = False):
         """Logits over all items at every non-padded target position: (N, n_items + 1), targets (N,).
 
@@ -258,25 +259,18 @@ class MultimodalSASRec(nn.Module):
         rank only unseen items), the position's own target excepted. The prefix is the training window's (the
         last `max_len` items); the evaluation masks the whole history.
         """
-        tables = self.item_tables()
-        hidden = self.encode(seq, tables)
-        sel = targets > 0
-        logits = self.fuse({m: h[sel] for m, h in hidden.items()}, tables)
-        logits[:, 0] = float("-inf")
-        if mask_seen:
-            rows, cols = seen_items(seq, targets)
-            logits[rows, cols] = float("-inf")
-        return logits, targets[sel]
+        scored = self.position_scores(seq, targets, mask_seen)
+        return scored.materialise(), scored.targets
 
     def calculate_loss(
-        self, seq: torch.Tensor, targets: torch.Tensor, mask_seen: bool = False, return_logits: bool = False
+        self, seq: torch.Tensor, targets: torch.Tensor, mask_seen: bool = False, objective=None, return_scores=False
     ):
-        """Cross-entropy over all items (the unseen ones with `mask_seen`) at every position, one causal pass.
+        """The objective (losses.py; default: cross-entropy over all items) at every position, one causal pass.
 
-        `return_logits`: also the position logits and their targets, (loss, logits, targets), for the DPO term."""
-        logits, tgt = self.position_logits(seq, targets, mask_seen)
-        loss = F.cross_entropy(logits, tgt) + self.aux_loss()
-        return (loss, logits, tgt) if return_logits else loss
+        `return_scores`: also the positions' `PositionScores`, (loss, scores), for the DPO term."""
+        scored = self.position_scores(seq, targets, mask_seen)
+        loss = (objective or full_cross_entropy)(scored) + self.aux_loss()
+        return (loss, scored) if return_scores else loss
 
     def full_sort_predict(self, seq: torch.Tensor) -> torch.Tensor:
         """Scores of every item after the last position: (B, n_items + 1), padding at -inf."""

@@ -23,10 +23,12 @@ from ..device import autocast, pick_device, retain_freed_memory, seed_everything
 from ..smoke import small
 from .checkpoint import load_training_state, save_model, save_training_state
 from .data import EvalSet, length_buckets, position_rows, trim
+from .distributed import all_mean, barrier, broadcast, global_batch, rank_and_world, shard_batches, wrap
 from .evaluate import evaluate
-from .losses import dpo_logit_loss
+from .losses import LOSSES, NEGATIVES, dpo_logit_loss, make_objective
 from .model import MultimodalSASRec
 from .samplers import SAMPLERS
+from .scores import PositionScores
 
 LR_SCHEDULES = ("constant", "cosine")
 KEEP = ("best", "last")
@@ -59,6 +61,12 @@ class SeqRecTrainConfig:
     seed: int = 42  # the model's initial weights, batching and dropout
     mask_history: bool = True  # CE's softmax and the negative pool skip the items already in each prefix,
     # as the evaluation and the serving API do
+    loss: Literal["ce", "sampled_softmax", "gbce"] = "ce"  # ce: softmax over the whole catalogue (memory grows
+    # with it); sampled_softmax (logQ-corrected) and gbce: K negatives shared by a batch's positions (losses.py)
+    n_negatives: int = 256  # K of sampled_softmax (uniform) and gbce
+    negatives: Literal["uniform", "in_batch"] = "uniform"  # sampled_softmax's negatives: uniform over the
+    # catalogue, or the batch's other targets (corrected by their training frequency)
+    gbce_t: float = 0.75  # gBCE calibration t (0: BCE, 1: the sampled distribution's beta)
     device: str = "auto"
     retain_freed_memory: bool = True  # CPU: glibc keeps freed memory for the next step instead of unmapping it
     # (the per-step logits skip page faults: faster steps, same numbers)
@@ -69,6 +77,10 @@ class SeqRecTrainConfig:
         self.epochs = small(self.epochs, 1)
         _check_choice("keep", self.keep, KEEP)
         _check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        _check_choice("loss", self.loss, LOSSES)
+        _check_choice("negatives", self.negatives, NEGATIVES)
+        if self.loss == "gbce" and self.negatives != "uniform":
+            raise ValueError("gbce's calibration assumes uniform negatives: set negatives='uniform'")
         if self.ema_decay and self.swa_last:
             raise ValueError("ema_decay and swa_last are two weight averages: set one (swa_last=None for EMA)")
         if self.swa_last is not None and self.swa_last < 1:
@@ -120,7 +132,10 @@ class SeqRecTrainer:
         if self.device.type == "cpu" and cfg.retain_freed_memory:
             retain_freed_memory()
         self.model = model.to(self.device)
+        self.rank, self.world = rank_and_world()
+        self.loss_module = wrap(self.model, self.device)  # DDP under torchrun
         self.inputs, self.targets, self.valid = train_inputs, train_targets, valid
+        self.objective = make_objective(cfg.loss, cfg.n_negatives, cfg.negatives, cfg.gbce_t, train_targets)
         self.reference = None
         if cfg.stage == "dpo":
             ref = reference if reference is not None else copy.deepcopy(model)
@@ -157,8 +172,11 @@ class SeqRecTrainer:
         t = (epoch * steps_per_epoch + step) / max(self.cfg.epochs * steps_per_epoch, 1)
         return self.cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
 
-    def sample_negatives(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return SAMPLERS[self.cfg.sampler](logits, target, k=self.cfg.topk, generator=self.generator)
+    def sample_negatives(self, scored: PositionScores) -> torch.Tensor:
+        """y_l per position; with the full-catalogue loss from its score matrix, else from `scored` itself (the
+        top-K pool computed chunk by chunk: large catalogues)."""
+        scores = scored.materialise().detach() if self.cfg.loss == "ce" else scored.detach()
+        return SAMPLERS[self.cfg.sampler](scores, scored.targets, k=self.cfg.topk, generator=self.generator)
 
     @torch.no_grad()
     def precompute_reference(self, batch_size: int = 512) -> dict:
@@ -205,11 +223,13 @@ class SeqRecTrainer:
     def compute_loss(
         self, seq: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, dict]:
-        loss, logits, tgt = self.model.calculate_loss(seq, targets, mask_seen=self.cfg.mask_history, return_logits=True)
+        loss, scored = self.loss_module(seq, targets, self.cfg.mask_history, self.objective)
         parts = {"ce": (loss - self.model.aux_loss()).item()}
         if self.cfg.stage == "dpo":
-            neg = self.sample_negatives(logits, tgt)
-            margin = logits.gather(1, tgt[:, None]).squeeze(1) - logits.gather(1, neg[:, None]).squeeze(1)
+            tgt = scored.targets
+            neg = self.sample_negatives(scored)
+            pair = scored.of(torch.stack([tgt, neg], 1))
+            margin = pair[:, 0] - pair[:, 1]
             ref_margin = self.reference_margin(seq, targets, tgt, neg, rows)
             dpo = dpo_logit_loss(
                 margin, torch.zeros_like(margin), ref_margin, torch.zeros_like(ref_margin), self.cfg.beta
@@ -221,46 +241,80 @@ class SeqRecTrainer:
     # --- loop ----------------------------------------------------------------------------------
 
     def train_epoch(self, epoch: int) -> dict:
+        """One pass over the training windows; under DDP each rank takes its rows of every global batch and its
+        loss is weighted by its share of the batch's positions, so the averaged gradient is the global batch's."""
         self.model.train()
+        torch.manual_seed(self.cfg.seed * 1_000_003 + epoch * 101 + self.rank)  # dropout: resumable, per rank
         g = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
-        self.generator.manual_seed(self.cfg.seed * 7919 + epoch)
+        self.generator.manual_seed(self.cfg.seed * 7919 + epoch + 104729 * self.rank)
         batches = length_buckets(self.inputs, self.cfg.batch_size, g)
+        mine = shard_batches(batches, self.rank, self.world)
         sums, steps, t0 = {}, 0, time.perf_counter()
-        bar = tqdm(batches, desc=f"{self.cfg.stage} epoch {epoch}", leave=False, disable=not self.cfg.show_progress)
+        bar = tqdm(
+            mine,
+            desc=f"{self.cfg.stage} epoch {epoch}",
+            leave=False,
+            disable=not self.cfg.show_progress or self.rank != 0,
+        )
         for step, idx in enumerate(bar):
             for group in self.optimizer.param_groups:
-                group["lr"] = self.learning_rate(epoch, step, len(batches))
+                group["lr"] = self.learning_rate(epoch, step, len(mine))
             seq, tgt = trim(self.inputs[idx], self.targets[idx])
             seq, tgt = seq.to(self.device), tgt.to(self.device)
             with autocast(self.device):
                 loss, parts = self.compute_loss(seq, tgt, idx)
+            raw = loss.item()
+            if self.world > 1:
+                share = int((tgt > 0).sum()) / int((self.targets[global_batch(batches[step], self.world)] > 0).sum())
+                loss = loss * share * self.world
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             if self.cfg.ema_decay:
                 self.average.update_parameters(self.model)
             steps += 1
-            for k, v in {"loss": loss.item(), **parts}.items():
+            for k, v in {"loss": raw, **parts}.items():
                 sums[k] = sums.get(k, 0.0) + v
             bar.set_postfix(loss=f"{sums['loss'] / steps:.4f}")
-        return {k: v / max(steps, 1) for k, v in sums.items()} | {"train_seconds": time.perf_counter() - t0}
+        means = all_mean({k: v / max(steps, 1) for k, v in sums.items()})
+        return means | {"train_seconds": time.perf_counter() - t0}
+
+    def resume(self) -> tuple[int, int]:
+        """(first epoch, evaluations without improvement) from the last training state in `checkpoint_dir`."""
+        if self.ckpt is None:
+            return 0, 0
+        state = load_training_state(self.ckpt / f"last-{self.cfg.stage}", self.model, self.optimizer, self.average)
+        barrier()  # every rank has read the state before rank 0 writes the next one
+        if state is None:
+            return 0, 0
+        self.best, self.history = state["best"], state["history"]
+        best_dir = self.ckpt / f"best-{self.cfg.stage}"
+        if (best_dir / "model.safetensors").exists():
+            from safetensors.torch import load_file
+
+            self.best_state = load_file(str(best_dir / "model.safetensors"))
+        return state["epoch"] + 1, state["bad"]
+
+    def validate(self, epoch: int, row: dict, bad: int) -> tuple[dict, int]:
+        """Rank 0 validates the kept weights and saves the best; returns the row with its metrics and `bad`."""
+        t0 = time.perf_counter()
+        metrics = evaluate(self.eval_model, self.valid, device=self.device)
+        row |= {f"valid_{k}": v for k, v in metrics.items()} | {"eval_seconds": time.perf_counter() - t0}
+        if metrics["ndcg@10"] > self.best["ndcg@10"]:
+            self.best, bad = {"epoch": epoch, **metrics}, 0
+            self.best_state = {k: v.detach().cpu().clone() for k, v in self.eval_model.state_dict().items()}
+            if self.ckpt is not None:
+                save_model(
+                    self.eval_model,
+                    self.ckpt / f"best-{self.cfg.stage}",
+                    {"train": asdict(self.cfg), "best": self.best},
+                )
+        elif epoch >= self.cfg.min_epochs:
+            bad += 1
+        return row, bad
 
     def fit(self) -> dict:
-        start_epoch, bad = 0, 0
-        if self.ckpt is not None:
-            state = load_training_state(self.ckpt / f"last-{self.cfg.stage}", self.model, self.optimizer, self.average)
-            if state is not None:  # resume after an interruption
-                start_epoch, bad, self.best, self.history = (
-                    state["epoch"] + 1,
-                    state["bad"],
-                    state["best"],
-                    state["history"],
-                )
-                best_dir = self.ckpt / f"best-{self.cfg.stage}"
-                if (best_dir / "model.safetensors").exists():
-                    from safetensors.torch import load_file
-
-                    self.best_state = load_file(str(best_dir / "model.safetensors"))
+        start_epoch, bad = self.resume()
         t_start = time.perf_counter()
         if self.reference is not None and self.cfg.precompute_ref and self.reference_cache is None:
             self.reference_cache = self.precompute_reference()
@@ -269,25 +323,15 @@ class SeqRecTrainer:
             if self.cfg.swa_start and epoch + 1 >= self.cfg.swa_start:
                 self.average.update_parameters(self.model)
                 row["swa_epochs"] = int(self.average.n_averaged)
-            if (epoch + 1) % self.cfg.eval_every == 0 or epoch == self.cfg.epochs - 1:
-                t0 = time.perf_counter()
-                metrics = evaluate(self.eval_model, self.valid, device=self.device)
-                row |= {f"valid_{k}": v for k, v in metrics.items()} | {"eval_seconds": time.perf_counter() - t0}
-                if metrics["ndcg@10"] > self.best["ndcg@10"]:
-                    self.best, bad = {"epoch": epoch, **metrics}, 0
-                    self.best_state = {k: v.detach().cpu().clone() for k, v in self.eval_model.state_dict().items()}
-                    if self.ckpt is not None:
-                        save_model(
-                            self.eval_model,
-                            self.ckpt / f"best-{self.cfg.stage}",
-                            {"train": asdict(self.cfg), "best": self.best},
-                        )
-                elif epoch >= self.cfg.min_epochs:
-                    bad += 1
+            if self.rank == 0 and ((epoch + 1) % self.cfg.eval_every == 0 or epoch == self.cfg.epochs - 1):
+                row, bad = self.validate(epoch, row, bad)
+            over_budget = self.cfg.max_minutes and (time.perf_counter() - t_start) / 60 > self.cfg.max_minutes
+            stop = bool((bad >= self.cfg.patience and self.cfg.keep == "best") or over_budget)
+            row, bad, stop, self.best = broadcast((row, bad, stop, self.best))  # every rank stops together
             self.history.append(row)
-            if self.on_epoch:
+            if self.on_epoch and self.rank == 0:
                 self.on_epoch(row)
-            if self.ckpt is not None:
+            if self.ckpt is not None and self.rank == 0:
                 save_training_state(
                     self.ckpt / f"last-{self.cfg.stage}",
                     self.model,
@@ -295,8 +339,8 @@ class SeqRecTrainer:
                     {"epoch": epoch, "bad": bad, "best": self.best, "history": self.history},
                     self.average,
                 )
-            over_budget = self.cfg.max_minutes and (time.perf_counter() - t_start) / 60 > self.cfg.max_minutes
-            if (bad >= self.cfg.patience and self.cfg.keep == "best") or over_budget:
+            barrier()
+            if stop:
                 break
         if self.cfg.keep == "last" and self.eval_model is not self.model:
             self.model.load_state_dict(self.eval_model.state_dict())

@@ -1,0 +1,104 @@
+"""The (N, n_items + 1) score matrix of N training positions, kept as its two factors.
+
+A step's scores are `query @ table.T`, with padding and (optionally) the items already in each prefix at -inf.
+Materialising that matrix costs N x n_items floats per step (12.8 GB at 1M items x 3,200 positions), so the
+losses and samplers ask this object for what they need instead: the scores of given items (sampled losses), the
+top-K of each row computed chunk by chunk (the DPO pool), or the whole matrix when the catalogue is small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import torch
+
+CHUNK_ELEMENTS = 1 << 24  # scores held at once by the chunked top-K: N positions x chunk items (64 MB of fp32)
+
+
+def seen_mask(seq: torch.Tensor, targets: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+    """(N, K): whether each position's prefix seq[b, :t+1] holds items[k], N = the positions with a target."""
+    hit = (seq[:, :, None] == items[None, None, :]).to(torch.uint8)
+    return hit.cummax(1).values[targets > 0].bool()
+
+
+def seen_pairs(seq: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, item) pairs of positions whose prefix seq[b, :t+1] holds the item, the row's own target excepted."""
+    sel = targets > 0
+    B, L = seq.shape
+    row_of = torch.full((B, L), -1, dtype=torch.long, device=seq.device)
+    row_of[sel] = torch.arange(int(sel.sum()), device=seq.device)
+    prefix = torch.ones(L, L, dtype=torch.bool, device=seq.device).tril()
+    b, t, s = (prefix[None] & (seq > 0)[:, None, :]).nonzero(as_tuple=True)
+    rows, cols = row_of[b, t], seq[b, s]
+    keep = (rows >= 0) & (cols != targets[b, t])
+    return rows[keep], cols[keep]
+
+
+@dataclass
+class PositionScores:
+    """Scores of N positions against every item, as query (N, D) and table (n_items + 1, D)."""
+
+    query: torch.Tensor
+    table: torch.Tensor
+    targets: torch.Tensor  # (N,) the item each position must predict
+    seq: torch.Tensor  # (B, L) the batch the positions come from (for the seen-item masks)
+    window_targets: torch.Tensor  # (B, L) its targets, 0 where a position has none
+    mask_seen: bool = False
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return len(self.query), len(self.table)
+
+    @property
+    def n_items(self) -> int:
+        return len(self.table) - 1
+
+    def detach(self) -> PositionScores:
+        return replace(self, query=self.query.detach(), table=self.table.detach())
+
+    def of(self, items: torch.Tensor) -> torch.Tensor:
+        """Scores of given items: (N, C) for per-position items, (N, K) for one shared (K,) set."""
+        if items.dim() == 1:
+            return self.query @ self.table[items].T
+        return torch.einsum("nd,ncd->nc", self.query, self.table[items])
+
+    def masked(self, items: torch.Tensor) -> torch.Tensor:
+        """(N, K) for a shared (K,) item set: True where the item may not compete (padding, seen, the target)."""
+        out = (items[None, :] == 0) | (items[None, :] == self.targets[:, None])
+        return out | seen_mask(self.seq, self.window_targets, items) if self.mask_seen else out
+
+    def seen(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return seen_pairs(self.seq, self.window_targets) if self.mask_seen else None
+
+    def materialise(self) -> torch.Tensor:
+        """The whole (N, n_items + 1) matrix, padding and seen items at -inf (small catalogues)."""
+        logits = self.query @ self.table.T
+        logits[:, 0] = float("-inf")
+        seen = self.seen()
+        if seen is not None:
+            logits[seen] = float("-inf")
+        return logits
+
+    @torch.no_grad()
+    def topk_excluding(self, k: int, chunk_elements: int = CHUNK_ELEMENTS) -> torch.Tensor:
+        """(N, k) best items per row other than padding, seen items and the target, scored chunk by chunk:
+        memory N x chunk, never N x n_items."""
+        n, N = self.n_items, len(self.query)
+        chunk = max(k + 1, chunk_elements // max(N, 1))
+        seen = self.seen()
+        rows = torch.arange(N, device=self.query.device)
+        best_v = torch.full((N, 0), float("-inf"), device=self.query.device)
+        best_i = torch.zeros((N, 0), dtype=torch.long, device=self.query.device)
+        for lo in range(1, n + 1, chunk):
+            hi = min(lo + chunk, n + 1)
+            s = self.query @ self.table[lo:hi].T
+            if seen is not None:
+                inside = (seen[1] >= lo) & (seen[1] < hi)
+                s[seen[0][inside], seen[1][inside] - lo] = float("-inf")
+            own = (self.targets >= lo) & (self.targets < hi)
+            s[rows[own], self.targets[own] - lo] = float("-inf")
+            v = torch.cat([best_v, s], 1)
+            i = torch.cat([best_i, torch.arange(lo, hi, device=s.device).expand(N, -1)], 1)
+            best_v, top = v.topk(min(k, v.shape[1]), dim=1)
+            best_i = i.gather(1, top)
+        return best_i
