@@ -59,15 +59,22 @@ class DatasetResource(dg.ConfigurableResource):
 DEPLOYMENTS = ("local", "docker")
 
 
+def _pipes() -> dg.PipesSubprocessClient:
+    """Launches multi-process training (torchrun) and reads its logs and metadata back; a Kubernetes deployment
+    swaps in dagster_k8s.PipesK8sClient, whose pod runs the same command."""
+    return dg.PipesSubprocessClient()
+
+
 def resources_for(deployment: str = "local") -> dict:
     """A deployment's resources. `local`: the home from $RECALIGN_HOME at run time (else ./.recalign) and the
     synthetic dataset unless run config says otherwise. `docker`: home and dataset from the container's
     environment (RECALIGN_HOME, RECALIGN_DATASET_SOURCE, RECALIGN_DATASET_PATH), required, read by dg.EnvVar
     when a run starts."""
     if deployment == "local":
-        return {"recalign": RecalignHome(), "dataset": DatasetResource()}
+        return {"recalign": RecalignHome(), "dataset": DatasetResource(), "pipes_subprocess_client": _pipes()}
     if deployment == "docker":
         return {
+            "pipes_subprocess_client": _pipes(),
             "recalign": RecalignHome(home=dg.EnvVar("RECALIGN_HOME")),
             "dataset": DatasetResource(
                 source=dg.EnvVar("RECALIGN_DATASET_SOURCE"), path=dg.EnvVar("RECALIGN_DATASET_PATH")

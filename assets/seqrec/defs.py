@@ -1,15 +1,20 @@
 """Dagster layer of the sequential track: seqrec_sft -> seqrec_dpo -> publish_candidate_model -> published_model."""
 
+import json
+import tempfile
 from dataclasses import asdict
+from pathlib import Path
 
 import dagster as dg
 
 from assets.common import dataclass_config, from_pipes
 from assets.resources import DatasetResource, RecalignHome
+from training.seqrec.distributed import LaunchConfig
 from training.seqrec.model import SeqRecConfig
 from training.seqrec.recipe import DERIVED, get_recipe
 from training.seqrec.trainer import SeqRecDPOConfig, SeqRecTrainConfig
 
+from .launch import launch_spec, torchrun_command
 from .pipeline import stage_metadata, train_stage
 from .publish import STAGES, evaluate_gate, publish_candidate
 
@@ -22,18 +27,35 @@ SeqRecSFTRunConfig = dataclass_config(
     "(training/seqrec/recipe.py, SeqRecConfig, SeqRecTrainConfig).",
     (SeqRecConfig, RECIPE.model_config()),
     (SeqRecTrainConfig, asdict(RECIPE.sft)),
+    (LaunchConfig, asdict(LaunchConfig())),
     skip=DERIVED,
 )
 SeqRecDPORunConfig = dataclass_config(
     "SeqRecDPORunConfig",
     "Stage 2 (CE + lambda * DPO), defaults from the default recipe (SeqRecDPOConfig).",
     (SeqRecDPOConfig, asdict(RECIPE.dpo)),
+    (LaunchConfig, asdict(LaunchConfig())),
     skip=DERIVED,
 )
 
 
 def _metadata(out: dict) -> dict:
     return from_pipes(stage_metadata(out))
+
+
+def run_stage(context, pipes, recalign, dataset, nproc: int, stage: str, model_cfg: dict, train, reference=None):
+    """The stage in this process (nproc 1), or in `nproc` torchrun processes through Dagster Pipes: they send
+    each epoch as a log line and the summary as this materialisation's metadata."""
+    settings = recalign.settings()
+    if nproc <= 1:
+        out = train_stage(settings, dataset.dataset, model_cfg, train, reference=reference, log=context.log.info)
+        return dg.MaterializeResult(metadata=_metadata(out))
+    spec = launch_spec(settings, dataset.dataset, stage, model_cfg, asdict(train), reference)
+    with tempfile.TemporaryDirectory(dir=settings.cache_dir) as tmp:
+        path = Path(tmp) / "spec.json"
+        path.write_text(json.dumps(spec))
+        context.log.info(f"torchrun with {nproc} processes; checkpoints in {spec['checkpoint_dir']}")
+        return pipes.run(command=torchrun_command(nproc, path), context=context).get_materialize_result()
 
 
 @dg.asset(
@@ -45,12 +67,15 @@ def _metadata(out: dict) -> dict:
     description="Stage 1: multimodal SASRec-style encoder trained with cross-entropy (the reference policy).",
 )
 def seqrec_sft(
-    context: dg.AssetExecutionContext, config: SeqRecSFTRunConfig, recalign: RecalignHome, dataset: DatasetResource
+    context: dg.AssetExecutionContext,
+    config: SeqRecSFTRunConfig,
+    recalign: RecalignHome,
+    dataset: DatasetResource,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
     model_cfg = config.pick(SeqRecConfig)
     train = SeqRecTrainConfig(**config.pick(SeqRecTrainConfig), show_progress=False)
-    out = train_stage(recalign.settings(), dataset.dataset, model_cfg, train, log=context.log.info)
-    return dg.MaterializeResult(metadata=_metadata(out))
+    return run_stage(context, pipes_subprocess_client, recalign, dataset, config.nproc, "sft", model_cfg, train)
 
 
 @dg.asset(
@@ -62,22 +87,19 @@ def seqrec_sft(
     description="Stage 2: L = CE + lambda * DPO against the frozen stage-1 model, y_l from the configured sampler.",
 )
 def seqrec_dpo(
-    context: dg.AssetExecutionContext, config: SeqRecDPORunConfig, recalign: RecalignHome, dataset: DatasetResource
+    context: dg.AssetExecutionContext,
+    config: SeqRecDPORunConfig,
+    recalign: RecalignHome,
+    dataset: DatasetResource,
+    pipes_subprocess_client: dg.PipesSubprocessClient,
 ) -> dg.MaterializeResult:
     sft = recalign.registry(dataset.dataset).newest("seqrec_sft")
     if sft is None:
         raise dg.Failure("no seqrec_sft model in the registry: materialise seqrec_sft first")
     train = SeqRecDPOConfig(**config.pick(SeqRecDPOConfig), show_progress=False)
-    out = train_stage(
-        recalign.settings(),
-        dataset.dataset,
-        {},
-        train,
-        reference=(sft.name, sft.version),
-        log=context.log.info,
-    )
-    return dg.MaterializeResult(
-        metadata=_metadata(out) | {"reference": f"{sft.name}/{sft.version}", "sampler": train.sampler}
+    context.add_output_metadata({"reference": f"{sft.name}/{sft.version}", "sampler": train.sampler})
+    return run_stage(
+        context, pipes_subprocess_client, recalign, dataset, config.nproc, "dpo", {}, train, (sft.name, sft.version)
     )
 
 

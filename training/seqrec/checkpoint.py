@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load, load_file, save_file
 
 from .model import MultimodalSASRec, SeqRecConfig
@@ -65,15 +66,25 @@ def save_training_state(directory: Path, model, optimizer, state: dict, ema=None
             if torch.is_tensor(value):
                 tensors[f"opt.{pid}.{name}"] = value.detach().cpu().contiguous().reshape(value.shape)
     tensors["rng.torch"] = torch.get_rng_state()
-    save_file(tensors, str(directory / "state.safetensors.tmp"))
+    # one file, replaced atomically: a kill at any moment leaves the previous epoch's state or this one, whole
+    meta = json.dumps({**state, "param_groups": opt["param_groups"]}, default=float)
+    save_file(tensors, str(directory / "state.safetensors.tmp"), metadata={"state": meta})
     os.replace(directory / "state.safetensors.tmp", directory / "state.safetensors")
-    _atomic_write_json(directory / "state.json", {**state, "param_groups": opt["param_groups"]})
+
+
+def training_state_meta(directory: Path) -> dict | None:
+    """The counters of the last saved training state (epoch, history...), or None."""
+    path = directory / "state.safetensors"
+    if not path.exists():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        return json.loads(f.metadata()["state"])
 
 
 def load_training_state(directory: Path, model, optimizer, ema=None) -> dict | None:
-    if not (directory / "state.json").exists() or not (directory / "state.safetensors").exists():
+    meta = training_state_meta(directory)
+    if meta is None:
         return None
-    meta = json.loads((directory / "state.json").read_text())
     tensors = load_file(str(directory / "state.safetensors"))
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     if ema is not None:

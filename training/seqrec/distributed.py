@@ -5,10 +5,19 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch import nn
+
+
+@dataclass
+class LaunchConfig:
+    """How a stage is run. The single home of its defaults."""
+
+    nproc: int = 1  # processes under torchrun (one per GPU, or CPU processes with gloo), through Dagster Pipes;
+    # 1: train in the calling process
 
 
 def rank_and_world() -> tuple[int, int]:

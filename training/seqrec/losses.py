@@ -95,13 +95,16 @@ class SampledSoftmax:
 
 @dataclass
 class GBCE:
-    """gSASRec's gBCE over K uniform negatives shared by the batch's positions (calibration t)."""
+    """gSASRec's gBCE over K uniform negatives drawn for each position (calibration t): memory N x K x d.
+    Negatives shared by a batch push the same K items down at every position, other positions' positives
+    among them, and a pointwise loss does not learn from that (measured on the toy task of the tests)."""
 
     n_negatives: int = 256
     t: float = 0.75
 
     def __call__(self, scored: PositionScores, generator: torch.Generator | None = None) -> torch.Tensor:
-        neg = torch.randint(1, scored.n_items + 1, (self.n_negatives,), generator=generator).to(scored.query.device)
+        shape = (len(scored.targets), self.n_negatives)
+        neg = torch.randint(1, scored.n_items + 1, shape, generator=generator).to(scored.query.device)
         pos = scored.of(scored.targets[:, None])[:, 0]
         beta = gbce_beta(self.n_negatives, scored.n_items, self.t)
         return gbce(pos, scored.of(neg), beta, scored.masked(neg)).mean()

@@ -63,9 +63,18 @@ class PositionScores:
         return torch.einsum("nd,ncd->nc", self.query, self.table[items])
 
     def masked(self, items: torch.Tensor) -> torch.Tensor:
-        """(N, K) for a shared (K,) item set: True where the item may not compete (padding, seen, the target)."""
-        out = (items[None, :] == 0) | (items[None, :] == self.targets[:, None])
-        return out | seen_mask(self.seq, self.window_targets, items) if self.mask_seen else out
+        """(N, K) for a shared (K,) item set or per-position (N, K) items: True where the item may not compete
+        (padding, an item of the position's prefix, the position's own target)."""
+        shared = items.dim() == 1
+        grid = items[None, :] if shared else items
+        out = (grid == 0) | (grid == self.targets[:, None])
+        if not self.mask_seen:
+            return out
+        if shared:
+            return out | seen_mask(self.seq, self.window_targets, items)
+        b, t = (self.window_targets > 0).nonzero(as_tuple=True)  # the positions, in the order of `targets`
+        prefix = torch.arange(self.seq.shape[1], device=items.device)[None, :] <= t[:, None]
+        return out | ((self.seq[b][:, :, None] == items[:, None, :]) & prefix[:, :, None]).any(1)
 
     def seen(self) -> tuple[torch.Tensor, torch.Tensor] | None:
         return seen_pairs(self.seq, self.window_targets) if self.mask_seen else None
