@@ -45,7 +45,9 @@ def parse_args():
     ap.add_argument("--path", default=None, help="dataset folder (default: ../shared/data/<folder>)")
     ap.add_argument("--home", default=os.environ.get("RECALIGN_HOME"), help="reuse a RECALIGN_HOME (tables, vectors)")
     ap.add_argument("--recipe", default="default", choices=sorted(RECIPES))
-    ap.add_argument("--samplers", default=None, help="DPO runs, one per sampler (default: the recipe's sampler)")
+    ap.add_argument(
+        "--samplers", default=None, help="DPO runs, one per sampler (default: the recipe's sampler; none: SFT only)"
+    )
     ap.add_argument("--seed", type=int, default=UNSET, help="both stages' seed")
     ap.add_argument("--quiet", action="store_true")
     ap.add_argument("--sft-init", default=None, help="name/version of a registered model to continue SFT from")
@@ -87,7 +89,7 @@ def main() -> None:
     model_cfg = recipe.model_config(**picked(args, fields["model"]))
     sft_cfg = recipe.sft_config(**picked(args, fields["sft"], "sft"), seed=args.seed, show_progress=False)
     dpo_base = recipe.dpo_config(**picked(args, fields["dpo"], "dpo"), seed=args.seed, show_progress=False)
-    samplers = args.samplers.split(",") if args.samplers else [dpo_base.sampler]
+    samplers = [] if args.samplers == "none" else args.samplers.split(",") if args.samplers else [dpo_base.sampler]
 
     import torch
 

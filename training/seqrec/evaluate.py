@@ -8,13 +8,17 @@ import torch
 from ..metrics import metrics_from_ranks, ranks_from_scores
 from .data import EvalSet, length_buckets, trim
 
+SCORES_AT_ONCE = 1 << 26  # 256 MB of fp32 scores per evaluation batch
+
 
 @torch.no_grad()
 def full_ranking_ranks(
-    model, data: EvalSet, batch_size: int = 2048, device: torch.device | None = None, mask_history: bool = True
+    model, data: EvalSet, batch_size: int | None = None, device: torch.device | None = None, mask_history: bool = True
 ) -> np.ndarray:
-    """1-based rank of each user's target among all items; the user's other history items masked."""
+    """1-based rank of each user's target among all items; the user's other history items masked. Users are
+    scored in batches of `batch_size` (default: 2,048, fewer on large catalogues: at most 2^26 scores at once)."""
     model.eval()
+    batch_size = batch_size or max(1, min(2048, SCORES_AT_ONCE // (model.cfg.n_items + 1)))
     device = device or next(model.parameters()).device
     ranks = np.zeros(len(data.targets), dtype=np.int64)
     for idx in length_buckets(data.inputs, batch_size):

@@ -69,8 +69,9 @@ def get_recipe(name: str) -> SeqRecRecipe:
 
 
 def run_name(stage: str, model_cfg: dict, train_cfg: SeqRecTrainConfig) -> str:
-    """What a run registers as: seqrec_sft[_moe][_<modalities>][_attr][_nomask], seqrec_dpo_<sampler>[_nomask]."""
-    mask = "" if train_cfg.mask_history else "_nomask"
+    """What a run registers as: seqrec_sft[_moe][_<modalities>][_attr][_<loss>][_nomask],
+    seqrec_dpo_<sampler>[_<loss>][_nomask]; the loss only when it is not full cross-entropy."""
+    mask = ("" if train_cfg.loss == "ce" else f"_{train_cfg.loss}") + ("" if train_cfg.mask_history else "_nomask")
     if stage == "dpo":
         return f"seqrec_dpo_{train_cfg.sampler}{mask}"
     mods = list(model_cfg.get("modalities", ["id"]))
