@@ -270,3 +270,47 @@ def test_seqrec_sft_with_nproc_2_materialises_through_dagster_pipes(synthetic_ho
     assert any(line.startswith('{"epoch": 1, "stage": "sft"') for line in lines)  # rank 0's epochs, as Dagster logs
     model = synthetic_home.registry("syn").get(meta["name"].value, meta["version"].value)
     assert model.path.exists()
+
+
+# --- preference objectives of stage 2 ---------------------------------------------------------------------------
+
+
+def test_sdpo_and_simpo_on_hand_computed_numbers():
+    from training.seqrec.losses import dpo_logit_loss, sdpo_logit_loss, simpo_logit_loss
+
+    pw, rw = torch.tensor([2.0]), torch.tensor([1.0])
+    pl, rl = torch.tensor([[1.5, 0.0]]), torch.tensor([[1.0, 0.5]])
+    beta = 0.5
+    # rewards beta * [(s_l - s_ref_l) - (s_w - s_ref_w)]: 0.5 * (0.5 - 1) = -0.25 and 0.5 * (-0.5 - 1) = -0.75
+    expected = math.log1p(math.exp(math.log(math.exp(-0.25) + math.exp(-0.75))))
+    assert sdpo_logit_loss(pw, pl, rw, rl, beta).item() == pytest.approx(expected, rel=1e-6)
+    # one rejected item: S-DPO is DPO
+    one = sdpo_logit_loss(pw, pl[:, :1], rw, rl[:, :1], beta)
+    assert one.item() == pytest.approx(dpo_logit_loss(pw, pl[:, 0], rw, rl[:, 0], beta).item(), rel=1e-6)
+    # SimPO: -log sigma(beta (s_w - s_l) - gamma) = -log sigma(0.5 * 0.5 - 0.3)
+    assert simpo_logit_loss(pw, pl[:, 0], beta, 0.3).item() == pytest.approx(
+        -math.log(1 / (1 + math.exp(-(0.25 - 0.3)))), rel=1e-6
+    )
+
+
+@pytest.mark.parametrize("preference", ["dpo", "sdpo", "simpo"])
+def test_each_preference_objective_trains_a_stage_2(preference):
+    from .test_seqrec_units import _toy_data, small_model
+
+    x, y, valid = _toy_data()
+    ref = small_model()
+    SeqRecTrainer(ref, sft_config(epochs=3, batch_size=32, lr=5e-3, show_progress=False), x, y, valid).fit()
+    policy = MultimodalSASRec(ref.cfg)
+    policy.load_state_dict(ref.state_dict())
+    cfg = dpo_config(epochs=2, batch_size=32, topk=5, preference=preference, n_rejected=3, show_progress=False)
+    trainer = SeqRecTrainer(policy, cfg, x, y, valid, reference=ref)
+    fit = trainer.fit()
+    assert all(math.isfinite(r["dpo"]) for r in fit["history"])
+    if preference != "simpo":  # at the reference, DPO is log 2; S-DPO with M items log(1 + M)
+        assert fit["history"][0]["dpo"] < (math.log(4) if preference == "sdpo" else math.log(2)) + 0.05
+    from training.seqrec.recipe import run_name
+
+    expected = {"dpo": "seqrec_dpo_stochastic_topk", "sdpo": "seqrec_dpo_stochastic_topk_sdpo"}
+    assert run_name("dpo", {}, cfg) == expected.get(preference, "seqrec_dpo_stochastic_topk_simpo")
+    with pytest.raises(ValueError, match="'dpo', 'sdpo', 'simpo'"):
+        dpo_config(preference="ipo")

@@ -5,7 +5,9 @@ Next-item objectives over a `PositionScores` (scores.py), chosen by `SeqRecTrain
 - `sampled_softmax`: softmax over the positive and K sampled negatives with the logQ correction, negatives
   uniform over the catalogue or the other positions' targets in the batch (memory N x K);
 - `gbce`: gSASRec's generalised binary cross-entropy over K uniform negatives (memory N x K).
-And the preference term of stage 2 (RoDPO Eq. 5).
+And the preference terms of stage 2, chosen by `SeqRecDPOConfig.preference`, on logits (the softmax partition
+cancels in every log-ratio of one context): `dpo` (RoDPO Eq. 5), `sdpo` (several rejected items in one
+Plackett-Luce term) and `simpo` (reference-free, with a target margin).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch.nn.functional as F
 from .scores import PositionScores
 
 LOSSES = ("ce", "sampled_softmax", "gbce")
+PREFERENCES = ("dpo", "sdpo", "simpo")
 NEGATIVES = ("uniform", "in_batch")
 
 
@@ -26,6 +29,21 @@ def dpo_logit_loss(
 ) -> torch.Tensor:
     """-log sigma(beta * [(s_w - s_l) - (s_ref_w - s_ref_l)]) on logit margins (RoDPO Eq. 5), per pair."""
     return -F.logsigmoid(beta * ((policy_w - policy_l) - (ref_w - ref_l)))
+
+
+def sdpo_logit_loss(
+    policy_w: torch.Tensor, policy_l: torch.Tensor, ref_w: torch.Tensor, ref_l: torch.Tensor, beta: float = 1.0
+) -> torch.Tensor:
+    """-log sigma(-log sum_l exp(beta [(s_l - s_ref_l) - (s_w - s_ref_w)])) per context, M rejected items
+    (N, M) (S-DPO, Chen et al., NeurIPS 2024, "On Softmax Direct Preference Optimization for Recommendation")."""
+    rewards = beta * ((policy_l - ref_l) - (policy_w - ref_w)[:, None])
+    return F.softplus(torch.logsumexp(rewards, 1))
+
+
+def simpo_logit_loss(policy_w: torch.Tensor, policy_l: torch.Tensor, beta: float = 1.0, gamma: float = 0.0):
+    """-log sigma(beta (s_w - s_l) - gamma) per pair: no reference, a target margin gamma (SimPO, Meng et al.,
+    NeurIPS 2024; a logit has no length to normalise)."""
+    return -F.logsigmoid(beta * (policy_w - policy_l) - gamma)
 
 
 def full_cross_entropy(scored: PositionScores, generator: torch.Generator | None = None) -> torch.Tensor:

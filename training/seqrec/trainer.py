@@ -25,7 +25,15 @@ from .checkpoint import load_training_state, save_model, save_training_state
 from .data import EvalSet, length_buckets, position_rows, trim
 from .distributed import all_mean, barrier, broadcast, global_batch, rank_and_world, shard_batches, wrap
 from .evaluate import evaluate
-from .losses import LOSSES, NEGATIVES, dpo_logit_loss, make_objective
+from .losses import (
+    LOSSES,
+    NEGATIVES,
+    PREFERENCES,
+    dpo_logit_loss,
+    make_objective,
+    sdpo_logit_loss,
+    simpo_logit_loss,
+)
 from .model import MultimodalSASRec
 from .samplers import SAMPLERS
 from .scores import PositionScores
@@ -106,6 +114,10 @@ class SeqRecDPOConfig(SeqRecTrainConfig):
     topk: int = 50  # K of the stochastic top-K pool (Eq. 4)
     beta: float = 1.0  # DPO beta (Eq. 5)
     lam: float = 1.0  # lambda of L = CE + lambda * DPO (Eq. 6)
+    preference: Literal["dpo", "sdpo", "simpo"] = "dpo"  # dpo: one rejected item per context (RoDPO Eq. 5);
+    # sdpo: n_rejected items in one softmax term (S-DPO); simpo: reference-free with margin simpo_gamma
+    n_rejected: int = 4  # sdpo: rejected items per context, each drawn by the sampler
+    simpo_gamma: float = 0.5  # simpo: the target margin gamma
     precompute_ref: bool = True  # encode every training position with the frozen reference once, before DPO
     # (trl's precompute_ref_log_probs); y_l is sampled per step, so the reference's
     # fused queries and item table are kept rather than its scores
@@ -113,6 +125,7 @@ class SeqRecDPOConfig(SeqRecTrainConfig):
     def __post_init__(self):
         super().__post_init__()
         _check_choice("sampler", self.sampler, tuple(SAMPLERS))
+        _check_choice("preference", self.preference, PREFERENCES)
 
 
 class SeqRecTrainer:
@@ -195,30 +208,41 @@ class SeqRecTrainer:
             )
         return {"queries": queries, "table": table, "offsets": offsets, "counts": counts}
 
-    def reference_margin(
-        self,
-        seq: torch.Tensor,
-        targets: torch.Tensor,
-        pos: torch.Tensor,
-        neg: torch.Tensor,
-        rows: torch.Tensor | None = None,
-    ):
-        """s_ref(x, y_w) - s_ref(x, y_l): only the two items are scored (the partition cancels).
+    def reference_scores(
+        self, seq: torch.Tensor, targets: torch.Tensor, items: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """s_ref(x, i) of given (N, C) items at each position: only they are scored (the partition cancels).
 
         `rows` (the batch's window indices) reads the reference from `reference_cache`; without it, or without a
         cache, the reference encodes the batch.
         """
-        pair = torch.stack([pos, neg], 1)
         with torch.no_grad():
             cache = self.reference_cache
             if cache is not None and rows is not None:
-                q = cache["queries"][position_rows(cache["offsets"], cache["counts"], rows).to(pair.device)]
-                s = self.reference.score(q, cache["table"], pair)
-            else:
-                tables = self.reference.item_tables()
-                hidden = self.reference.encode(seq, tables)
-                s = self.reference.fuse({m: h[targets > 0] for m, h in hidden.items()}, tables, pair)
+                q = cache["queries"][position_rows(cache["offsets"], cache["counts"], rows).to(items.device)]
+                return self.reference.score(q, cache["table"], items)
+            tables = self.reference.item_tables()
+            hidden = self.reference.encode(seq, tables)
+            return self.reference.fuse({m: h[targets > 0] for m, h in hidden.items()}, tables, items)
+
+    def reference_margin(self, seq, targets, pos, neg, rows=None) -> torch.Tensor:
+        """s_ref(x, y_w) - s_ref(x, y_l)."""
+        s = self.reference_scores(seq, targets, torch.stack([pos, neg], 1), rows)
         return s[:, 0] - s[:, 1]
+
+    def preference_loss(self, scored: PositionScores, seq, targets, rows) -> torch.Tensor:
+        """The configured preference term, mean over positions; y_l from the sampler (n_rejected of them: sdpo)."""
+        cfg, tgt = self.cfg, scored.targets
+        m = cfg.n_rejected if cfg.preference == "sdpo" else 1
+        neg = torch.stack([self.sample_negatives(scored) for _ in range(m)], 1)  # (N, M)
+        items = torch.cat([tgt[:, None], neg], 1)
+        policy = scored.of(items)
+        if cfg.preference == "simpo":
+            return simpo_logit_loss(policy[:, 0], policy[:, 1], cfg.beta, cfg.simpo_gamma).mean()
+        ref = self.reference_scores(seq, targets, items, rows)
+        if cfg.preference == "sdpo":
+            return sdpo_logit_loss(policy[:, 0], policy[:, 1:], ref[:, 0], ref[:, 1:], cfg.beta).mean()
+        return dpo_logit_loss(policy[:, 0], policy[:, 1], ref[:, 0], ref[:, 1], cfg.beta).mean()
 
     def compute_loss(
         self, seq: torch.Tensor, targets: torch.Tensor, rows: torch.Tensor | None = None
@@ -226,14 +250,7 @@ class SeqRecTrainer:
         loss, scored = self.loss_module(seq, targets, self.cfg.mask_history, self.objective)
         parts = {"ce": (loss - self.model.aux_loss()).item()}
         if self.cfg.stage == "dpo":
-            tgt = scored.targets
-            neg = self.sample_negatives(scored)
-            pair = scored.of(torch.stack([tgt, neg], 1))
-            margin = pair[:, 0] - pair[:, 1]
-            ref_margin = self.reference_margin(seq, targets, tgt, neg, rows)
-            dpo = dpo_logit_loss(
-                margin, torch.zeros_like(margin), ref_margin, torch.zeros_like(ref_margin), self.cfg.beta
-            ).mean()
+            dpo = self.preference_loss(scored, seq, targets, rows)
             loss = loss + self.cfg.lam * dpo
             parts["dpo"] = dpo.item()
         return loss, parts
