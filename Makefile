@@ -11,7 +11,7 @@ export TRANSFORMERS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test test-fast lint format ui serve bench clean
+.PHONY: setup demo test test-fast lint format ui serve bench bench-env clean
 
 setup: $(STAMP)
 
@@ -48,6 +48,17 @@ ui: setup
 
 serve: setup
 	$(BIN)/python -m serving
+
+# The peer library of benchmarks/baselines.py (RecTools) in its own environment: it pins numpy < 2 and
+# pandas < 3, recalign runs on numpy 2 and pandas 3. Never needed by the package or its tests.
+bench-env: .venv-bench/.installed
+
+.venv-bench/.installed:
+	$(PY) -m venv .venv-bench
+	.venv-bench/bin/pip install --quiet --upgrade pip uv
+	.venv-bench/bin/pip install --quiet torch==2.13.0
+	.venv-bench/bin/uv pip install --python .venv-bench/bin/python 'rectools[torch]==0.19.0'
+	touch $@
 
 bench: setup
 	$(BIN)/python benchmarks/ingest.py --dataset synthetic
