@@ -314,3 +314,26 @@ def test_each_preference_objective_trains_a_stage_2(preference):
     assert run_name("dpo", {}, cfg) == expected.get(preference, "seqrec_dpo_stochastic_topk_simpo")
     with pytest.raises(ValueError, match="'dpo', 'sdpo', 'simpo'"):
         dpo_config(preference="ipo")
+
+
+def test_diagnostics_measure_margins_false_negatives_gradients_and_the_ranking_shift():
+    from training.seqrec.diagnostics import later_items, preference_diagnostics, ranking_shift
+
+    tgt = torch.tensor([[0, 5, 6, 4], [8, 9, 10, 0]])
+    expected = [[0, 0, 6, 4], [0, 0, 0, 4], [0, 0, 0, 0], [0, 9, 10, 0], [0, 0, 10, 0], [0, 0, 0, 0]]
+    assert later_items(tgt).tolist() == expected
+    from .test_seqrec_units import _toy_data, small_model
+
+    x, y, valid = _toy_data()
+    ref = small_model()
+    SeqRecTrainer(ref, sft_config(epochs=2, batch_size=32, lr=5e-3, show_progress=False), x, y, valid).fit()
+    policy = MultimodalSASRec(ref.cfg)
+    policy.load_state_dict(ref.state_dict())
+    trainer = SeqRecTrainer(policy, dpo_config(batch_size=32, topk=5, show_progress=False), x, y, valid, reference=ref)
+    d = preference_diagnostics(trainer, n_batches=2)
+    assert d["margin_mean"] == pytest.approx(0.0, abs=1e-5)  # no dropout: the policy is the reference
+    assert 0.0 <= d["false_negative_rate"] <= 1.0 and d["grad_norm_ce"] > 0 and d["grad_norm_pref"] > 0
+    # at the reference, the DPO gradient is -beta/2 * grad(s_w - s_l): the same direction as CE's pull on y_w
+    assert d["grad_cosine"] > 0
+    same = ranking_shift(ref, policy, valid)
+    assert same["unchanged"] == 1.0 and same["paired_ndcg@10"]["mean_diff"] == 0.0
