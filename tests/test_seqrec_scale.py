@@ -337,3 +337,21 @@ def test_diagnostics_measure_margins_false_negatives_gradients_and_the_ranking_s
     assert d["grad_cosine"] > 0
     same = ranking_shift(ref, policy, valid)
     assert same["unchanged"] == 1.0 and same["paired_ndcg@10"]["mean_diff"] == 0.0
+
+
+def test_exclude_future_keeps_the_users_later_items_out_of_the_negative_pool():
+    from dataclasses import replace
+
+    from training.seqrec.scores import later_items
+
+    seq, tgt = _batch()
+    m = _model(n_items=20, d=8, seed=1)
+    scored = replace(m.position_scores(seq, tgt, mask_seen=True), mask_future=True).detach()
+    later = later_items(tgt)
+    for pool in (topk_excluding(scored.materialise(), scored.targets, 15), scored.topk_excluding(15, 16 * 11)):
+        finite = torch.isfinite(scored.materialise().gather(1, pool))
+        clash = (pool[:, :, None] == later[:, None, :]) & (later[:, None, :] != scored.targets[:, None, None])
+        assert not (clash & finite[:, :, None]).any()  # a later item is never a (finite) candidate
+    # and a plain pool does contain some: the option changes something
+    plain = m.position_scores(seq, tgt, mask_seen=True).detach().topk_excluding(15)
+    assert ((plain[:, :, None] == later[:, None, :]) & (later[:, None, :] > 0)).any()

@@ -17,14 +17,7 @@ from training.metrics import per_user_metrics
 
 from .data import length_buckets, trim
 from .evaluate import full_ranking_ranks
-
-
-def later_items(seq_targets: torch.Tensor) -> torch.Tensor:
-    """(N, L): for each target position (b, t), the window's targets after t (0 elsewhere)."""
-    b, t = (seq_targets > 0).nonzero(as_tuple=True)
-    L = seq_targets.shape[1]
-    after = torch.arange(L, device=seq_targets.device)[None, :] > t[:, None]
-    return torch.where(after, seq_targets[b], torch.zeros_like(seq_targets[b]))
+from .scores import later_items
 
 
 def _flat_grad(loss: torch.Tensor, params: list[torch.Tensor]) -> torch.Tensor:

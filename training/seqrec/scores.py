@@ -34,6 +34,15 @@ def seen_pairs(seq: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, 
     return rows[keep], cols[keep]
 
 
+def later_items(window_targets: torch.Tensor) -> torch.Tensor:
+    """(N, L): for each target position (b, t), the window's targets after t (0 elsewhere): the same user's
+    later items, positives that a negative pool can exclude."""
+    b, t = (window_targets > 0).nonzero(as_tuple=True)
+    L = window_targets.shape[1]
+    after = torch.arange(L, device=window_targets.device)[None, :] > t[:, None]
+    return torch.where(after, window_targets[b], torch.zeros_like(window_targets[b]))
+
+
 @dataclass
 class PositionScores:
     """Scores of N positions against every item, as query (N, D) and table (n_items + 1, D)."""
@@ -44,6 +53,7 @@ class PositionScores:
     seq: torch.Tensor  # (B, L) the batch the positions come from (for the seen-item masks)
     window_targets: torch.Tensor  # (B, L) its targets, 0 where a position has none
     mask_seen: bool = False
+    mask_future: bool = False  # also exclude the window's later targets (the user's own future positives)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -68,6 +78,8 @@ class PositionScores:
         shared = items.dim() == 1
         grid = items[None, :] if shared else items
         out = (grid == 0) | (grid == self.targets[:, None])
+        if self.mask_future:
+            out = out | (later_items(self.window_targets)[:, :, None] == grid[:, None, :]).any(1)
         if not self.mask_seen:
             return out
         if shared:
@@ -77,7 +89,15 @@ class PositionScores:
         return out | ((self.seq[b][:, :, None] == items[:, None, :]) & prefix[:, :, None]).any(1)
 
     def seen(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        return seen_pairs(self.seq, self.window_targets) if self.mask_seen else None
+        """(row, item) pairs excluded from each row: its prefix's items (mask_seen), its later targets (mask_future)."""
+        pairs = [seen_pairs(self.seq, self.window_targets)] if self.mask_seen else []
+        if self.mask_future:
+            later = later_items(self.window_targets)
+            rows, cols = ((later > 0) & (later != self.targets[:, None])).nonzero(as_tuple=True)
+            pairs.append((rows, later[rows, cols]))
+        if not pairs:
+            return None
+        return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
 
     def materialise(self) -> torch.Tensor:
         """The whole (N, n_items + 1) matrix, padding and seen items at -inf (small catalogues)."""

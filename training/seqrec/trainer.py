@@ -12,7 +12,7 @@ import copy
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -116,6 +116,8 @@ class SeqRecDPOConfig(SeqRecTrainConfig):
     lam: float = 1.0  # lambda of L = CE + lambda * DPO (Eq. 6)
     preference: Literal["dpo", "sdpo", "simpo"] = "dpo"  # dpo: one rejected item per context (RoDPO Eq. 5);
     # sdpo: n_rejected items in one softmax term (S-DPO); simpo: reference-free with margin simpo_gamma
+    exclude_future: bool = False  # the negative pool skips the window's later targets: the user's own future
+    # items, positives the sampler would otherwise reject (false negatives)
     n_rejected: int = 4  # sdpo: rejected items per context, each drawn by the sampler
     simpo_gamma: float = 0.5  # simpo: the target margin gamma
     precompute_ref: bool = True  # encode every training position with the frozen reference once, before DPO
@@ -188,7 +190,8 @@ class SeqRecTrainer:
     def sample_negatives(self, scored: PositionScores) -> torch.Tensor:
         """y_l per position; with the full-catalogue loss from its score matrix, else from `scored` itself (the
         top-K pool computed chunk by chunk: large catalogues)."""
-        scores = scored.materialise().detach() if self.cfg.loss == "ce" else scored.detach()
+        pool = replace(scored, mask_future=bool(getattr(self.cfg, "exclude_future", False))).detach()
+        scores = pool.materialise() if self.cfg.loss == "ce" else pool
         return SAMPLERS[self.cfg.sampler](scores, scored.targets, k=self.cfg.topk, generator=self.generator)
 
     @torch.no_grad()
