@@ -97,10 +97,11 @@ def seqrec_dpo(
     if sft is None:
         raise dg.Failure("no seqrec_sft model in the registry: materialise seqrec_sft first")
     train = SeqRecDPOConfig(**config.pick(SeqRecDPOConfig), show_progress=False)
-    context.add_output_metadata({"reference": f"{sft.name}/{sft.version}", "sampler": train.sampler})
-    return run_stage(
+    result = run_stage(
         context, pipes_subprocess_client, recalign, dataset, config.nproc, "dpo", {}, train, (sft.name, sft.version)
     )
+    extra = {"reference": f"{sft.name}/{sft.version}", "sampler": train.sampler, "preference": train.preference}
+    return dg.MaterializeResult(metadata={**(result.metadata or {}), **extra})
 
 
 # --- publishing: the gate is computed once, on the candidate; its blocking check gates the pointer swap ------

@@ -81,19 +81,21 @@ def gbce(pos: torch.Tensor, neg: torch.Tensor, beta: float, masked: torch.Tensor
     return -beta * F.logsigmoid(pos) - neg_term.sum(1)
 
 
+def sequence_negatives(scored: PositionScores, k: int, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, K) items uniform over the catalogue, K per sequence, shared by its positions (as RecTools' and
+    eSASRec's samplers draw them): B x K distinct draws a step at the memory of B x K item rows."""
+    B = scored.window_targets.shape[0]
+    return torch.randint(1, scored.n_items + 1, (B, k), generator=generator).to(scored.query.device)
+
+
 @dataclass
 class SampledSoftmax:
-    """Sampled softmax over K negatives shared by the batch's positions: memory N x K, not N x n_items."""
+    """Sampled softmax over K negatives: uniform (K per sequence) or the batch's targets (in-batch, logQ):
+    memory N x K, not N x n_items."""
 
     n_negatives: int = 256
     negatives: str = "uniform"
     log_q: torch.Tensor | None = None  # (n_items + 1,) log of each item's share of training targets (in_batch)
-
-    def draw(self, scored: PositionScores, generator: torch.Generator | None) -> torch.Tensor:
-        if self.negatives == "in_batch":  # the other positions' targets: drawn in proportion to popularity
-            return scored.targets
-        n = scored.n_items
-        return torch.randint(1, n + 1, (self.n_negatives,), generator=generator).to(scored.query.device)
 
     def log_q_of(self, items: torch.Tensor) -> torch.Tensor:
         if self.negatives == "uniform" or self.log_q is None:  # uniform: log Q is one constant, it cancels
@@ -108,24 +110,28 @@ class SampledSoftmax:
         ).mean()
 
     def __call__(self, scored: PositionScores, generator: torch.Generator | None = None) -> torch.Tensor:
-        return self.loss_on(scored, self.draw(scored, generator))
+        if self.negatives == "in_batch":  # the other positions' targets: drawn in proportion to popularity
+            return self.loss_on(scored, scored.targets)
+        neg = sequence_negatives(scored, self.n_negatives, generator)
+        items = neg[scored.positions()[0]]  # (N, K): each position's sequence's negatives
+        pos = scored.of(scored.targets[:, None])[:, 0]
+        zeros = torch.zeros_like(pos)
+        return sampled_softmax_logq(pos, scored.of_sequence_items(neg), zeros, 0.0, scored.masked(items)).mean()
 
 
 @dataclass
 class GBCE:
-    """gSASRec's gBCE over K uniform negatives drawn for each position (calibration t): memory N x K x d.
-    Negatives shared by a batch push the same K items down at every position, other positions' positives
-    among them, and a pointwise loss does not learn from that (measured on the toy task of the tests)."""
+    """gSASRec's gBCE over K uniform negatives per sequence, shared by its positions (calibration t)."""
 
     n_negatives: int = 256
     t: float = 0.75
 
     def __call__(self, scored: PositionScores, generator: torch.Generator | None = None) -> torch.Tensor:
-        shape = (len(scored.targets), self.n_negatives)
-        neg = torch.randint(1, scored.n_items + 1, shape, generator=generator).to(scored.query.device)
+        neg = sequence_negatives(scored, self.n_negatives, generator)
         pos = scored.of(scored.targets[:, None])[:, 0]
         beta = gbce_beta(self.n_negatives, scored.n_items, self.t)
-        return gbce(pos, scored.of(neg), beta, scored.masked(neg)).mean()
+        masked = scored.masked(neg[scored.positions()[0]])
+        return gbce(pos, scored.of_sequence_items(neg), beta, masked).mean()
 
 
 def make_objective(loss: str, n_negatives: int, negatives: str, gbce_t: float, train_targets: torch.Tensor | None):

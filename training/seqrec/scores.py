@@ -72,6 +72,19 @@ class PositionScores:
             return self.query @ self.table[items].T
         return torch.einsum("nd,ncd->nc", self.query, self.table[items])
 
+    def positions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(b, t) of each position, in the order of `targets`."""
+        return (self.window_targets > 0).nonzero(as_tuple=True)
+
+    def of_sequence_items(self, items: torch.Tensor) -> torch.Tensor:
+        """(N, K) scores of K items drawn per sequence (B, K), each position scored against its sequence's items:
+        one batched product (B, L, d) x (B, d, K), never a (N, K, d) gather."""
+        b, t = self.positions()
+        B, L = self.window_targets.shape
+        q = self.query.new_zeros(B, L, self.query.shape[1])
+        q[b, t] = self.query
+        return torch.bmm(q, self.table[items].transpose(1, 2))[b, t]
+
     def masked(self, items: torch.Tensor) -> torch.Tensor:
         """(N, K) for a shared (K,) item set or per-position (N, K) items: True where the item may not compete
         (padding, an item of the position's prefix, the position's own target)."""

@@ -73,7 +73,7 @@ class SeqRecTrainConfig:
     # with it); sampled_softmax (logQ-corrected) and gbce: K negatives shared by a batch's positions (losses.py)
     n_negatives: int = 256  # K of sampled_softmax (uniform) and gbce
     negatives: Literal["uniform", "in_batch"] = "uniform"  # sampled_softmax's negatives: uniform over the
-    # catalogue, or the batch's other targets (corrected by their training frequency)
+    # catalogue, K per sequence, or the batch's other targets (corrected by their training frequency)
     gbce_t: float = 0.75  # gBCE calibration t (0: BCE, 1: the sampled distribution's beta)
     device: str = "auto"
     retain_freed_memory: bool = True  # CPU: glibc keeps freed memory for the next step instead of unmapping it
