@@ -77,7 +77,7 @@ class SeqRecTrainConfig:
     gbce_t: float = 0.75  # gBCE calibration t (0: BCE, 1: the sampled distribution's beta)
     device: str = "auto"
     retain_freed_memory: bool = True  # CPU: glibc keeps freed memory for the next step instead of unmapping it
-    # (the per-step logits skip page faults: faster steps, same numbers)
+    # (the per-step logits skip page faults: faster steps, same numbers); full CE only
     max_minutes: float | None = None  # wall-clock budget; stops after the current epoch
     show_progress: bool = True
 
@@ -144,8 +144,9 @@ class SeqRecTrainer:
     ):
         seed_everything(cfg.seed)
         self.cfg, self.device = cfg, pick_device(cfg.device)
-        if self.device.type == "cpu" and cfg.retain_freed_memory:
-            retain_freed_memory()
+        if self.device.type == "cpu" and cfg.retain_freed_memory and cfg.loss == "ce":
+            retain_freed_memory()  # sampled losses: the big per-step tensors are table-sized, and the kept heap
+            # fragments and grows step after step (docs/results.md)
         self.model = model.to(self.device)
         self.rank, self.world = rank_and_world()
         self.loss_module = wrap(self.model, self.device)  # DDP under torchrun
