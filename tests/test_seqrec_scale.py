@@ -355,3 +355,25 @@ def test_exclude_future_keeps_the_users_later_items_out_of_the_negative_pool():
     # and a plain pool does contain some: the option changes something
     plain = m.position_scores(seq, tgt, mask_seen=True).detach().topk_excluding(15)
     assert ((plain[:, :, None] == later[:, None, :]) & (later[:, None, :] > 0)).any()
+
+
+def test_mixed_negatives_correct_every_score_by_its_expected_count():
+    from training.seqrec.losses import sequence_negatives
+
+    seq, tgt = _batch()
+    objective = make_objective("sampled_softmax", 3, "mixed", 0.75, tgt)
+    scored = _model(n_items=14).position_scores(seq, tgt, mask_seen=True)
+    got = objective(scored, torch.Generator().manual_seed(5))
+    neg = sequence_negatives(scored, 3, torch.Generator().manual_seed(5))
+    y, (b, _) = scored.targets, scored.positions()
+    p = objective.log_q.exp()
+    lq = lambda items: (len(y) * p[items] + 3 / 14).log()  # noqa: E731
+    z = torch.cat(
+        [
+            (scored.of(y[:, None])[:, 0] - lq(y))[:, None],
+            (scored.of(y) - lq(y)[None]).masked_fill(scored.masked(y), float("-inf")),
+            (scored.of(neg[b]) - lq(neg[b])).masked_fill(scored.masked(neg[b]), float("-inf")),
+        ],
+        1,
+    )
+    assert got.item() == pytest.approx((-z.log_softmax(1)[:, 0]).mean().item(), rel=1e-5)

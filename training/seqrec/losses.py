@@ -21,7 +21,7 @@ from .scores import PositionScores
 
 LOSSES = ("ce", "sampled_softmax", "gbce")
 PREFERENCES = ("dpo", "sdpo", "simpo")
-NEGATIVES = ("uniform", "in_batch")
+NEGATIVES = ("uniform", "in_batch", "mixed")
 
 
 def dpo_logit_loss(
@@ -109,9 +109,29 @@ class SampledSoftmax:
             pos, scored.of(neg), self.log_q_of(scored.targets), self.log_q_of(neg)[None, :], scored.masked(neg)
         ).mean()
 
+    def mixed(self, scored: PositionScores, generator: torch.Generator | None) -> torch.Tensor:
+        """In-batch targets and K uniform items per sequence (mixed negative sampling, Yang et al., WWW 2020),
+        each score corrected by log of the item's expected count under both: N p_i + K / n_items."""
+        neg = sequence_negatives(scored, self.n_negatives, generator)
+        n, N = scored.n_items, len(scored.targets)
+        p = self.log_q.to(scored.query.device).exp()
+
+        def log_q(items: torch.Tensor) -> torch.Tensor:
+            return (N * p[items] + self.n_negatives / n).log()
+
+        pos = scored.of(scored.targets[:, None])[:, 0]
+        batch = scored.of(scored.targets) - log_q(scored.targets)[None, :]
+        batch = batch.masked_fill(scored.masked(scored.targets), float("-inf"))
+        uniform = scored.of_sequence_items(neg) - log_q(neg)[scored.positions()[0]]
+        uniform = uniform.masked_fill(scored.masked(neg[scored.positions()[0]]), float("-inf"))
+        logits = torch.cat([(pos - log_q(scored.targets))[:, None], batch, uniform], 1)
+        return -logits.log_softmax(1)[:, 0].mean()
+
     def __call__(self, scored: PositionScores, generator: torch.Generator | None = None) -> torch.Tensor:
         if self.negatives == "in_batch":  # the other positions' targets: drawn in proportion to popularity
             return self.loss_on(scored, scored.targets)
+        if self.negatives == "mixed":
+            return self.mixed(scored, generator)
         neg = sequence_negatives(scored, self.n_negatives, generator)
         items = neg[scored.positions()[0]]  # (N, K): each position's sequence's negatives
         pos = scored.of(scored.targets[:, None])[:, 0]
@@ -147,7 +167,7 @@ def make_objective(loss: str, n_negatives: int, negatives: str, gbce_t: float, t
             raise ValueError("gbce's calibration assumes uniform negatives: set negatives='uniform'")
         return GBCE(n_negatives, gbce_t)
     log_q = None
-    if negatives == "in_batch" and train_targets is not None:
+    if negatives in ("in_batch", "mixed") and train_targets is not None:
         t = train_targets[train_targets > 0]
         counts = torch.bincount(t, minlength=int(t.max()) + 1).float()
         log_q = (counts / counts.sum()).clamp(min=1e-12).log()

@@ -72,8 +72,8 @@ class SeqRecTrainConfig:
     loss: Literal["ce", "sampled_softmax", "gbce"] = "ce"  # ce: softmax over the whole catalogue (memory grows
     # with it); sampled_softmax (logQ-corrected) and gbce: K negatives shared by a batch's positions (losses.py)
     n_negatives: int = 256  # K of sampled_softmax (uniform) and gbce
-    negatives: Literal["uniform", "in_batch"] = "uniform"  # sampled_softmax's negatives: uniform over the
-    # catalogue, K per sequence, or the batch's other targets (corrected by their training frequency)
+    negatives: Literal["uniform", "in_batch", "mixed"] = "uniform"  # sampled_softmax's negatives: uniform over the
+    # catalogue, K per sequence, or the batch's other targets (corrected by their training frequency), or both (mixed)
     gbce_t: float = 0.75  # gBCE calibration t (0: BCE, 1: the sampled distribution's beta)
     device: str = "auto"
     retain_freed_memory: bool = True  # CPU: glibc keeps freed memory for the next step instead of unmapping it
