@@ -377,3 +377,14 @@ def test_mixed_negatives_correct_every_score_by_its_expected_count():
         1,
     )
     assert got.item() == pytest.approx((-z.log_softmax(1)[:, 0]).mean().item(), rel=1e-5)
+
+
+def test_sequence_item_masks_equal_the_per_position_masks():
+    from dataclasses import replace
+
+    seq, tgt = _batch()
+    scored = _model(n_items=14).position_scores(seq, tgt, mask_seen=True)
+    neg = torch.tensor([[4, 5, 9, 0, 13, 6], [9, 10, 4, 12, 1, 8]])
+    b = scored.positions()[0]
+    for s in (scored, replace(scored, mask_future=True), replace(scored, mask_seen=False)):
+        assert torch.equal(s.masked_sequence_items(neg), s.masked(neg[b]))

@@ -123,7 +123,7 @@ class SampledSoftmax:
         batch = scored.of(scored.targets) - log_q(scored.targets)[None, :]
         batch = batch.masked_fill(scored.masked(scored.targets), float("-inf"))
         uniform = scored.of_sequence_items(neg) - log_q(neg)[scored.positions()[0]]
-        uniform = uniform.masked_fill(scored.masked(neg[scored.positions()[0]]), float("-inf"))
+        uniform = uniform.masked_fill(scored.masked_sequence_items(neg), float("-inf"))
         logits = torch.cat([(pos - log_q(scored.targets))[:, None], batch, uniform], 1)
         return -logits.log_softmax(1)[:, 0].mean()
 
@@ -133,10 +133,9 @@ class SampledSoftmax:
         if self.negatives == "mixed":
             return self.mixed(scored, generator)
         neg = sequence_negatives(scored, self.n_negatives, generator)
-        items = neg[scored.positions()[0]]  # (N, K): each position's sequence's negatives
         pos = scored.of(scored.targets[:, None])[:, 0]
-        zeros = torch.zeros_like(pos)
-        return sampled_softmax_logq(pos, scored.of_sequence_items(neg), zeros, 0.0, scored.masked(items)).mean()
+        masked = scored.masked_sequence_items(neg)
+        return sampled_softmax_logq(pos, scored.of_sequence_items(neg), torch.zeros_like(pos), 0.0, masked).mean()
 
 
 @dataclass
@@ -150,7 +149,7 @@ class GBCE:
         neg = sequence_negatives(scored, self.n_negatives, generator)
         pos = scored.of(scored.targets[:, None])[:, 0]
         beta = gbce_beta(self.n_negatives, scored.n_items, self.t)
-        masked = scored.masked(neg[scored.positions()[0]])
+        masked = scored.masked_sequence_items(neg)
         return gbce(pos, scored.of_sequence_items(neg), beta, masked).mean()
 
 

@@ -85,6 +85,19 @@ class PositionScores:
         q[b, t] = self.query
         return torch.bmm(q, self.table[items].transpose(1, 2))[b, t]
 
+    def masked_sequence_items(self, items: torch.Tensor) -> torch.Tensor:
+        """`masked` for K items per sequence (B, K) -> (N, K), the prefix test done per sequence: B x L x K
+        comparisons, not N x L x K."""
+        b, t = self.positions()
+        grid = items[b]
+        out = (grid == 0) | (grid == self.targets[:, None])
+        if self.mask_future:
+            out = out | (later_items(self.window_targets)[:, :, None] == grid[:, None, :]).any(1)
+        if self.mask_seen:
+            hit = (self.seq[:, :, None] == items[:, None, :]).to(torch.uint8).cummax(1).values
+            out = out | hit[b, t].bool()
+        return out
+
     def masked(self, items: torch.Tensor) -> torch.Tensor:
         """(N, K) for a shared (K,) item set or per-position (N, K) items: True where the item may not compete
         (padding, an item of the position's prefix, the position's own target)."""
