@@ -157,7 +157,8 @@ class SeqRecTrainer:
             ref = reference if reference is not None else copy.deepcopy(model)
             self.reference = ref.to(self.device).eval().requires_grad_(False)
         self.reference_cache: dict | None = None
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        # fused: one kernel per step, no table-sized temporaries (1.6x faster epochs at 1M items, docs/results.md)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
         self.average = self.weight_average()
         self.ckpt = Path(checkpoint_dir) if checkpoint_dir else None
         self.on_epoch = on_epoch
