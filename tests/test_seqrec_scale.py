@@ -388,3 +388,23 @@ def test_sequence_item_masks_equal_the_per_position_masks():
     b = scored.positions()[0]
     for s in (scored, replace(scored, mask_future=True), replace(scored, mask_seen=False)):
         assert torch.equal(s.masked_sequence_items(neg), s.masked(neg[b]))
+
+
+def test_disable_dropout_makes_the_policy_margins_start_at_the_reference():
+    from training.seqrec.diagnostics import preference_diagnostics
+
+    from .test_seqrec_units import _toy_data
+
+    x, y, valid = _toy_data()
+    torch.manual_seed(0)
+    cfg = SeqRecConfig(n_items=30, d=16, n_layers=1, inner=32, dropout=0.3, attn_dropout=0.3)
+    ref = MultimodalSASRec(cfg)
+    margins = {}
+    for off in (True, False):
+        policy = MultimodalSASRec(cfg)
+        policy.load_state_dict(ref.state_dict())
+        stage = dpo_config(batch_size=32, topk=5, disable_dropout=off, show_progress=False)
+        trainer = SeqRecTrainer(policy, stage, x, y, valid, reference=ref)
+        margins[off] = preference_diagnostics(trainer, n_batches=2)["margin_mean"]
+    assert margins[True] == pytest.approx(0.0, abs=1e-5)  # DPO starts at log 2, as in the paper's derivation
+    assert abs(margins[False]) > 1e-3  # with dropout the policy's margins are noise around the reference's

@@ -238,6 +238,15 @@ class MultimodalSASRec(nn.Module):
             return query @ table.T
         return torch.einsum("nd,ncd->nc", query, table[items])
 
+    def disable_dropout(self) -> None:
+        """Every dropout off, attention's included (trl's disable_dropout for a preference stage): the policy's
+        margins are then comparable with the reference's, which is scored without dropout."""
+        for module in self.modules():
+            if isinstance(module, nn.Dropout):
+                module.p = 0.0
+            if isinstance(module, CausalBlock):
+                module.attn_dropout = 0.0
+
     def aux_loss(self) -> torch.Tensor:
         if self.moe is None:
             return torch.zeros(())
