@@ -116,8 +116,9 @@ class SeqRecDPOConfig(SeqRecTrainConfig):
     lam: float = 1.0  # lambda of L = CE + lambda * DPO (Eq. 6)
     preference: Literal["dpo", "sdpo", "simpo"] = "dpo"  # dpo: one rejected item per context (RoDPO Eq. 5);
     # sdpo: n_rejected items in one softmax term (S-DPO); simpo: reference-free with margin simpo_gamma
-    disable_dropout: bool = True  # the policy trains without dropout (trl's DPOConfig default): with it, the
-    # policy's margins carry dropout noise the eval-mode reference has not (measured in docs/results.md)
+    disable_dropout: bool = False  # train the policy without dropout (trl's DPOConfig default); off here: on Beauty
+    # the margins then start at 0 as DPO assumes, but stage 2's CE loses its regularisation and overfits
+    # (test NDCG@5 -3.0% vs +1.1% with dropout; docs/results.md)
     exclude_future: bool = False  # the negative pool skips the window's later targets: the user's own future
     # items, positives the sampler would otherwise reject (false negatives)
     n_rejected: int = 4  # sdpo: rejected items per context, each drawn by the sampler
