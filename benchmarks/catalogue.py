@@ -104,9 +104,10 @@ def main() -> None:
     biggest = int(torch.sort(positions, descending=True).values[: args.batch_size].sum())
     full_ce_gb = biggest * (args.items + 1) * 4 * 3 / 2**30
     child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--full-ce-step"], capture_output=True, text=True)
-    full_ce = (
-        json.loads(child.stdout.strip().splitlines()[-1]) if child.returncode == 0 else {"crashed": child.stderr[-300:]}
-    )
+    if child.returncode == 0:
+        full_ce = json.loads(child.stdout.strip().splitlines()[-1])
+    else:  # -9: the kernel's OOM killer stopped it (the machine's RAM ran out before the 24 GB limit)
+        full_ce = {"ran": False, "returncode": child.returncode, "stderr": child.stderr[-300:]}
     print(
         json.dumps(
             {

@@ -8,7 +8,7 @@ top-K of each row computed chunk by chunk (the DPO pool), or the whole matrix wh
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -54,6 +54,7 @@ class PositionScores:
     window_targets: torch.Tensor  # (B, L) its targets, 0 where a position has none
     mask_seen: bool = False
     mask_future: bool = False  # also exclude the window's later targets (the user's own future positives)
+    logits: torch.Tensor | None = field(default=None, repr=False)  # the materialised matrix, once built
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -64,7 +65,8 @@ class PositionScores:
         return len(self.table) - 1
 
     def detach(self) -> PositionScores:
-        return replace(self, query=self.query.detach(), table=self.table.detach())
+        logits = None if self.logits is None else self.logits.detach()
+        return replace(self, query=self.query.detach(), table=self.table.detach(), logits=logits)
 
     def of(self, items: torch.Tensor) -> torch.Tensor:
         """Scores of given items: (N, C) for per-position items, (N, K) for one shared (K,) set."""
@@ -118,20 +120,26 @@ class PositionScores:
         """(row, item) pairs excluded from each row: its prefix's items (mask_seen), its later targets (mask_future)."""
         pairs = [seen_pairs(self.seq, self.window_targets)] if self.mask_seen else []
         if self.mask_future:
-            later = later_items(self.window_targets)
-            rows, cols = ((later > 0) & (later != self.targets[:, None])).nonzero(as_tuple=True)
-            pairs.append((rows, later[rows, cols]))
+            pairs.append(self.future())
         if not pairs:
             return None
         return torch.cat([p[0] for p in pairs]), torch.cat([p[1] for p in pairs])
 
+    def future(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(row, item) pairs of each row's later targets in its window, its own target excepted."""
+        later = later_items(self.window_targets)
+        rows, cols = ((later > 0) & (later != self.targets[:, None])).nonzero(as_tuple=True)
+        return rows, later[rows, cols]
+
     def materialise(self) -> torch.Tensor:
-        """The whole (N, n_items + 1) matrix, padding and seen items at -inf (small catalogues)."""
+        """The whole (N, n_items + 1) matrix, padding and seen items at -inf (small catalogues); kept in `logits`
+        so that the DPO pool reuses the matrix the CE loss built."""
         logits = self.query @ self.table.T
         logits[:, 0] = float("-inf")
         seen = self.seen()
         if seen is not None:
             logits[seen] = float("-inf")
+        self.logits = logits
         return logits
 
     @torch.no_grad()

@@ -195,10 +195,16 @@ class SeqRecTrainer:
         return self.cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(t, 1.0)))
 
     def sample_negatives(self, scored: PositionScores) -> torch.Tensor:
-        """y_l per position; with the full-catalogue loss from its score matrix, else from `scored` itself (the
-        top-K pool computed chunk by chunk: large catalogues)."""
-        pool = replace(scored, mask_future=bool(getattr(self.cfg, "exclude_future", False))).detach()
-        scores = pool.materialise() if self.cfg.loss == "ce" else pool
+        """y_l per position; with the full-catalogue loss from the score matrix it built, else from `scored` itself
+        (the top-K pool computed chunk by chunk: large catalogues). `exclude_future` removes each row's later items."""
+        future = bool(getattr(self.cfg, "exclude_future", False))
+        if self.cfg.loss == "ce":
+            scores = (scored.logits if scored.logits is not None else scored.materialise()).detach()
+            if future:
+                scores = scores.clone()
+                scores[scored.future()] = float("-inf")
+        else:
+            scores = replace(scored, mask_future=future).detach()
         return SAMPLERS[self.cfg.sampler](scores, scored.targets, k=self.cfg.topk, generator=self.generator)
 
     @torch.no_grad()
