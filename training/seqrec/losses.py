@@ -115,6 +115,7 @@ class SampledSoftmax:
         neg = sequence_negatives(scored, self.n_negatives, generator)
         n, N = scored.n_items, len(scored.targets)
         p = self.log_q.to(scored.query.device).exp()
+        p = F.pad(p, (0, max(0, n + 1 - len(p))))  # items never a training target: share 0
 
         def log_q(items: torch.Tensor) -> torch.Tensor:
             return (N * p[items] + self.n_negatives / n).log()
