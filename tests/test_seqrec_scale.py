@@ -409,3 +409,12 @@ def test_disable_dropout_makes_the_policy_margins_start_at_the_reference():
         margins[off] = preference_diagnostics(trainer, n_batches=2)["margin_mean"]
     assert margins[True] == pytest.approx(0.0, abs=1e-5)  # DPO starts at log 2, as in the paper's derivation
     assert abs(margins[False]) > 1e-3  # with dropout the policy's margins are noise around the reference's
+
+
+def test_shard_batches_split_every_global_batch_and_pad_the_small_ones():
+    from training.seqrec.distributed import shard_batches
+
+    batches = [torch.tensor([5]), torch.tensor([1, 2, 3])]
+    ranks = [shard_batches(batches, r, 2) for r in (0, 1)]
+    assert [b.tolist() for b in ranks[0]] == [[5], [1, 3]] and [b.tolist() for b in ranks[1]] == [[5], [2]]
+    assert shard_batches(batches, 0, 1) is batches

@@ -46,14 +46,11 @@ def init_from_env(device: str = "auto") -> str:
 def shard_batches(batches: list[torch.Tensor], rank: int, world: int) -> list[torch.Tensor]:
     """This rank's rows of each global batch (rows rank, rank + W, ...: similar lengths on every rank), a batch
     smaller than W padded by repeating its rows as DistributedSampler pads; every rank takes the same steps."""
-    if world == 1:
-        return batches
-    padded = (b.repeat(math.ceil(world / len(b)))[: max(len(b), world)] for b in batches)
-    return [b[rank::world] for b in padded]
+    return batches if world == 1 else [global_batch(b, world)[rank::world] for b in batches]
 
 
 def global_batch(batch: torch.Tensor, world: int) -> torch.Tensor:
-    """The rows of a global batch after `shard_batches`' padding (all ranks' rows together)."""
+    """A global batch padded to at least W rows by repeating its rows (all ranks' rows together)."""
     return batch if world == 1 else batch.repeat(math.ceil(world / len(batch)))[: max(len(batch), world)]
 
 
