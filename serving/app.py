@@ -39,6 +39,7 @@ from .model_holder import ModelHolder
 
 MAX_K = 100
 MAX_HISTORY = 200
+SERVING_MODES = ("auto", "precompute", "ann")
 OPEN_PATHS = ("/healthz", "/readyz")  # probes stay open when RECALIGN_API_KEY is set
 log = logging.getLogger("recalign.serving")
 
@@ -49,6 +50,8 @@ class ServiceConfig:
     dataset: str
     api_key: str | None = None
     poll_seconds: float = 2.0
+    mode: str = "auto"  # "precompute" (top lists of every user at load), "ann" (per request), "auto": by size
+    precompute_max_users: int = 100_000  # "auto" precomputes up to this many users, else serves by ANN
 
     @classmethod
     def from_env(cls) -> ServiceConfig:
@@ -57,7 +60,16 @@ class ServiceConfig:
             dataset=os.environ.get("RECALIGN_DATASET", "synthetic"),
             api_key=os.environ.get("RECALIGN_API_KEY") or None,
             poll_seconds=float(os.environ.get("RECALIGN_POLL_SECONDS", "2")),
+            mode=os.environ.get("RECALIGN_SERVING_MODE", "auto"),
         )
+
+    def __post_init__(self):
+        if self.mode not in SERVING_MODES:
+            raise ValueError(f"serving mode {self.mode!r}: choose one of {', '.join(SERVING_MODES)}")
+
+    def ann(self, n_users: int) -> bool:
+        """Serve by ANN (nothing per user in memory)? Asked for, or 'auto' with more users than precomputed."""
+        return self.mode == "ann" or (self.mode == "auto" and n_users > self.precompute_max_users)
 
 
 class RecommendRequest(BaseModel):
@@ -157,8 +169,17 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         torch.set_num_threads(1)  # many small requests: one thread each scales better on 2 cores
-        cat = Catalogue.load(settings.warehouse_path(cfg.dataset))
-        holder = ModelHolder(settings.registry_dir(cfg.dataset), cat.n_items, cfg.poll_seconds, cat.histories, MAX_K)
+        warehouse = settings.warehouse_path(cfg.dataset)
+        ann = cfg.ann(Catalogue.n_users(warehouse))
+        cat = Catalogue.load(warehouse, settings.cache_dir / "serving" / cfg.dataset if ann else None)
+        holder = ModelHolder(
+            settings.registry_dir(cfg.dataset),
+            cat.n_items,
+            cfg.poll_seconds,
+            None if ann else cat.histories,
+            MAX_K,
+            ann=ann,
+        )
         holder.start()
         state.update(catalogue=cat, holder=holder)
         # the catalogue and model are long-lived: keep the cyclic GC from rescanning them under load (p99)
@@ -234,6 +255,7 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
             "switches": h.switches,
             "refused": h.refusals,
             "last_error": h.last_error,
+            "mode": "ann" if h.ann else "precompute",
         }
         return JSONResponse(body, status_code=200 if cur is not None else 503)
 
@@ -260,6 +282,9 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
             top = pool[:k]
             n = len(c.popular)
             return _response([(int(i), float(1 - r / n)) for r, i in enumerate(top)], None, "popularity")
+        if h.ann and not category:  # candidates from the item index, re-scored exactly
+            ids, vals, loaded = h.ann_top(history, user_id, k, exclude_seen)
+            return _response(list(zip(ids.tolist(), vals.tolist())), f"{loaded.name}/{loaded.version}", None)
         cached = h.top(user_id) if user_id is not None and not category else None
         if cached is not None:  # a known user: precomputed best items, history removed here
             ids, vals, loaded = cached

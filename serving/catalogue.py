@@ -11,24 +11,31 @@ import numpy as np
 from recalign.popularity import item_counts, popularity_order
 from recalign.warehouse import Warehouse
 
+from .histories import HistoryStore, build_history_store
+
 
 @dataclass
 class Catalogue:
     titles: dict[int, str | None]
     categories: dict[int, str | None]
-    histories: dict[int, np.ndarray]
+    histories: dict[int, np.ndarray] | HistoryStore  # in memory, or memory-mapped from disk (millions of users)
     popular: np.ndarray  # item ids, most popular first (training interactions)
     n_items: int
     _masks: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @classmethod
-    def load(cls, warehouse: Path) -> Catalogue:
+    def load(cls, warehouse: Path, history_dir: Path | None = None) -> Catalogue:
+        """Items and popularity; histories in memory, or (history_dir given) in a memory-mapped store there."""
         con = duckdb.connect(str(warehouse), read_only=True)
         try:
             items = con.execute("SELECT item_id, title, categories FROM items ORDER BY item_id").df()
-            seq = con.execute(
-                "SELECT user_id, list(item_id ORDER BY position) AS items FROM sequences GROUP BY user_id"
-            ).df()
+            seq = (
+                None
+                if history_dir is not None
+                else con.execute(
+                    "SELECT user_id, list(item_id ORDER BY position) AS items FROM sequences GROUP BY user_id"
+                ).df()
+            )
         finally:
             con.close()
         counts = item_counts(Warehouse(warehouse))
@@ -40,10 +47,17 @@ class Catalogue:
         return cls(
             titles=dict(zip(items["item_id"].tolist(), text("title"))),
             categories=dict(zip(items["item_id"].tolist(), text("categories"))),
-            histories={int(u): np.asarray(s, dtype=np.int64) for u, s in zip(seq["user_id"], seq["items"])},
+            histories=HistoryStore(build_history_store(warehouse, history_dir))
+            if seq is None
+            else {int(u): np.asarray(s, dtype=np.int64) for u, s in zip(seq["user_id"], seq["items"])},
             popular=popular,
             n_items=int(items["item_id"].max()),
         )
+
+    @staticmethod
+    def n_users(warehouse: Path) -> int:
+        with duckdb.connect(str(warehouse), read_only=True) as con:
+            return int(con.execute("SELECT count(DISTINCT user_id) FROM sequences").fetchone()[0])
 
     def category_mask(self, category: str) -> np.ndarray:
         """Items whose category path contains `category` (case-insensitive); computed once per category."""

@@ -13,8 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from recalign.item_index import ItemIndex, ensure_item_index
 from recalign.registry import Registry
 from training.seqrec.checkpoint import load_model
+
+from .histories import LRU
 
 TRACK = "seqrec"  # registry names of the sequential track: seqrec_sft*, seqrec_dpo*
 
@@ -32,6 +35,9 @@ class Loaded:
     user_states: dict[str, torch.Tensor] | None = None  # modality -> (U, d) last-position hidden states
     tables: dict[str, torch.Tensor] | None = None  # modality -> (n_items + 1, d) item tables
     top: list[tuple[np.ndarray, np.ndarray]] | None = None  # per cached user: best items and scores, best first
+    index: ItemIndex | None = None  # ANN mode: the model's item index (LanceDB)
+    fused: torch.Tensor | None = None  # ANN mode: (n_items + 1, D) fused item table for exact re-scoring
+    queries: LRU | None = None  # ANN mode: user id -> query vector, bounded
 
 
 @torch.no_grad()
@@ -97,6 +103,9 @@ class ModelHolder:
         poll_seconds: float = 2.0,
         histories: dict[int, np.ndarray] | None = None,
         top_depth: int = 100,
+        ann: bool = False,
+        candidates: int = 200,
+        cache_users: int = 50_000,
     ):
         self.pointer = Path(registry_root) / "published.json"
         self.n_items = n_items
@@ -110,6 +119,7 @@ class ModelHolder:
         self.refusals = 0
         self.histories = histories or {}
         self.top_depth = top_depth
+        self.ann, self.n_candidates, self.cache_users = ann, candidates, cache_users
 
     def check(self) -> bool:
         """Load the pointer's model if it changed; keep the old one when the new one is bad."""
@@ -153,13 +163,30 @@ class ModelHolder:
             )
             return False
         users, states, tables, top = None, None, None, None
-        if self.histories:
+        index = fused = queries = None
+        if self.ann:  # nothing per user: query vectors on request, candidates from the item index
+            with torch.no_grad():
+                tables = model.item_tables()
+                fused = model.fused_table(tables).detach()
+            index, queries = ensure_item_index(model, entry["path"]), LRU(self.cache_users)
+        elif self.histories:
             users, states, tables = precompute_users(model, self.histories)
             lengths = np.array([len(self.histories[u]) for u in users], dtype=np.int64)
             top = precompute_top(model, states, tables, lengths, self.top_depth)
         # everything is ready before the swap: one reference assignment, requests never see half a model
         self.current = Loaded(
-            model, entry["name"], entry["version"], entry["path"], time.time(), users, states, tables, top
+            model,
+            entry["name"],
+            entry["version"],
+            entry["path"],
+            time.time(),
+            users,
+            states,
+            tables,
+            top,
+            index,
+            fused,
+            queries,
         )
         self.switches += 1
         self.last_error = None  # a good model is serving again
@@ -185,6 +212,27 @@ class ModelHolder:
             return None
         ids, scores = loaded.top[loaded.users[user_id]]
         return ids, scores, loaded
+
+    @torch.no_grad()
+    def ann_top(self, history: np.ndarray, user_id: int | None, k: int, exclude_seen: bool):
+        """Best k items by exact score among the item index's candidates (ANN mode), history left out if asked."""
+        loaded = self.current
+        if loaded is None or loaded.index is None:
+            raise RuntimeError("no model loaded in ANN mode")
+        query = loaded.queries.get(user_id) if user_id is not None else None
+        if query is None:
+            seq = torch.from_numpy(np.asarray(history[-loaded.model.cfg.max_len :], dtype=np.int64)).view(1, -1)
+            hidden = loaded.model.encode(seq, loaded.tables)
+            query = loaded.model.query({m: h[:, -1] for m, h in hidden.items()})[0]
+            if user_id is not None:
+                loaded.queries.put(user_id, query)
+        want = k + (len(history) if exclude_seen else 0)
+        ids = loaded.index.candidates(query.numpy(), min(self.n_items, max(self.n_candidates, want)))
+        if exclude_seen:
+            ids = ids[~np.isin(ids, history)]
+        scores = (loaded.fused[torch.tensor(ids)] @ query).numpy()
+        best = np.argsort(-scores, kind="stable")[:k]
+        return ids[best], scores[best], loaded
 
     @torch.no_grad()
     def scores(self, history: np.ndarray, user_id: int | None = None) -> tuple[np.ndarray, Loaded]:

@@ -41,21 +41,32 @@ def _reason(cases: pd.DataFrame) -> str:
     return "; ".join(f"{c.column}: {c.check} (value {str(c.failure_case)[:200]!r})" for c in cases.itertuples())
 
 
+CHUNK_ROWS = 1_000_000  # pandera validates this many rows at a time: its failure tables stay bounded
+
+
+def _failure_cases(model: type[pa.DataFrameModel], chunk: pd.DataFrame) -> pd.DataFrame | None:
+    try:
+        model.validate(chunk, lazy=True)
+        return None
+    except pa.errors.SchemaErrors as err:
+        return err.failure_cases
+
+
 def validate_rows(
     model: type[pa.DataFrameModel], df: pd.DataFrame, table: str, rejects: Rejects, source: str
 ) -> pd.DataFrame:
-    """Validate lazily; rows that fail go to rejects with every failed check as the reason.
+    """Validate lazily, chunk by chunk; rows that fail go to rejects with every failed check as the reason.
 
     A failure that is not about a row (a missing column, a wrong dtype for the whole column) is
     one SourceError naming the file.
     """
-    try:
-        model.validate(df, lazy=True)
+    failures = [_failure_cases(model, df.iloc[lo : lo + CHUNK_ROWS]) for lo in range(0, max(len(df), 1), CHUNK_ROWS)]
+    failures = [f for f in failures if f is not None]
+    if not failures:
         return df
-    except pa.errors.SchemaErrors as err:
-        cases = err.failure_cases
+    cases = pd.concat(failures, ignore_index=True)
     row_cases = cases[cases["index"].notna()]
-    frame_cases = cases[cases["index"].isna()]
+    frame_cases = cases[cases["index"].isna()].drop_duplicates(["column", "check"])  # once, not once per chunk
     if len(frame_cases):
         raise SourceError(source, f"table {table!r} failed validation: {_reason(frame_cases)}")
     reasons = row_cases.groupby("index").apply(_reason, include_groups=False)

@@ -1,24 +1,46 @@
-"""Iterative k-core filtering and time-ordered leave-one-out sequences (no database here)."""
+"""Iterative k-core filtering and time-ordered leave-one-out sequences, in DuckDB SQL (linear in interactions:
+hash aggregates and one sort, spilled to disk by DuckDB if they outgrow memory)."""
 
 from __future__ import annotations
 
-import numpy as np
+import duckdb
 import pandas as pd
+
+LOO_SQL = """
+SELECT user_id, position, item_id, ts,
+       CASE WHEN n < 3 THEN 'train' WHEN n - position = 1 THEN 'test' WHEN n - position = 2 THEN 'valid'
+            ELSE 'train' END AS split
+FROM (SELECT user_id, item_id, ts,
+             (row_number() OVER (PARTITION BY user_id ORDER BY ts, row_order) - 1)::BIGINT AS position,
+             count(*) OVER (PARTITION BY user_id) AS n
+      FROM {src})
+ORDER BY user_id, position
+"""
+
+
+def _kcore_sql(con: duckdb.DuckDBPyConnection, src: str, k: int) -> int:
+    """Leave table `core` holding `src` filtered until every user and item has >= k rows; returns the rounds."""
+    con.execute(f"CREATE OR REPLACE TEMP TABLE core AS SELECT * FROM {src}")
+    if k <= 1:
+        return 0
+    rounds = 0
+    while True:
+        rounds += 1
+        n_before = con.execute("SELECT count(*) FROM core").fetchone()[0]
+        con.execute(f"""
+            CREATE OR REPLACE TEMP TABLE core AS SELECT c.* FROM core c
+            SEMI JOIN (SELECT user_id FROM core GROUP BY user_id HAVING count(*) >= {int(k)}) u USING (user_id)
+            SEMI JOIN (SELECT item_id FROM core GROUP BY item_id HAVING count(*) >= {int(k)}) i USING (item_id)""")
+        if con.execute("SELECT count(*) FROM core").fetchone()[0] == n_before:
+            return rounds
 
 
 def kcore(inter: pd.DataFrame, k: int) -> tuple[pd.DataFrame, int]:
     """Drop users and items with fewer than k interactions until none remain; returns rounds."""
-    if k <= 1:
-        return inter, 0
-    rounds = 0
-    while True:
-        rounds += 1
-        u = inter["user_id"].map(inter["user_id"].value_counts())
-        i = inter["item_id"].map(inter["item_id"].value_counts())
-        keep = (u >= k) & (i >= k)
-        if keep.all():
-            return inter, rounds
-        inter = inter[keep]
+    with duckdb.connect() as con:
+        con.register("inter", inter)
+        rounds = _kcore_sql(con, "inter", k)
+        return con.execute("SELECT * FROM core").df(), rounds
 
 
 def leave_one_out(inter: pd.DataFrame) -> pd.DataFrame:
@@ -26,30 +48,31 @@ def leave_one_out(inter: pd.DataFrame) -> pd.DataFrame:
 
     Users with fewer than 3 events keep everything in train (they cannot be evaluated).
     """
-    df = inter.sort_values(["user_id", "ts", "row_order"], kind="stable")[["user_id", "item_id", "ts"]].copy()
-    df["position"] = df.groupby("user_id").cumcount().astype("int64")
-    n = df["user_id"].map(df["user_id"].value_counts())
-    from_end = n - df["position"]
-    split = np.where(n < 3, "train", np.where(from_end == 1, "test", np.where(from_end == 2, "valid", "train")))
-    df["split"] = split
-    return df[["user_id", "position", "item_id", "ts", "split"]].reset_index(drop=True)
+    with duckdb.connect() as con:
+        con.register("inter", inter)
+        return con.execute(LOO_SQL.format(src="inter")).df()
 
 
 def compute_sequences(inter: pd.DataFrame, k: int) -> tuple[pd.DataFrame, dict]:
     """k-core filter + leave-one-out of (user_id, item_id, ts, row_order) rows, and their statistics."""
-    filtered, rounds = kcore(inter, k)
-    seq = leave_one_out(filtered)
-    lengths = seq.groupby("user_id").size()
+    with duckdb.connect() as con:
+        con.register("inter", inter)
+        rounds = _kcore_sql(con, "inter", k)
+        seq = con.execute(LOO_SQL.format(src="core")).df()
+        kept, users, items, evaluable, mean_len, max_len = con.execute("""
+            SELECT (SELECT count(*) FROM core), count(*), (SELECT count(DISTINCT item_id) FROM core),
+                   count(*) FILTER (n >= 3), coalesce(avg(n), 0), coalesce(max(n), 0)
+            FROM (SELECT user_id, count(*) AS n FROM core GROUP BY user_id)""").fetchone()
     stats = {
         "kcore": k,
         "kcore_rounds": rounds,
         "interactions_in": len(inter),
-        "interactions_kept": len(filtered),
-        "removed_by_kcore": len(inter) - len(filtered),
-        "users": int(seq["user_id"].nunique()),
-        "items": int(seq["item_id"].nunique()),
-        "evaluable_users": int((seq["split"] == "test").sum()),
-        "mean_length": float(lengths.mean()) if len(lengths) else 0.0,
-        "max_length": int(lengths.max()) if len(lengths) else 0,
+        "interactions_kept": int(kept),
+        "removed_by_kcore": len(inter) - int(kept),
+        "users": int(users),
+        "items": int(items),
+        "evaluable_users": int(evaluable),
+        "mean_length": float(mean_len),
+        "max_length": int(max_len),
     }
     return seq, stats

@@ -165,6 +165,7 @@ def published_model(
             "replaced_valid_ndcg@10": gate.get("published_valid_ndcg@10"),
             "replaced_test_ndcg@10": gate.get("published_test_ndcg@10"),
             "path": dg.MetadataValue.path(entry["path"]),
+            **({"item_index": dg.MetadataValue.json(entry["item_index"])} if "item_index" in entry else {}),
         }
     )
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from recalign.item_index import ensure_item_index
 from recalign.popularity import item_counts, popularity_order
 from recalign.registry import Registry
 from recalign.settings import Settings
 from recalign.warehouse import load_sequences
 from training.metrics import metrics_from_ranks
+from training.seqrec.checkpoint import load_model
 
 STAGES = ("seqrec_dpo", "seqrec_sft")  # registry name prefixes of the sequential track's two stages
 
@@ -96,6 +98,9 @@ def publish_candidate(settings: Settings, dataset: str) -> dict:
     cand = gate["candidate"]
     if gate.get("already_published"):
         return registry.published()
-    return registry.publish(
+    model, _ = load_model(cand["path"])
+    index = ensure_item_index(model, cand["path"])  # before the pointer moves: serving finds it ready
+    entry = registry.publish(
         registry.get(cand["name"], cand["version"]), {"valid_ndcg@10": cand["valid_ndcg@10"], "gate": gate["reason"]}
     )
+    return {**entry, "item_index": index.meta}

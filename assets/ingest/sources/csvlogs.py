@@ -69,8 +69,11 @@ def load_table(path: Path) -> tuple[pd.DataFrame, pd.Series]:
 
 
 def _row_text(df: pd.DataFrame) -> pd.Series:
-    """Each row as comma-joined text (missing cells empty), kept with rejected rows."""
-    return df.astype("string").fillna("").agg(",".join, axis=1)
+    """Each row as comma-joined text (missing cells empty), kept with rejected rows (column-wise: linear in rows)."""
+    cols = [df[c].astype("string").fillna("") for c in df.columns]
+    if not cols:
+        return pd.Series([""] * len(df), index=df.index, dtype="string")
+    return cols[0].str.cat(cols[1:], sep=",") if len(cols) > 1 else cols[0]
 
 
 def _pick(df: pd.DataFrame, aliases: tuple[str, ...], path: Path, required: bool = True) -> str | None:

@@ -10,7 +10,7 @@ its category and sub-category, so the image modality carries real signal.
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -70,13 +70,43 @@ NOUNS = {
 }
 
 
+SCALE_1X = (22_000, 12_000, 9.0)  # users, items, mean length: about Amazon Beauty (200k interactions)
+
+
 @dataclass(frozen=True)
 class SyntheticConfig:
+    """The small default (480 items, 800 users, images); `scale` > 0 asks for the streamed generator instead:
+    scale x SCALE_1X users and items, written in chunks of `chunk_users`, images only if `images`."""
+
     n_items: int = 480
     n_users: int = 800
     mean_length: float = 18.0
     seed: int = 7
     image_size: int = 64
+    scale: float = 0.0
+    images: bool = True
+    bad_rows: int = 0  # planted invalid interactions (scaled form): each kind of error in turn
+    chunk_users: int = 100_000
+
+    def scaled(self) -> SyntheticConfig:
+        """The sizes a `scale` asks for (users, items and mean length of SCALE_1X times the scale)."""
+        if self.scale <= 0:
+            return self
+        users, items, length = SCALE_1X
+        return replace(
+            self,
+            n_users=max(1, round(users * self.scale)),
+            n_items=max(len(CATEGORIES), round(items * self.scale)),
+            mean_length=length,
+        )
+
+    @property
+    def key(self) -> str:
+        return "-".join(
+            str(v)
+            for v in (self.n_items, self.n_users, self.mean_length, self.seed, self.image_size, self.scale)
+            + ((self.images, self.bad_rows) if self.scale > 0 else ())
+        )
 
 
 def _items(cfg: SyntheticConfig, rng: np.random.Generator) -> list[dict]:
@@ -163,6 +193,10 @@ def _sequences(cfg: SyntheticConfig, items: list[dict], rng: np.random.Generator
 
 def generate(dest: Path, cfg: SyntheticConfig = SyntheticConfig()) -> Path:
     """Write items.csv, users.csv, interactions.csv and images/*.png into dest (idempotent)."""
+    if cfg.scale > 0:
+        from .synthetic_scaled import generate_scaled
+
+        return generate_scaled(dest, cfg.scaled())
     marker = dest / f".generated-{cfg.n_items}-{cfg.n_users}-{cfg.mean_length}-{cfg.seed}-{cfg.image_size}"
     if marker.exists():
         return dest
@@ -195,7 +229,8 @@ def synthetic_files(root: Path | None, options: dict) -> list[tuple[Path, str]]:
     cfg = SyntheticConfig(**{k: v for k, v in options.items() if k in SyntheticConfig.__dataclass_fields__})
     from recalign.settings import Settings
 
-    staging = Settings.from_env().cache_dir / f"synthetic-{cfg.seed}-{cfg.n_items}-{cfg.n_users}"
+    name = f"synthetic-{cfg.seed}-{cfg.n_items}-{cfg.n_users}" if cfg.scale <= 0 else f"synthetic-{cfg.key}"
+    staging = Settings.from_env().cache_dir / name
     return glob_files(generate(staging, cfg), FILES)
 
 
