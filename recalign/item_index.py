@@ -84,12 +84,23 @@ class ItemIndex:
     def exists(path: Path) -> bool:
         return (Path(path) / META).exists()
 
-    def candidates(self, query: np.ndarray, n: int) -> np.ndarray:
-        q = np.append(np.asarray(query, dtype=np.float32), np.float32(0.0))
-        search = self.table.search(q).metric("l2").limit(n).select(["id", "_distance"])
+    def candidates(self, queries: np.ndarray, n: int) -> list[np.ndarray]:
+        """Each query's n nearest items, best first: one LanceDB search for the whole (B, D) batch of queries (one
+        search per query costs several times more: its fixed overhead dominates a search's time on a small host)."""
+        q = np.hstack(
+            [np.atleast_2d(queries).astype(np.float32), np.zeros((len(np.atleast_2d(queries)), 1), np.float32)]
+        )
+        search = self.table.search(list(q) if len(q) > 1 else q[0]).metric("l2").limit(n).select(["id", "_distance"])
         if self.meta["indexed"]:
             search = search.nprobes(self.cfg.nprobes)
-        return search.to_arrow().column("id").to_numpy()
+        got = search.to_arrow()
+        ids = got.column("id").to_numpy()
+        if len(q) == 1:
+            return [ids]
+        which = got.column("query_index").to_numpy()
+        order = np.argsort(which, kind="stable")  # rows of one query stay in their order (nearest first)
+        bounds = np.searchsorted(which[order], np.arange(len(q) + 1))
+        return [ids[order[bounds[i] : bounds[i + 1]]] for i in range(len(q))]
 
 
 def ensure_item_index(model, model_path: str | Path) -> ItemIndex:

@@ -6,6 +6,7 @@ Unknown item ids in a history are a 422 naming them. Limits: k <= 100, history <
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import json
 import logging
@@ -136,6 +137,39 @@ class SimilarResponse(BaseModel):
     )
 
 
+class Batcher:
+    """Requests that arrive while a batch is computed form the next batch (no timer, no added wait): one call of
+    `fn(jobs) -> (results, extra)` per batch, run in a worker thread so the event loop keeps taking requests."""
+
+    def __init__(self, fn, max_batch: int = 64):
+        self.fn, self.max_batch = fn, max_batch
+        self.pending: list = []
+        self.running = False
+
+    async def submit(self, job):
+        future = asyncio.get_running_loop().create_future()
+        self.pending.append((job, future))
+        if not self.running:
+            self.running = True
+            asyncio.get_running_loop().create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self.pending:
+                batch, self.pending = self.pending[: self.max_batch], self.pending[self.max_batch :]
+                try:
+                    results, extra = await loop.run_in_executor(None, self.fn, [job for job, _ in batch])
+                    for (_, future), result in zip(batch, results):
+                        future.set_result((*result, extra))
+                except Exception as exc:  # noqa: BLE001 - every waiting request gets the error
+                    for _, future in batch:
+                        future.set_exception(exc)
+        finally:
+            self.running = False
+
+
 def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
     cfg = cfg or ServiceConfig.from_env()
     settings = Settings.from_env(cfg.home)
@@ -181,7 +215,7 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
             ann=ann,
         )
         holder.start()
-        state.update(catalogue=cat, holder=holder)
+        state.update(catalogue=cat, holder=holder, batcher=Batcher(lambda jobs: holder.ann_top_batch(jobs)))
         # the catalogue and model are long-lived: keep the cyclic GC from rescanning them under load (p99)
         gc.collect()
         gc.freeze()
@@ -282,9 +316,6 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
             top = pool[:k]
             n = len(c.popular)
             return _response([(int(i), float(1 - r / n)) for r, i in enumerate(top)], None, "popularity")
-        if h.ann and not category:  # candidates from the item index, re-scored exactly
-            ids, vals, loaded = h.ann_top(history, user_id, k, exclude_seen)
-            return _response(list(zip(ids.tolist(), vals.tolist())), f"{loaded.name}/{loaded.version}", None)
         cached = h.top(user_id) if user_id is not None and not category else None
         if cached is not None:  # a known user: precomputed best items, history removed here
             ids, vals, loaded = cached
@@ -319,10 +350,16 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
 
     @app.post("/v1/recommend", response_model=RecommendResponse, responses={**REFUSED, **NOT_FOUND})
     async def recommend(req: RecommendRequest):
+        history, known, user_id = _history(req)
+        h = holder()
+        if known and h.ann and h.current is not None and not req.category:  # batched with concurrent requests
+            ids, vals, loaded = await state["batcher"].submit((history, user_id, req.k, req.exclude_seen))
+            return _response(list(zip(ids.tolist(), vals.tolist())), f"{loaded.name}/{loaded.version}", None)
         # a few ms of CPU: run inline on the event loop (thread-pool hand-offs under the GIL cost more)
-        return recommend_sync(req)
+        return _recommend(history, req.k, req.exclude_seen, req.category, known, user_id)
 
-    def recommend_sync(req: RecommendRequest):
+    def _history(req: RecommendRequest) -> tuple[np.ndarray, bool, int | None]:
+        """The request's history, whether it is known (else the popularity fallback) and its user id."""
         c = cat()
         if (req.user_id is None) == (req.history is None):
             raise HTTPException(422, "give exactly one of user_id or history")
@@ -330,13 +367,11 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
             unknown = sorted({i for i in req.history if i not in c.titles})
             if unknown:
                 raise HTTPException(404, f"unknown item ids: {unknown[:20]}")
-            if not req.history:
-                return _recommend(np.zeros(0, np.int64), req.k, req.exclude_seen, req.category, user_known=False)
-            return _recommend(np.asarray(req.history, np.int64), req.k, req.exclude_seen, req.category, user_known=True)
+            return np.asarray(req.history, np.int64), bool(req.history), None
         hist = c.histories.get(req.user_id)
         if hist is None:
-            return _recommend(np.zeros(0, np.int64), req.k, req.exclude_seen, req.category, user_known=False)
-        return _recommend(hist, req.k, req.exclude_seen, req.category, user_known=True, user_id=req.user_id)
+            return np.zeros(0, np.int64), False, None
+        return hist, True, req.user_id
 
     @app.get("/v1/users/{user_id}/recommendations", response_model=RecommendResponse)
     async def recommend_user(
@@ -346,7 +381,7 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
         category: str | None = Query(None, max_length=200),
     ):
         given = {"category": category} if category is not None else {}
-        return recommend_sync(RecommendRequest(user_id=user_id, k=k, exclude_seen=exclude_seen, **given))
+        return await recommend(RecommendRequest(user_id=user_id, k=k, exclude_seen=exclude_seen, **given))
 
     @app.get("/v1/items/{item_id}", response_model=ItemDetails, responses={**REFUSED, **NOT_FOUND})
     def item(item_id: int):

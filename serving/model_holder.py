@@ -216,23 +216,39 @@ class ModelHolder:
     @torch.no_grad()
     def ann_top(self, history: np.ndarray, user_id: int | None, k: int, exclude_seen: bool):
         """Best k items by exact score among the item index's candidates (ANN mode), history left out if asked."""
+        ((ids, scores),), loaded = self.ann_top_batch([(history, user_id, k, exclude_seen)])
+        return ids, scores, loaded
+
+    @torch.no_grad()
+    def ann_top_batch(self, jobs: list[tuple[np.ndarray, int | None, int, bool]]):
+        """`ann_top` for a batch of requests (history, user id, k, exclude_seen): the users without a cached query
+        vector encoded in one forward, every request's candidates in one index search, then exact re-scoring."""
+        from training.seqrec.data import left_pad, trim
+
         loaded = self.current
         if loaded is None or loaded.index is None:
             raise RuntimeError("no model loaded in ANN mode")
-        query = loaded.queries.get(user_id) if user_id is not None else None
-        if query is None:
-            seq = torch.from_numpy(np.asarray(history[-loaded.model.cfg.max_len :], dtype=np.int64)).view(1, -1)
-            hidden = loaded.model.encode(seq, loaded.tables)
-            query = loaded.model.query({m: h[:, -1] for m, h in hidden.items()})[0]
-            if user_id is not None:
-                loaded.queries.put(user_id, query)
-        want = k + (len(history) if exclude_seen else 0)
-        ids = loaded.index.candidates(query.numpy(), min(self.n_items, max(self.n_candidates, want)))
-        if exclude_seen:
-            ids = ids[~np.isin(ids, history)]
-        scores = (loaded.fused[torch.tensor(ids)] @ query).numpy()
-        best = np.argsort(-scores, kind="stable")[:k]
-        return ids[best], scores[best], loaded
+        model, max_len = loaded.model, loaded.model.cfg.max_len
+        queries = [loaded.queries.get(u) if u is not None else None for _, u, _, _ in jobs]
+        todo = [i for i, q in enumerate(queries) if q is None]
+        if todo:
+            seqs = torch.from_numpy(left_pad([jobs[i][0][-max_len:] for i in todo], max_len))
+            hidden = model.encode(trim(seqs), loaded.tables)
+            fresh = model.query({m: h[:, -1] for m, h in hidden.items()})
+            for row, i in enumerate(todo):
+                queries[i] = fresh[row].clone()
+                if jobs[i][1] is not None:
+                    loaded.queries.put(jobs[i][1], queries[i])
+        want = max(k + (len(h) if excl else 0) for h, _, k, excl in jobs)
+        found = loaded.index.candidates(torch.stack(queries).numpy(), min(self.n_items, max(self.n_candidates, want)))
+        out = []
+        for (history, _, k, exclude_seen), query, ids in zip(jobs, queries, found):
+            if exclude_seen:
+                ids = ids[~np.isin(ids, history)]
+            scores = (loaded.fused[torch.tensor(ids)] @ query).numpy()
+            best = np.argsort(-scores, kind="stable")[:k]
+            out.append((ids[best], scores[best]))
+        return out, loaded
 
     @torch.no_grad()
     def scores(self, history: np.ndarray, user_id: int | None = None) -> tuple[np.ndarray, Loaded]:

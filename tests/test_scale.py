@@ -100,7 +100,7 @@ def test_ivf_item_index_recall_against_exact_scoring(scaled, tmp_path):
             hidden = model.encode(torch.from_numpy(seq[user][-50:]).view(1, -1), model.item_tables())
             q = model.query({m: h[:, -1] for m, h in hidden.items()})[0]
         exact = torch.topk((fused @ q)[1:], 10).indices.numpy() + 1
-        cands = index.candidates(q.numpy(), 200)
+        cands = index.candidates(q.numpy(), 200)[0]
         best = cands[np.argsort(-(fused[torch.tensor(cands)] @ q).numpy())[:10]]
         hits.append(len(set(best) & set(exact)) / 10)
     assert np.mean(hits) >= 0.95
