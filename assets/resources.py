@@ -4,8 +4,9 @@ run builds. A leaf module: it imports the library, never the Definitions; `resou
 from __future__ import annotations
 
 import dagster as dg
+from pydantic import PrivateAttr
 
-from assets.ingest.pipeline import DatasetSpec
+from assets.ingest.pipeline import DatasetSpec, registered_datasets
 from recalign.metrics_store import MetricsStore
 from recalign.registry import Registry
 from recalign.settings import Settings
@@ -34,8 +35,13 @@ class RecalignHome(dg.ConfigurableResource):
         return self.settings().metrics()
 
 
+DATASETS = "datasets"  # the dynamic partitions of the lineage: one per dataset
+datasets = dg.DynamicPartitionsDefinition(name=DATASETS)
+
+
 class DatasetResource(dg.ConfigurableResource):
-    """Which dataset a run builds: a source reader, its folder, k-core (run configuration)."""
+    """Which dataset a run builds. In a run of a `datasets` partition: that dataset (its registered source, or this
+    config when the config names it); otherwise the dataset this config describes (source, folder, k-core)."""
 
     source: str = "synthetic"
     path: str | None = None  # "" counts as none (an empty environment variable)
@@ -43,6 +49,27 @@ class DatasetResource(dg.ConfigurableResource):
     kcore: int | None = None
     synthetic_items: int | None = None  # size of the synthetic catalogue (tests, quick demos)
     synthetic_users: int | None = None
+    _partition: str | None = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """The run's dataset partition, if it is one (a landed-file partition is not a dataset)."""
+        run, instance = context.dagster_run, context.instance
+        key = run.tags.get("dagster/partition") if run is not None else None
+        if key and instance is not None and instance.has_dynamic_partition(DATASETS, key):
+            self._partition = key
+
+    def spec_for(self, settings) -> DatasetSpec:
+        """The spec of the run's dataset: this config's when it names it (or no partition), else the registered."""
+        own = self.spec()
+        if self._partition is None or self._partition == own.dataset:
+            return own
+        registered = registered_datasets(settings)
+        if self._partition not in registered:
+            raise dg.Failure(
+                f"dataset {self._partition!r} is a partition but not registered in {settings.home}/datasets: run "
+                f"`recalign datasets add {self._partition} --source ... --path ...` (registered: {sorted(registered)})"
+            )
+        return registered[self._partition]
 
     def spec(self) -> DatasetSpec:
         options = {k: v for k, v in (("n_items", self.synthetic_items), ("n_users", self.synthetic_users)) if v}
@@ -52,8 +79,9 @@ class DatasetResource(dg.ConfigurableResource):
 
     @property
     def dataset(self) -> str:
-        """The dataset's name: its folder in raw/, warehouse/, lancedb/, registry/ and reports/."""
-        return self.spec().dataset
+        """The dataset's name (the run's partition, if any): its folder in raw/, warehouse/, lancedb/, registry/ and
+        reports/."""
+        return self._partition or self.spec().dataset
 
 
 DEPLOYMENTS = ("local", "docker")

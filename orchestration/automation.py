@@ -7,7 +7,8 @@ import dagster as dg
 
 from assets.ingest.defs import landing_files
 from assets.ingest.landing import last_ingest_time, scan
-from assets.resources import DatasetResource, RecalignHome
+from assets.ingest.pipeline import registered_datasets
+from assets.resources import DATASETS, DatasetResource, RecalignHome, datasets
 
 MAX_ATTEMPTS = 3  # runs of one landed batch before the sensor stops trying it
 
@@ -67,9 +68,9 @@ def failed_batches(instance: dg.DagsterInstance, keys: list[str]) -> dict[str, i
     return out
 
 
-def retrain_decision(recalign: RecalignHome, dataset: DatasetResource) -> tuple[bool, str]:
-    """Retrain only when interactions arrived after the newest trained model."""
-    settings, name = recalign.settings(), dataset.dataset
+def retrain_decision(recalign: RecalignHome, name: str) -> tuple[bool, str]:
+    """Retrain a dataset only when interactions arrived after its newest trained model."""
+    settings = recalign.settings()
     wh = settings.warehouse(name)
     if not wh.path.exists():
         return False, f"no warehouse for {name!r} yet: run the full lineage first"
@@ -87,12 +88,39 @@ def retrain_decision(recalign: RecalignHome, dataset: DatasetResource) -> tuple[
     job=retrain,
     cron_schedule="0 2 * * *",
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Nightly: retrain, re-evaluate and publish when new interactions arrived, else skip with the reason.",
+    description="Nightly, per dataset partition: retrain, re-evaluate and publish when new interactions arrived, "
+    "else skip with the reason.",
 )
 def nightly_retrain(context: dg.ScheduleEvaluationContext, recalign: RecalignHome, dataset: DatasetResource):
-    go, reason = retrain_decision(recalign, dataset)
-    if not go:
-        return dg.SkipReason(reason)
-    return dg.RunRequest(
-        run_key=f"retrain-{context.scheduled_execution_time:%Y%m%dT%H%M}", tags={"reason": reason[:200]}
-    )
+    keys = context.instance.get_dynamic_partitions(DATASETS) or [dataset.dataset]
+    requests, skipped = [], []
+    for key in keys:
+        go, reason = retrain_decision(recalign, key)
+        if go:
+            requests.append(
+                dg.RunRequest(
+                    partition_key=key,
+                    run_key=f"retrain-{key}-{context.scheduled_execution_time:%Y%m%dT%H%M}",
+                    tags={"reason": reason[:200]},
+                )
+            )
+        else:
+            skipped.append(f"{key}: {reason}")
+    if not requests:
+        return dg.SkipReason("; ".join(skipped))
+    return requests
+
+
+@dg.sensor(
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Each dataset registered under $RECALIGN_HOME/datasets/ (`recalign datasets add`) becomes a partition "
+    "of the lineage, and the deployment's configured dataset too.",
+)
+def dataset_partitions(context: dg.SensorEvaluationContext, recalign: RecalignHome, dataset: DatasetResource):
+    have = set(context.instance.get_dynamic_partitions(DATASETS))
+    wanted = set(registered_datasets(recalign.settings())) | {dataset.dataset}
+    new = sorted(wanted - have)
+    if not new:
+        return dg.SkipReason(f"no new dataset ({len(have)} partitions)")
+    return dg.SensorResult(dynamic_partitions_requests=[datasets.build_add_request(new)])

@@ -13,7 +13,7 @@ from assets.llmrec import defs as llmrec
 from assets.resources import resources_for
 from assets.seqrec import defs as seqrec
 from assets.summaries import defs as summaries
-from orchestration.automation import ingest_logs, landing_sensor, nightly_retrain, retrain
+from orchestration.automation import dataset_partitions, ingest_logs, landing_sensor, nightly_retrain, retrain
 
 all_assets = [*ingest.assets, *summaries.assets, *embeddings.assets, *seqrec.assets, *llmrec.assets, *evaluation.assets]
 all_checks = [*ingest.asset_checks, *embeddings.asset_checks, *seqrec.asset_checks]
@@ -23,7 +23,7 @@ full_lineage = dg.define_asset_job(
     selection=dg.AssetSelection.all()
     - dg.AssetSelection.assets("interaction_log_batch")
     - dg.AssetSelection.groups("llm"),
-    description="Rebuild the whole lineage for the configured dataset (the LLM track is its own job: llm_track).",
+    description="Rebuild the whole lineage of one dataset partition (the LLM track is its own job: llm_track).",
 )
 llm_track = dg.define_asset_job(
     "llm_track",
@@ -40,7 +40,7 @@ defs = dg.Definitions(
     assets=all_assets,
     asset_checks=all_checks,
     jobs=[full_lineage, ingest_job, llm_track, ingest_logs, retrain],
-    sensors=[landing_sensor],
+    sensors=[landing_sensor, dataset_partitions],
     schedules=[nightly_retrain],
     resources=resources_for(os.environ.get("RECALIGN_DEPLOYMENT", "local")),
     executor=dg.in_process_executor,

@@ -20,15 +20,18 @@ def _instance():
 
 
 def cmd_demo(args) -> int:
-    """Materialise the lineage on the configured dataset (synthetic by default) via Dagster."""
+    """Materialise the lineage on the given dataset (synthetic by default) via Dagster: its partition."""
+    from assets.ingest.pipeline import DatasetSpec
     from orchestration.definitions import defs
     from recalign.settings import Settings
 
     run_config = {"resources": {"dataset": {"config": {"source": args.source, "path": args.path, "name": args.name}}}}
+    name = DatasetSpec(source=args.source, path=args.path, name=args.name).dataset
     job = defs.resolve_job_def(args.job)
-    result = job.execute_in_process(run_config=run_config, instance=_instance(), raise_on_error=False)
+    instance = _instance()
+    instance.add_dynamic_partitions("datasets", [name])
+    result = job.execute_in_process(run_config=run_config, instance=instance, partition_key=name, raise_on_error=False)
     settings = Settings.from_env()
-    name = args.name or (os.path.basename(args.path.rstrip("/")) if args.path else args.source)
     checks = result.get_asset_check_evaluations()
     print(
         json.dumps(
@@ -73,6 +76,36 @@ def cmd_ingest(args) -> int:
     md = ingest(Settings.from_env(), spec)
     print(json.dumps({k: v for k, v in md.items() if not hasattr(v, "shape")}))
     return 0 if md["reconciled"] else 1
+
+
+def cmd_datasets(args) -> int:
+    """Register a dataset (a partition of the lineage: in the Dagster instance too, when DAGSTER_HOME is set) or
+    list the registered ones."""
+    from assets.ingest.pipeline import DatasetSpec, register_dataset, registered_datasets
+    from recalign.settings import Settings
+
+    settings = Settings.from_env()
+    if args.action == "add":
+        options = dict(_option(o) for o in args.option or [])
+        spec = DatasetSpec(source=args.source, path=args.path, name=args.name, kcore=args.kcore, options=options)
+        path = register_dataset(settings, spec)
+        if os.environ.get("DAGSTER_HOME"):
+            _instance().add_dynamic_partitions("datasets", [spec.dataset])
+        print(json.dumps({"registered": spec.dataset, "file": str(path), **spec.to_json()}))
+        return 0
+    print(json.dumps({name: spec.to_json() for name, spec in registered_datasets(settings).items()}, indent=1))
+    return 0
+
+
+def _option(text: str) -> tuple[str, object]:
+    """KEY=VALUE of a source option; the value as JSON when it parses (numbers, booleans), else the text."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"error: option {text!r} is not KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
 
 
 def cmd_fetch(args) -> int:
@@ -184,6 +217,14 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--job", default="full_lineage")
         else:
             p.add_argument("--kcore", type=int, default=None)
+    p = sub.add_parser("datasets", help="register a dataset as a partition of the lineage, or list them")
+    p.add_argument("action", choices=["add", "list"])
+    p.add_argument("name", nargs="?", default=None)
+    p.add_argument("--source", default="synthetic")
+    p.add_argument("--path", default=None)
+    p.add_argument("--kcore", type=int, default=None)
+    p.add_argument("--option", action="append", help="a source option KEY=VALUE, e.g. scale=10 (repeatable)")
+    p.set_defaults(fn=cmd_datasets)
     p = sub.add_parser("fetch", help="download a public source from its official address")
     p.add_argument("source")
     p.add_argument("dest")

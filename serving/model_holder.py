@@ -104,7 +104,7 @@ class ModelHolder:
         histories: dict[int, np.ndarray] | None = None,
         top_depth: int = 100,
         ann: bool = False,
-        candidates: int = 200,
+        candidates: int = 100,
         cache_users: int = 50_000,
     ):
         self.pointer = Path(registry_root) / "published.json"

@@ -7,7 +7,9 @@ from orchestration.definitions import defs
 
 
 def test_ingest_job_materialises_with_checks(home):
-    result = defs.resolve_job_def("ingest").execute_in_process(instance=dg.DagsterInstance.ephemeral())
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("datasets", ["synthetic"])
+    result = defs.resolve_job_def("ingest").execute_in_process(instance=instance, partition_key="synthetic")
     assert result.success
     keys = {m.asset_key.to_user_string() for m in result.asset_materializations_for_node("base_tables")}
     assert keys == {"items", "users", "interactions", "item_images"}

@@ -336,8 +336,10 @@ def test_items_without_their_title_column_fail_the_titles_check(tmp_path, shared
         "recalign": RecalignHome(home=str(tmp_path / "home")),
         "dataset": DatasetResource(source="amazon-s3rec", path=str(root), name="untitled"),
     }
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("datasets", ["untitled"])
     result = defs.resolve_job_def("ingest").execute_in_process(
-        instance=dg.DagsterInstance.ephemeral(), resources=resources
+        instance=instance, resources=resources, partition_key="untitled"
     )
     check = {c.check_name: c for c in result.get_asset_check_evaluations()}["items_have_titles"]
     assert not check.passed and check.metadata["share"].value == 1.0

@@ -6,6 +6,8 @@ import pytest
 from orchestration.definitions import defs
 
 SMALL = {"synthetic_items": 96, "synthetic_users": 160}
+KEY = "synthetic-96x160"  # the dataset SMALL describes: its partition of the lineage
+SHOP_B = {"n_items": 72, "n_users": 130, "seed": 11}  # a second dataset, registered as its own partition
 
 
 def run_config(**over) -> dict:
@@ -24,19 +26,25 @@ def lineage(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     home = tmp_path_factory.mktemp("lineage")
     mp.setenv("RECALIGN_HOME", str(home))
+    from assets.ingest.pipeline import DatasetSpec, register_dataset
     from assets.resources import RecalignHome
+    from recalign.settings import Settings
 
-    result = defs.resolve_job_def("full_lineage").execute_in_process(
-        run_config=run_config(),
-        instance=dg.DagsterInstance.ephemeral(),
-        resources={"recalign": RecalignHome(home=str(home))},
+    instance = dg.DagsterInstance.ephemeral()
+    register_dataset(Settings.from_env(home), DatasetSpec("synthetic", name="shop-b", options=SHOP_B))
+    instance.add_dynamic_partitions("datasets", [KEY, "shop-b"])
+    job = defs.resolve_job_def("full_lineage")
+    resources = {"recalign": RecalignHome(home=str(home))}
+    result = job.execute_in_process(run_config=run_config(), instance=instance, resources=resources, partition_key=KEY)
+    other = job.execute_in_process(
+        run_config=run_config(), instance=instance, resources=resources, partition_key="shop-b"
     )
-    yield result, home
+    yield result, home, instance, other
     mp.undo()
 
 
 def test_every_asset_materialises_with_checks_passing(lineage):
-    result, home = lineage
+    result, home, _, _ = lineage
     assert result.success
     materialised = {
         e.event_specific_data.materialization.asset_key.to_user_string()
@@ -56,8 +64,33 @@ def test_every_asset_materialises_with_checks_passing(lineage):
     assert checks and all(c.passed for c in checks), [(c.check_name, c.passed) for c in checks]
 
 
+def test_two_datasets_are_two_partitions_with_their_own_tables_models_and_checks(lineage):
+    from recalign.settings import Settings
+
+    result, home, instance, other = lineage
+    assert result.success and other.success
+    settings = Settings.from_env(home)
+    counts = {
+        key: settings.warehouse(key).read("SELECT (SELECT count(*) FROM users) AS u, (SELECT count(*) FROM items) AS i")
+        for key in (KEY, "shop-b")
+    }
+    assert (counts[KEY]["u"][0], counts[KEY]["i"][0]) == (160, 96)
+    assert (counts["shop-b"]["u"][0], counts["shop-b"]["i"][0]) == (SHOP_B["n_users"], SHOP_B["n_items"])
+    for key in (KEY, "shop-b"):  # each its own published model, trained on its own catalogue
+        pub = settings.registry(key).published()
+        assert pub is not None and f"/{key}/" in pub["path"]
+    for asset in ("items", "sequences", "seqrec_sft", "published_model"):  # one materialisation per partition
+        got = instance.fetch_materializations(dg.AssetKey(asset), limit=10).records
+        assert sorted(r.partition_key for r in got) == sorted([KEY, "shop-b"]), asset
+    for run in (result, other):
+        checks = run.get_asset_check_evaluations()
+        assert {c.check_name for c in checks} >= {"rows_reconcile", "sequences_valid", "candidate_beats_baselines"}
+        assert all(c.passed for c in checks)
+    assert other.dagster_run.tags["dagster/partition"] == "shop-b"
+
+
 def test_lineage_outputs_are_usable(lineage):
-    result, home = lineage
+    result, home, _, _ = lineage
     from recalign.settings import Settings
 
     settings = Settings.from_env(home)
@@ -83,10 +116,11 @@ def test_landing_logs_ingested_once_then_retrain_then_skip(lineage):
     from recalign.settings import Settings
     from recalign.warehouse import Warehouse
 
-    result, home = lineage
+    result, home, _, _ = lineage
     settings = Settings.from_env(home)
     res = {"recalign": RecalignHome(home=str(home)), "dataset": DatasetResource(**SMALL)}
     instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("datasets", [KEY, "shop-b"])
     landing = settings.landing_dir
     (landing / "day1.csv").write_text(
         "user,item,timestamp\nu00001,i00002,1800000000\nu99999,i00003,1800000100\n"
@@ -118,7 +152,7 @@ def test_landing_logs_ingested_once_then_retrain_then_skip(lineage):
     # the nightly schedule retrains (new data since the model), then skips on the next tick
     when = datetime.datetime.now(datetime.UTC)
     tick = nightly_retrain(dg.build_schedule_context(instance=instance, resources=res, scheduled_execution_time=when))
-    assert isinstance(tick, dg.RunRequest)
+    assert [t.partition_key for t in tick] == [KEY]  # shop-b got no new interactions: no run for it
     _time.sleep(1.1)
     reg = settings.registry("synthetic-96x160")
     before = reg.published()
@@ -126,6 +160,7 @@ def test_landing_logs_ingested_once_then_retrain_then_skip(lineage):
         run_config={"ops": {k: v for k, v in run_config()["ops"].items() if k != "item_text"}},
         instance=instance,
         resources=res,
+        partition_key=KEY,
         raise_on_error=False,
     )
     retrained = {
@@ -142,6 +177,7 @@ def test_landing_logs_ingested_once_then_retrain_then_skip(lineage):
     assert (now["name"], now["version"]) == (expected["name"], expected["version"])
     tick2 = nightly_retrain(dg.build_schedule_context(instance=instance, resources=res, scheduled_execution_time=when))
     assert isinstance(tick2, dg.SkipReason) and "no new interactions" in tick2.skip_message
+    assert f"{KEY}: no new interactions" in tick2.skip_message and "shop-b: no new" in tick2.skip_message
 
 
 def test_gate_refuses_a_candidate_below_popularity_and_nothing_is_published(lineage, monkeypatch):
@@ -152,7 +188,7 @@ def test_gate_refuses_a_candidate_below_popularity_and_nothing_is_published(line
     from assets.seqrec.publish import evaluate_gate, publish_candidate
     from recalign.settings import Settings
 
-    _, home = lineage
+    _, home, _, _ = lineage
     settings = Settings.from_env(home)
     reg = settings.registry("synthetic-96x160")
     pointer = reg.pointer.read_text()
@@ -179,7 +215,7 @@ def test_a_landed_batch_whose_run_died_is_tried_again_then_given_up(lineage, mon
     from orchestration.automation import landing_sensor
     from recalign.settings import Settings
 
-    _, home = lineage
+    _, home, _, _ = lineage
     landing = Settings.from_env(home).landing_dir
     for f in landing.iterdir():
         f.unlink()

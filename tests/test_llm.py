@@ -253,8 +253,12 @@ def test_llm_track_end_to_end_through_dagster(tmp_path, models_dir, monkeypatch)
             "llm_eval": {"config": {**common, "eval_users": 6}},
         }
     }
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("datasets", ["synthetic"])
     result = dg.materialize(
         defs.assets,
+        instance=instance,
+        partition_key="synthetic",
         run_config=run_config,
         resources={"recalign": RecalignHome(home=str(home.home)), "dataset": DatasetResource()},
     )

@@ -250,9 +250,11 @@ def test_seqrec_sft_with_nproc_2_materialises_through_dagster_pipes(synthetic_ho
 
     config = {**TINY_SPEC, **TRAIN, "nproc": 2, "epochs": 2, "modalities": ["id"]}
     instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions("datasets", ["syn"])
     result = dg.materialize(
         [seqrec_sft],
         instance=instance,
+        partition_key="syn",
         resources={
             "recalign": RecalignHome(home=str(synthetic_home.home)),
             "dataset": DatasetResource(name="syn"),

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from assets.common import to_metadata
-from assets.resources import DatasetResource, RecalignHome
+from assets.resources import DatasetResource, RecalignHome, datasets
 
 from .encoders import MINILM_ID
 from .pipeline import coverage, embed_item_images, embed_text_table
@@ -32,6 +32,7 @@ def _embed_text(
 
 
 @dg.asset(
+    partitions_def=datasets,
     deps=["items"],
     group_name="embeddings",
     owners=OWNERS,
@@ -45,6 +46,7 @@ def item_text(
 
 
 @dg.asset(
+    partitions_def=datasets,
     deps=["item_images"],
     group_name="embeddings",
     owners=OWNERS,
@@ -60,6 +62,7 @@ def item_image(
 
 
 @dg.asset(
+    partitions_def=datasets,
     deps=["item_summaries"],
     group_name="embeddings",
     owners=OWNERS,
@@ -73,6 +76,7 @@ def item_summary_text(
 
 
 @dg.asset(
+    partitions_def=datasets,
     deps=["sequences", "items", "user_summaries"],
     group_name="embeddings",
     owners=OWNERS,

@@ -5,13 +5,14 @@ import time
 import dagster as dg
 
 from assets.common import md_table
-from assets.resources import DatasetResource, RecalignHome
+from assets.resources import DatasetResource, RecalignHome, datasets
 from recalign.report import build_report, write_report
 
 OWNERS = ["team:recalign"]
 
 
 @dg.asset(
+    partitions_def=datasets,
     deps=["seqrec_sft", "seqrec_dpo"],
     group_name="evaluation",
     owners=OWNERS,

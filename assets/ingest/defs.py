@@ -4,7 +4,7 @@ import dagster as dg
 import pandera.pandas as pa
 
 from assets.common import md_table, to_metadata
-from assets.resources import DatasetResource, RecalignHome
+from assets.resources import DatasetResource, RecalignHome, datasets
 from recalign.schemas import Interactions, Items, Sequences, Users
 from recalign.warehouse import Warehouse
 
@@ -17,6 +17,7 @@ BASE_TABLES = ["items", "users", "interactions", "item_images"]
 
 
 @dg.asset(
+    partitions_def=datasets,
     group_name="ingest",
     owners=OWNERS,
     kinds={"python", "files"},
@@ -25,7 +26,7 @@ BASE_TABLES = ["items", "users", "interactions", "item_images"]
 def raw_dataset(
     context: dg.AssetExecutionContext, recalign: RecalignHome, dataset: DatasetResource
 ) -> dg.MaterializeResult:
-    spec = dataset.spec()
+    spec = dataset.spec_for(recalign.settings())
     manifest = land_raw(recalign.settings(), spec)
     context.log.info(f"landed {len(manifest['files'])} files ({manifest['copied']} copied) for {spec.dataset}")
     return dg.MaterializeResult(
@@ -43,6 +44,7 @@ def raw_dataset(
 
 
 @dg.multi_asset(
+    partitions_def=datasets,
     specs=[
         dg.AssetSpec(
             name,
@@ -57,7 +59,7 @@ def raw_dataset(
     name="base_tables",
 )
 def base_tables(context: dg.AssetExecutionContext, recalign: RecalignHome, dataset: DatasetResource):
-    md = build_warehouse(recalign.settings(), dataset.spec())
+    md = build_warehouse(recalign.settings(), dataset.spec_for(recalign.settings()))
     context.log.info(
         f"{md['dataset']}: {md['users']} users, {md['items']} items, {md['interactions']} "
         f"interactions, {md['rejected']} rejected, reconciled={md['reconciled']}"
@@ -91,6 +93,7 @@ def base_tables(context: dg.AssetExecutionContext, recalign: RecalignHome, datas
 
 
 @dg.asset(
+    partitions_def=datasets,
     deps=["interactions"],
     group_name="tables",
     owners=OWNERS,
@@ -100,7 +103,7 @@ def base_tables(context: dg.AssetExecutionContext, recalign: RecalignHome, datas
 def sequences(
     context: dg.AssetExecutionContext, recalign: RecalignHome, dataset: DatasetResource
 ) -> dg.MaterializeResult:
-    stats = build_sequences(recalign.settings(), dataset.spec())
+    stats = build_sequences(recalign.settings(), dataset.spec_for(recalign.settings()))
     context.log.info(f"sequences: {stats}")
     return dg.MaterializeResult(metadata=to_metadata(stats))
 
@@ -186,7 +189,7 @@ landing_files = dg.DynamicPartitionsDefinition(name="landing_files")
 
 @dg.asset(
     partitions_def=landing_files,
-    deps=["interactions"],
+    deps=[dg.AssetDep("interactions", partition_mapping=dg.AllPartitionMapping())],
     group_name="ingest",
     owners=OWNERS,
     kinds={"duckdb"},
@@ -199,12 +202,14 @@ landing_files = dg.DynamicPartitionsDefinition(name="landing_files")
         )
     ],
     description="One interaction-log file from $RECALIGN_HOME/landing/interactions/ (partition = name@sha256), "
-    "validated and appended; the sequences are rebuilt after it.",
+    "validated and appended to the deployment's dataset (the dataset resource's config); the sequences are rebuilt "
+    "after it.",
 )
 def interaction_log_batch(
     context: dg.AssetExecutionContext, recalign: RecalignHome, dataset: DatasetResource
 ) -> dg.MaterializeResult:
-    settings, spec = recalign.settings(), dataset.spec()
+    settings = recalign.settings()
+    spec = dataset.spec_for(settings)
     key = context.partition_key
     files = scan(settings.landing_dir)
     if key not in files:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,42 @@ class DatasetSpec:
     @property
     def k(self) -> int:
         return get_source(self.source).default_kcore if self.kcore is None else self.kcore
+
+    def to_json(self) -> dict:
+        return {
+            "source": self.source,
+            "path": self.path,
+            "name": self.dataset,
+            "kcore": self.kcore,
+            "options": self.options,
+        }
+
+
+def register_dataset(settings: Settings, spec: DatasetSpec) -> Path:
+    """Record a dataset (its source, folder, k-core, options) under <home>/datasets/<name>.json: one per partition
+    of the lineage; registering the same name again replaces it."""
+    folder = settings.home / "datasets"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{spec.dataset}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(spec.to_json(), indent=1))
+    os.replace(tmp, path)
+    return path
+
+
+def registered_datasets(settings: Settings) -> dict[str, DatasetSpec]:
+    """The registered datasets by name (empty when none is)."""
+    out = {}
+    for path in sorted((settings.home / "datasets").glob("*.json")):
+        raw = json.loads(path.read_text())
+        out[path.stem] = DatasetSpec(
+            source=raw["source"],
+            path=raw.get("path"),
+            name=path.stem,
+            kcore=raw.get("kcore"),
+            options=raw.get("options") or {},
+        )
+    return out
 
 
 def land_raw(settings: Settings, spec: DatasetSpec) -> dict:

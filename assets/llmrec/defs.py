@@ -6,7 +6,7 @@ from typing import Literal
 import dagster as dg
 
 from assets.common import md_table, to_metadata
-from assets.resources import DatasetResource, RecalignHome
+from assets.resources import DatasetResource, RecalignHome, datasets
 from training.llm.rewards import RewardWeights
 from training.llm.trainers import GRPOStageConfig, LoRAConfig, PreferenceStageConfig, SFTStageConfig, StageConfig
 
@@ -102,6 +102,7 @@ def _home(recalign: RecalignHome, dataset: DatasetResource):
 
 
 @dg.asset(
+    partitions_def=datasets,
     deps=["sequences", "user_summaries", "item_summaries"],
     group_name="llm",
     owners=OWNERS,
@@ -120,6 +121,7 @@ def _preference(config: LLMDPOConfig, recalign, dataset, method: str) -> dg.Mate
 
 
 @dg.asset(
+    partitions_def=datasets,
     deps=["llm_sft"],
     group_name="llm",
     owners=OWNERS,
@@ -133,6 +135,7 @@ def llm_dpo(
 
 
 @dg.asset(
+    partitions_def=datasets,
     deps=["llm_sft", "item_text"],
     group_name="llm",
     owners=OWNERS,
@@ -146,6 +149,7 @@ def llm_hanorec(
 
 
 @dg.asset(
+    partitions_def=datasets,
     deps=["llm_sft"],
     group_name="llm",
     owners=OWNERS,
@@ -161,6 +165,7 @@ def llm_grpo(
 
 
 @dg.asset(
+    partitions_def=datasets,
     deps=["llm_sft", "llm_dpo", "llm_hanorec", "llm_grpo"],
     group_name="llm",
     owners=OWNERS,

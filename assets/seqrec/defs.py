@@ -8,7 +8,7 @@ from pathlib import Path
 import dagster as dg
 
 from assets.common import dataclass_config, from_pipes
-from assets.resources import DatasetResource, RecalignHome
+from assets.resources import DatasetResource, RecalignHome, datasets
 from training.seqrec.distributed import LaunchConfig
 from training.seqrec.model import SeqRecConfig
 from training.seqrec.recipe import DERIVED, get_recipe
@@ -59,6 +59,7 @@ def run_stage(context, pipes, recalign, dataset, nproc: int, stage: str, model_c
 
 
 @dg.asset(
+    partitions_def=datasets,
     deps=["sequences", "item_text", "item_image"],
     group_name="training",
     owners=OWNERS,
@@ -79,6 +80,7 @@ def seqrec_sft(
 
 
 @dg.asset(
+    partitions_def=datasets,
     deps=[seqrec_sft],
     group_name="training",
     owners=OWNERS,
@@ -108,6 +110,7 @@ def seqrec_dpo(
 
 
 @dg.asset(
+    partitions_def=datasets,
     deps=[seqrec_sft, seqrec_dpo],
     group_name="serving",
     owners=OWNERS,
@@ -142,6 +145,7 @@ def publish_candidate_model(context: dg.AssetExecutionContext, recalign: Recalig
 
 
 @dg.asset(
+    partitions_def=datasets,
     deps=[publish_candidate_model],
     group_name="serving",
     owners=OWNERS,

@@ -3,7 +3,7 @@
 import dagster as dg
 
 from assets.common import to_metadata
-from assets.resources import DatasetResource, RecalignHome
+from assets.resources import DatasetResource, RecalignHome, datasets
 from recalign.warehouse import Warehouse
 
 from .backends import make_summarizer
@@ -52,6 +52,7 @@ def _sampled_items(wh: Warehouse, users: list[int]) -> list[int]:
 
 
 @dg.asset(
+    partitions_def=datasets,
     deps=["items", "item_images", "sequences"],
     group_name="summaries",
     owners=OWNERS,
@@ -70,6 +71,7 @@ def item_summaries(
 
 
 @dg.asset(
+    partitions_def=datasets,
     deps=["item_summaries", "sequences"],
     group_name="summaries",
     owners=OWNERS,
