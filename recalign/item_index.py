@@ -28,8 +28,8 @@ class ItemIndexConfig:
 
     index_type: str = "IVF_FLAT"  # exact distances inside the probed partitions
     min_rows_for_index: int = 20_000  # below this a flat scan is as fast and exact
-    nprobes: int = 8
-    rows_per_partition: int = 4_000  # IVF partitions = rows / this (at least 1)
+    nprobes: int = 32  # partitions searched per query
+    rows_per_partition: int = 1_000  # IVF partitions = rows / this (at least 1)
 
 
 def mips_to_l2(table: np.ndarray) -> tuple[np.ndarray, float]:
@@ -87,9 +87,9 @@ class ItemIndex:
     def candidates(self, queries: np.ndarray, n: int) -> list[np.ndarray]:
         """Each query's n nearest items, best first: one LanceDB search for the whole (B, D) batch of queries (one
         search per query costs several times more: its fixed overhead dominates a search's time on a small host)."""
-        q = np.hstack(
-            [np.atleast_2d(queries).astype(np.float32), np.zeros((len(np.atleast_2d(queries)), 1), np.float32)]
-        )
+        q = np.atleast_2d(queries).astype(np.float32)
+        q = q * (self.meta["max_norm"] / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12))
+        q = np.hstack([q, np.zeros((len(q), 1), np.float32)])  # on the items' sphere: probes pick by angle
         search = self.table.search(list(q) if len(q) > 1 else q[0]).metric("l2").limit(n).select(["id", "_distance"])
         if self.meta["indexed"]:
             search = search.nprobes(self.cfg.nprobes)

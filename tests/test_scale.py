@@ -90,9 +90,10 @@ def test_ivf_item_index_recall_against_exact_scoring(scaled, tmp_path):
     model, _ = load_model(mv.path)
     with torch.no_grad():
         fused = model.fused_table(model.item_tables()).detach()
-    meta = build_item_index(fused.numpy(), tmp_path / "ix", ItemIndexConfig(min_rows_for_index=1000))
+    cfg = ItemIndexConfig(min_rows_for_index=1000, rows_per_partition=100, nprobes=10)  # 30 partitions, 10 probed
+    meta = build_item_index(fused.numpy(), tmp_path / "ix", cfg)
     assert meta["indexed"] and meta["rows"] == fused.shape[0] - 1
-    index = ItemIndex(tmp_path / "ix")
+    index = ItemIndex(tmp_path / "ix", cfg)
     seq = Catalogue.load(home.warehouse_path("scaled")).histories
     hits = []
     for user in list(seq)[:100]:
