@@ -222,9 +222,10 @@ def stage_serve(settings, scale: float, args) -> dict:
         svc.stop()
 
 
-def run_stage(args, stage: str, scale: float) -> dict:
+def run_stage(args, stage: str, scale: float, user_scale: float = 0.0) -> dict:
     """One stage in a child process (its own peak RSS); its JSON line back."""
     cmd = [sys.executable, __file__, "--home", args.home, "--stage", stage, "--scales", str(scale)]
+    cmd += ["--user-scale", str(user_scale)]
     cmd += ["--train-users", str(args.train_users), "--epochs", str(args.epochs), "--eval-users", str(args.eval_users)]
     cmd += ["--seconds", str(args.seconds), "--load-users", str(args.load_users)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "RECALIGN_HOME": args.home})
@@ -261,8 +262,17 @@ def main() -> None:
     ap.add_argument("--eval-users", type=int, default=2_000)
     ap.add_argument("--seconds", type=int, default=10, help="wrk load per scale")
     ap.add_argument("--load-users", type=int, default=20_000, help="users drawn for the load (cache misses)")
+    ap.add_argument(
+        "--users-only",
+        type=float,
+        default=10,
+        help="also serve the 1x catalogue with this many times its users (RSS against users alone; 0: skip)",
+    )
     ap.add_argument("--stage", choices=STAGES, help=argparse.SUPPRESS)
+    ap.add_argument("--user-scale", type=float, default=0.0, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    global USER_SCALE
+    USER_SCALE = args.user_scale
     from recalign.settings import Settings
     from training.smoke import smoke
 
@@ -277,6 +287,11 @@ def main() -> None:
     for scale in args.scales:
         per_scale[scale] = {stage: run_stage(args, stage, scale) for stage in args.stages}
         print(json.dumps({"scale": scale, **per_scale[scale]}, default=str), file=sys.stderr)
+    users_only = None
+    if args.users_only and "serve" in args.stages:  # same catalogue (the smallest scale), more users
+        base = min(args.scales)
+        users_only = {st: run_stage(args, st, base, args.users_only * base) for st in ("ingest", "model", "serve")}
+        print(json.dumps({"users_only": users_only}, default=str), file=sys.stderr)
     sizes = [per_scale[s].get("ingest", {}).get("interactions", 0) for s in args.scales]
     costs = {name: [per_scale[s].get(st, {}).get(f) for s in args.scales] for name, (st, f) in COSTS.items()}
     exponents = {name: exponent(sizes, c) for name, c in costs.items()}
@@ -287,6 +302,7 @@ def main() -> None:
         "costs": costs,
         "exponents": exponents,
         "per_scale": per_scale,
+        "users_only": users_only,
         "targets": TARGETS,
         "max_exponent": max((e for e in exponents.values() if e is not None), default=None),
     }

@@ -8,6 +8,10 @@ from orchestration.definitions import defs
 SMALL = {"synthetic_items": 96, "synthetic_users": 160}
 KEY = "synthetic-96x160"  # the dataset SMALL describes: its partition of the lineage
 SHOP_B = {"n_items": 72, "n_users": 130, "seed": 11}  # a second dataset, registered as its own partition
+SHOP_B_ASSETS = [
+    "raw_dataset", "items", "users", "interactions", "item_images", "sequences",
+    "seqrec_sft", "seqrec_dpo", "evaluation_report", "publish_candidate_model", "published_model",
+]  # fmt: skip
 
 
 def run_config(**over) -> dict:
@@ -36,8 +40,12 @@ def lineage(tmp_path_factory):
     job = defs.resolve_job_def("full_lineage")
     resources = {"recalign": RecalignHome(home=str(home))}
     result = job.execute_in_process(run_config=run_config(), instance=instance, resources=resources, partition_key=KEY)
-    other = job.execute_in_process(
-        run_config=run_config(), instance=instance, resources=resources, partition_key="shop-b"
+    other = job.execute_in_process(  # the second shop: tables, sequences and the sequential track (ID only)
+        run_config={"ops": {k: v for k, v in run_config()["ops"].items() if k.startswith("seqrec")}},
+        instance=instance,
+        resources=resources,
+        partition_key="shop-b",
+        asset_selection=[dg.AssetKey(k) for k in SHOP_B_ASSETS],
     )
     yield result, home, instance, other
     mp.undo()
@@ -87,6 +95,13 @@ def test_two_datasets_are_two_partitions_with_their_own_tables_models_and_checks
         assert {c.check_name for c in checks} >= {"rows_reconcile", "sequences_valid", "candidate_beats_baselines"}
         assert all(c.passed for c in checks)
     assert other.dagster_run.tags["dagster/partition"] == "shop-b"
+    pages = {
+        r.partition_key: r.asset_materialization.metadata
+        for r in instance.fetch_materializations(dg.AssetKey("published_model"), limit=10).records
+    }
+    for key, page in pages.items():  # the served model's metrics, the verdict and its dataset's own report
+        assert "served: seqrec_" in page["served_vs_replaced"].value and page["verdict"].value
+        assert page["report"].value.endswith("report.html") and f"/reports/{key}/" in page["report"].value
 
 
 def test_lineage_outputs_are_usable(lineage):
@@ -251,3 +266,32 @@ def test_a_landed_batch_whose_run_died_is_tried_again_then_given_up(lineage, mon
     ).success
     tick = landing_sensor(dg.build_sensor_context(instance=instance, cursor=cursor, resources=res))
     assert isinstance(tick, dg.SkipReason) and "failed 3 times" in tick.skip_message and broken in tick.skip_message
+
+
+def test_datasets_registered_by_the_cli_become_partitions(tmp_path, monkeypatch):
+    from assets.ingest.defs import raw_dataset
+    from assets.ingest.pipeline import registered_datasets
+    from assets.resources import DatasetResource, RecalignHome
+    from orchestration.automation import dataset_partitions
+    from recalign.cli import main
+    from recalign.settings import Settings
+
+    monkeypatch.setenv("RECALIGN_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    assert main(["datasets", "add", "shop-x", "--option", "scale=0.01", "--option", "images=false"]) == 0
+    spec = registered_datasets(Settings.from_env())["shop-x"]
+    assert (spec.source, spec.options) == ("synthetic", {"scale": 0.01, "images": False})
+    with pytest.raises(SystemExit, match="not KEY=VALUE"):
+        main(["datasets", "add", "shop-y", "--option", "scale"])
+    instance = dg.DagsterInstance.ephemeral()
+    res = {"recalign": RecalignHome(home=str(tmp_path / "home")), "dataset": DatasetResource()}
+    out = dataset_partitions(dg.build_sensor_context(instance=instance, resources=res))
+    assert out.dynamic_partitions_requests[0].partition_keys == ["shop-x", "synthetic"]  # + the configured one
+    instance.add_dynamic_partitions("datasets", ["shop-x", "synthetic", "ghost"])
+    assert isinstance(dataset_partitions(dg.build_sensor_context(instance=instance, resources=res)), dg.SkipReason)
+    landed = dg.materialize([raw_dataset], partition_key="shop-x", instance=instance, resources=res)
+    assert landed.success and (tmp_path / "home" / "raw" / "shop-x" / "interactions.parquet").exists()
+    ghost = dg.materialize([raw_dataset], partition_key="ghost", instance=instance, resources=res, raise_on_error=False)
+    assert not ghost.success
+    failure = next(e for e in ghost.all_events if e.is_step_failure).step_failure_data.error
+    assert "recalign datasets add ghost" in failure.message

@@ -28,6 +28,12 @@ def scaled(tmp_path_factory):
     return home, md
 
 
+@pytest.fixture(scope="module")
+def scaled_model(scaled):
+    home, _ = scaled
+    return tiny_model(home, "scaled", epochs=2)
+
+
 def test_scaled_source_is_deterministic_streamed_and_sized(tmp_path):
     cfg = SyntheticConfig(scale=0.05, images=False, chunk_users=300)  # 1,100 users in 4 chunks
     a, b = generate(tmp_path / "a", cfg), generate(tmp_path / "b", cfg)
@@ -84,9 +90,9 @@ def test_mips_to_l2_keeps_the_dot_product_order():
         assert list(by_dot) == list(by_l2)
 
 
-def test_ivf_item_index_recall_against_exact_scoring(scaled, tmp_path):
+def test_ivf_item_index_recall_against_exact_scoring(scaled, scaled_model, tmp_path):
     home, _ = scaled
-    _, mv = tiny_model(home, "scaled", epochs=2)
+    _, mv = scaled_model
     model, _ = load_model(mv.path)
     with torch.no_grad():
         fused = model.fused_table(model.item_tables()).detach()
@@ -108,9 +114,9 @@ def test_ivf_item_index_recall_against_exact_scoring(scaled, tmp_path):
 
 
 @pytest.mark.service
-def test_api_serves_by_ann_with_nothing_per_user_loaded(scaled, tmp_path):
+def test_api_serves_by_ann_with_nothing_per_user_loaded(scaled, scaled_model, tmp_path):
     home, _ = scaled
-    reg, mv = tiny_model(home, "scaled")
+    reg, mv = scaled_model
     reg.publish(mv)
     svc = serving(home.home, "scaled", tmp_path / "serve.log", RECALIGN_SERVING_MODE="ann")
     try:

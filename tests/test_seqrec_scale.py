@@ -207,9 +207,21 @@ def _curve(summary: dict) -> list[tuple]:
     return [(r["epoch"], round(r["loss"], 4), round(r["valid_ndcg@10"], 4)) for r in summary["history"]]
 
 
-def test_two_ddp_processes_match_one_and_only_rank_0_writes(synthetic_home, tmp_path):
-    one = _summary(_torchrun(1, _spec(synthetic_home, tmp_path, "one")))
-    two = _summary(_torchrun(2, _spec(synthetic_home, tmp_path, "two")))
+LONG = {"epochs": 12, "patience": 12}  # long enough to kill a run part-way
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(synthetic_home, tmp_path_factory):
+    """One run in 1 process and one in 2 (torchrun, gloo), same spec: the 2-process one is also the uninterrupted
+    reference of the kill-and-resume test."""
+    tmp = tmp_path_factory.mktemp("ddp_runs")
+    one = _summary(_torchrun(1, _spec(synthetic_home, tmp, "one", **LONG)))
+    two = _summary(_torchrun(2, _spec(synthetic_home, tmp, "two", **LONG)))
+    return one, two
+
+
+def test_two_ddp_processes_match_one_and_only_rank_0_writes(synthetic_home, ddp_runs):
+    one, two = ddp_runs
     # the same global batches, gradients averaged over ranks weighted by their positions: without dropout the
     # runs differ only by float summation order. Tolerance: 0.002 on every validation metric, 0.001 on the loss.
     for a, b in zip(one["history"], two["history"], strict=True):
@@ -222,12 +234,11 @@ def test_two_ddp_processes_match_one_and_only_rank_0_writes(synthetic_home, tmp_
     assert len(runs) == 2
 
 
-def test_a_killed_ddp_run_resumes_to_the_same_history(synthetic_home, tmp_path):
+def test_a_killed_ddp_run_resumes_to_the_same_history(synthetic_home, ddp_runs, tmp_path):
     from training.seqrec.checkpoint import training_state_meta
 
-    long = {"epochs": 30, "patience": 30}
-    full = _summary(_torchrun(2, _spec(synthetic_home, tmp_path, "full", **long)))
-    spec = _spec(synthetic_home, tmp_path, "killed", **long)
+    _, full = ddp_runs
+    spec = _spec(synthetic_home, tmp_path, "killed", **LONG)
     state = Path(json.loads(spec.read_text())["checkpoint_dir"]) / "last-sft"
     proc = _torchrun(2, spec)
     deadline = time.time() + 240
@@ -238,7 +249,7 @@ def test_a_killed_ddp_run_resumes_to_the_same_history(synthetic_home, tmp_path):
         p.send_signal(signal.SIGKILL)
     proc.communicate()
     done = training_state_meta(state)["epoch"]
-    assert 1 <= done < 28, "the run must be killed part-way"
+    assert 1 <= done < LONG["epochs"] - 2, "the run must be killed part-way"
     resumed = _summary(_torchrun(2, spec))
     assert _curve(resumed) == _curve(full)
     assert not Path(json.loads(spec.read_text())["checkpoint_dir"]).exists()  # registered: checkpoints removed

@@ -18,7 +18,7 @@ OWNERS = ["team:recalign"]
     owners=OWNERS,
     kinds={"duckdb", "html"},
     description="Every model on the same split side by side, the papers' numbers beside ours, ablations, "
-    "plots and bootstrap intervals, as reports/<dataset>/<run>/report.html and .md.",
+    "plots and bootstrap intervals, as reports/{dataset}/{run}/report.html and .md.",
 )
 def evaluation_report(
     context: dg.AssetExecutionContext, recalign: RecalignHome, dataset: DatasetResource

@@ -21,7 +21,7 @@ BASE_TABLES = ["items", "users", "interactions", "item_images"]
     group_name="ingest",
     owners=OWNERS,
     kinds={"python", "files"},
-    description="The source files landed under $RECALIGN_HOME/raw/<dataset>/ with a manifest (path, bytes, sha256).",
+    description="The source files landed under $RECALIGN_HOME/raw/{dataset}/ with a manifest (path, bytes, sha256).",
 )
 def raw_dataset(
     context: dg.AssetExecutionContext, recalign: RecalignHome, dataset: DatasetResource

@@ -6,8 +6,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import dagster as dg
+import pandas as pd
 
-from assets.common import dataclass_config, from_pipes
+from assets.common import dataclass_config, from_pipes, md_table
 from assets.resources import DatasetResource, RecalignHome, datasets
 from training.seqrec.distributed import LaunchConfig
 from training.seqrec.model import SeqRecConfig
@@ -16,7 +17,7 @@ from training.seqrec.trainer import SeqRecDPOConfig, SeqRecTrainConfig
 
 from .launch import launch_spec, torchrun_command
 from .pipeline import stage_metadata, train_stage
-from .publish import STAGES, evaluate_gate, publish_candidate
+from .publish import STAGES, evaluate_gate, publish_candidate, served_vs_replaced
 
 OWNERS = ["team:recalign"]
 RECIPE = get_recipe("default")
@@ -146,19 +147,22 @@ def publish_candidate_model(context: dg.AssetExecutionContext, recalign: Recalig
 
 @dg.asset(
     partitions_def=datasets,
-    deps=[publish_candidate_model],
+    deps=[publish_candidate_model, "evaluation_report"],
     group_name="serving",
     owners=OWNERS,
     kinds={"python"},
-    description="The model the API serves: registry pointer swapped atomically (only after the gate passed).",
+    description="The model the API serves: registry pointer swapped atomically (only after the gate passed); its "
+    "page shows its metrics beside the model it replaced, the gate's verdict and the evaluation report.",
 )
 def published_model(
     context: dg.AssetExecutionContext, recalign: RecalignHome, dataset: DatasetResource
 ) -> dg.MaterializeResult:
-    entry = publish_candidate(recalign.settings(), dataset.dataset)
+    settings = recalign.settings()
+    entry = publish_candidate(settings, dataset.dataset)
     gate = recalign.registry(dataset.dataset).proposal()
     context.log.info(f"published {entry['name']}/{entry['version']}")
     cand = gate["candidate"]
+    page = served_vs_replaced(settings, dataset.dataset, entry)
     return dg.MaterializeResult(
         metadata={
             "model": f"{entry['name']}/{entry['version']}",
@@ -168,6 +172,8 @@ def published_model(
             "replaced": gate.get("published") or "nothing",
             "replaced_valid_ndcg@10": gate.get("published_valid_ndcg@10"),
             "replaced_test_ndcg@10": gate.get("published_test_ndcg@10"),
+            "served_vs_replaced": md_table(pd.DataFrame(page["metrics"])),
+            "report": dg.MetadataValue.path(page["report"] or "no report yet"),
             "path": dg.MetadataValue.path(entry["path"]),
             **({"item_index": dg.MetadataValue.json(entry["item_index"])} if "item_index" in entry else {}),
         }

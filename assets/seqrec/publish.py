@@ -104,3 +104,28 @@ def publish_candidate(settings: Settings, dataset: str) -> dict:
         registry.get(cand["name"], cand["version"]), {"valid_ndcg@10": cand["valid_ndcg@10"], "gate": gate["reason"]}
     )
     return {**entry, "item_index": index.meta}
+
+
+METRICS = ("ndcg@5", "ndcg@10", "mrr@5", "mrr@10", "hr@10")
+
+
+def served_vs_replaced(settings: Settings, dataset: str, entry: dict) -> dict:
+    """What the published_model page shows: the served model's test and valid metrics beside the model it replaced,
+    and the newest evaluation report of the dataset."""
+    registry = settings.registry(dataset)
+    rows = []
+    for role, ref in (("served", entry), ("replaced", entry.get("previous"))):
+        if not ref:
+            continue
+        try:
+            card = registry.get(ref["name"], ref["version"]).card
+        except KeyError:
+            continue
+        for split in ("test", "valid"):
+            got = card.get(split, {})
+            rows.append(
+                {"model": f"{role}: {ref['name']}/{ref['version']}", "split": split}
+                | {m: got.get(m) for m in METRICS}
+            )
+    reports = sorted(settings.reports_dir(dataset).glob("*/report.html"))
+    return {"metrics": rows, "report": str(reports[-1]) if reports else None}

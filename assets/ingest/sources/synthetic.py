@@ -87,6 +87,7 @@ class SyntheticConfig:
     images: bool = True
     bad_rows: int = 0  # planted invalid interactions (scaled form): each kind of error in turn
     chunk_users: int = 100_000
+    user_scale: float = 0.0  # users at this scale instead (0: `scale`), the catalogue unchanged
 
     def scaled(self) -> SyntheticConfig:
         """The sizes a `scale` asks for (users, items and mean length of SCALE_1X times the scale)."""
@@ -95,7 +96,7 @@ class SyntheticConfig:
         users, items, length = SCALE_1X
         return replace(
             self,
-            n_users=max(1, round(users * self.scale)),
+            n_users=max(1, round(users * (self.user_scale or self.scale))),
             n_items=max(len(CATEGORIES), round(items * self.scale)),
             mean_length=length,
         )
@@ -106,6 +107,7 @@ class SyntheticConfig:
             str(v)
             for v in (self.n_items, self.n_users, self.mean_length, self.seed, self.image_size, self.scale)
             + ((self.images, self.bad_rows) if self.scale > 0 else ())
+            + ((self.user_scale,) if self.user_scale else ())
         )
 
 
