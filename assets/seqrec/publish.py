@@ -124,8 +124,7 @@ def served_vs_replaced(settings: Settings, dataset: str, entry: dict) -> dict:
         for split in ("test", "valid"):
             got = card.get(split, {})
             rows.append(
-                {"model": f"{role}: {ref['name']}/{ref['version']}", "split": split}
-                | {m: got.get(m) for m in METRICS}
+                {"model": f"{role}: {ref['name']}/{ref['version']}", "split": split} | {m: got.get(m) for m in METRICS}
             )
     reports = sorted(settings.reports_dir(dataset).glob("*/report.html"))
     return {"metrics": rows, "report": str(reports[-1]) if reports else None}
