@@ -36,13 +36,18 @@ def peak_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+USER_SCALE = 0.0  # a child's --user-scale: users at this multiple of 1x, the catalogue of its scale
+
+
 def spec(scale: float):
     from assets.ingest.pipeline import DatasetSpec
 
     bad = max(10, round(50 * scale))  # planted invalid rows: raw = accepted + rejected must still hold
-    return DatasetSpec(
-        "synthetic", name=f"synthetic-{scale:g}x", options={"scale": scale, "images": False, "bad_rows": bad}
-    )
+    options = {"scale": scale, "images": False, "bad_rows": bad}
+    if USER_SCALE:
+        options["user_scale"] = USER_SCALE
+    name = f"synthetic-{scale:g}x" + (f"-users{USER_SCALE:g}x" if USER_SCALE else "")
+    return DatasetSpec("synthetic", name=name, options=options)
 
 
 def stage_generate(settings, scale: float, args) -> dict:
