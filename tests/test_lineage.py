@@ -3,7 +3,7 @@
 import dagster as dg
 import pytest
 
-from orchestration.definitions import defs
+from orchestration.definitions import all_assets, all_checks, defs
 
 SMALL = {"synthetic_items": 96, "synthetic_users": 160}
 KEY = "synthetic-96x160"  # the dataset SMALL describes: its partition of the lineage
@@ -31,7 +31,7 @@ def lineage(tmp_path_factory):
     home = tmp_path_factory.mktemp("lineage")
     mp.setenv("RECALIGN_HOME", str(home))
     from assets.ingest.pipeline import DatasetSpec, register_dataset
-    from assets.resources import RecalignHome
+    from assets.resources import RecalignHome, resources_for
     from recalign.settings import Settings
 
     instance = dg.DagsterInstance.ephemeral()
@@ -40,12 +40,13 @@ def lineage(tmp_path_factory):
     job = defs.resolve_job_def("full_lineage")
     resources = {"recalign": RecalignHome(home=str(home))}
     result = job.execute_in_process(run_config=run_config(), instance=instance, resources=resources, partition_key=KEY)
-    other = job.execute_in_process(  # the second shop: tables, sequences and the sequential track (ID only)
+    other = dg.materialize(  # the second shop: tables, sequences and the sequential track (ID only)
+        [*all_assets, *all_checks],
+        selection=SHOP_B_ASSETS,
         run_config={"ops": {k: v for k, v in run_config()["ops"].items() if k.startswith("seqrec")}},
         instance=instance,
-        resources=resources,
+        resources={**resources_for("local"), **resources},
         partition_key="shop-b",
-        asset_selection=[dg.AssetKey(k) for k in SHOP_B_ASSETS],
     )
     yield result, home, instance, other
     mp.undo()
@@ -134,7 +135,7 @@ def test_landing_logs_ingested_once_then_retrain_then_skip(lineage):
     result, home, _, _ = lineage
     settings = Settings.from_env(home)
     res = {"recalign": RecalignHome(home=str(home)), "dataset": DatasetResource(**SMALL)}
-    instance = dg.DagsterInstance.ephemeral()
+    instance = dg.DagsterInstance.local_temp()  # the schedule reads the partitions: an instance with a ref
     instance.add_dynamic_partitions("datasets", [KEY, "shop-b"])
     landing = settings.landing_dir
     (landing / "day1.csv").write_text(

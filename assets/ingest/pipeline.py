@@ -125,6 +125,7 @@ def build_warehouse(settings: Settings, spec: DatasetSpec) -> dict:
         "items_preview": tables.items.head(5),
         "raw_fingerprint": manifest["fingerprint"],
         "seconds": round(time.perf_counter() - t0, 2),
+        "sequence_stats": sequences[1],  # the sequences written with the tables, in the same transaction
     }
 
 
@@ -166,11 +167,8 @@ def ingest(settings: Settings, spec: DatasetSpec, only_if_missing: bool = False)
     if only_if_missing and settings.warehouse_path(spec.dataset).exists():
         return {"dataset": spec.dataset, "skipped": True}
     manifest = land_raw(settings, spec)
-    return {
-        **build_warehouse(settings, spec),
-        "sequences": build_sequences(settings, spec),
-        "landed_files": len(manifest["files"]),
-    }
+    md = build_warehouse(settings, spec)  # writes the sequences too: no second pass over the interactions
+    return {**md, "sequences": md.pop("sequence_stats"), "landed_files": len(manifest["files"])}
 
 
 def peak_rss_mb() -> float:

@@ -18,6 +18,11 @@ ORDER BY user_id, position
 """
 
 
+def _typed(seq: pd.DataFrame) -> pd.DataFrame:
+    """`split` as text even when there are no rows (DuckDB gives an empty text column the object dtype)."""
+    return seq.assign(split=seq["split"].astype("str"))
+
+
 def _kcore_sql(con: duckdb.DuckDBPyConnection, src: str, k: int) -> int:
     """Leave table `core` holding `src` filtered until every user and item has >= k rows; returns the rounds."""
     con.execute(f"CREATE OR REPLACE TEMP TABLE core AS SELECT * FROM {src}")
@@ -50,7 +55,7 @@ def leave_one_out(inter: pd.DataFrame) -> pd.DataFrame:
     """
     with duckdb.connect() as con:
         con.register("inter", inter)
-        return con.execute(LOO_SQL.format(src="inter")).df()
+        return _typed(con.execute(LOO_SQL.format(src="inter")).df())
 
 
 def compute_sequences(inter: pd.DataFrame, k: int) -> tuple[pd.DataFrame, dict]:
@@ -58,7 +63,7 @@ def compute_sequences(inter: pd.DataFrame, k: int) -> tuple[pd.DataFrame, dict]:
     with duckdb.connect() as con:
         con.register("inter", inter)
         rounds = _kcore_sql(con, "inter", k)
-        seq = con.execute(LOO_SQL.format(src="core")).df()
+        seq = _typed(con.execute(LOO_SQL.format(src="core")).df())
         kept, users, items, evaluable, mean_len, max_len = con.execute("""
             SELECT (SELECT count(*) FROM core), count(*), (SELECT count(DISTINCT item_id) FROM core),
                    count(*) FILTER (n >= 3), coalesce(avg(n), 0), coalesce(max(n), 0)
