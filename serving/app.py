@@ -215,7 +215,7 @@ def create_app(cfg: ServiceConfig | None = None) -> FastAPI:
             ann=ann,
         )
         holder.start()
-        state.update(catalogue=cat, holder=holder, batcher=Batcher(lambda jobs: holder.ann_top_batch(jobs)))
+        state.update(catalogue=cat, holder=holder, batcher=Batcher(holder.ann_top_batch))
         # the catalogue and model are long-lived: keep the cyclic GC from rescanning them under load (p99)
         gc.collect()
         gc.freeze()

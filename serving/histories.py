@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from collections import OrderedDict
 from pathlib import Path
 
@@ -52,6 +53,9 @@ def build_history_store(warehouse: Path, dest: Path) -> Path:
     np.save(out / "offsets.tmp.npy", offsets)
     os.replace(out / "items.tmp.npy", out / "items.npy")
     os.replace(out / "offsets.tmp.npy", out / "offsets.npy")  # last: its presence means complete
+    for old in Path(dest).iterdir():  # stores of earlier builds (a service still mapping one keeps its pages)
+        if old.is_dir() and old != out:
+            shutil.rmtree(old, ignore_errors=True)
     return out
 
 
