@@ -27,7 +27,7 @@ class ItemIndexConfig:
     """How the index is built and searched (the single home of these defaults)."""
 
     index_type: str = "IVF_FLAT"  # exact distances inside the probed partitions
-    min_rows_for_index: int = 20_000  # below this a flat scan is as fast and exact
+    min_rows_for_index: int = 5_000  # below this a flat scan (exact; LanceDB searches it slower than an IVF)
     nprobes: int = 32  # partitions searched per query
     rows_per_partition: int = 1_000  # IVF partitions = rows / this (at least 1)
 
