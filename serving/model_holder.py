@@ -214,15 +214,10 @@ class ModelHolder:
         return ids, scores, loaded
 
     @torch.no_grad()
-    def ann_top(self, history: np.ndarray, user_id: int | None, k: int, exclude_seen: bool):
-        """Best k items by exact score among the item index's candidates (ANN mode), history left out if asked."""
-        ((ids, scores),), loaded = self.ann_top_batch([(history, user_id, k, exclude_seen)])
-        return ids, scores, loaded
-
-    @torch.no_grad()
     def ann_top_batch(self, jobs: list[tuple[np.ndarray, int | None, int, bool]]):
-        """`ann_top` for a batch of requests (history, user id, k, exclude_seen): the users without a cached query
-        vector encoded in one forward, every request's candidates in one index search, then exact re-scoring."""
+        """Best k items by exact score among the item index's candidates (ANN mode), for a batch of requests (history,
+        user id, k, exclude_seen): users without a cached query vector encoded in one forward, every request's
+        candidates in one index search, then exact re-scoring with the history left out if asked."""
         from training.seqrec.data import left_pad, trim
 
         loaded = self.current
