@@ -1,8 +1,9 @@
-"""LLM-track benchmark on this CPU with SmolLM2-135M on MovieLens-100k: SFT training tokens/s, evaluation
-candidates/s (1 + 20 per user, KV-cached prompt), and the step-time ratio of HaNoRec to plain DPO on the same
-pairs (target: at most 1.2). One JSON line.
+"""LLM-track benchmark on this CPU with SmolLM2-135M (MovieLens-100k by default): training tokens/s of pointwise SFT
+on questions of 1 + 20 candidates with each candidate its own sequence (plain, what trl runs) and with the user
+prefix encoded once (shared_prefix; target: at least 3x), evaluation candidates/s of both formulations, and the
+step-time ratio of HaNoRec to plain DPO on the same pairs (target: at most 1.2). One JSON line.
 
-    python benchmarks/llm.py --home /tmp/llmbench
+    python benchmarks/llm.py --home /tmp/llmbench [--dataset microlens-50k]
 """
 
 import argparse
@@ -30,9 +31,11 @@ def run() -> dict:
     ap = argparse.ArgumentParser()
     ap.add_argument("--home", default=os.environ.get("RECALIGN_HOME"))
     ap.add_argument("--model", default="smollm2")
-    ap.add_argument("--path", default=None, help="the MovieLens-100k folder (default: ../shared/data/movielens_100k)")
+    ap.add_argument("--dataset", default="movielens-100k")
+    ap.add_argument("--path", default=None, help="the dataset folder (default: under ../shared/data)")
     ap.add_argument("--users", type=int, default=small(24, 6))
-    ap.add_argument("--steps", type=int, default=small(6, 1))
+    ap.add_argument("--steps", type=int, default=small(4, 1))
+    ap.add_argument("--negatives", type=int, default=20, help="negatives per training question (1 + 20: the protocol)")
     ap.add_argument("--eval-users", type=int, default=small(8, 4))
     args = ap.parse_args()
     import torch
@@ -47,22 +50,16 @@ def run() -> dict:
     from recalign.datasets import locate
     from recalign.settings import Settings
     from recalign.warehouse import Warehouse
-    from training.llm.prompt import prompt_text
+    from training.llm import pointwise
     from training.llm.scoring import evaluate_examples
-    from training.llm.trainers import (
-        PreferenceStageConfig,
-        SFTStageConfig,
-        load_base,
-        run_preference,
-        run_sft,
-    )
+    from training.llm.trainers import PreferenceStageConfig, SFTStageConfig, load_base, run_preference, run_sft
 
-    ds = "movielens_100k"
     settings = Settings.from_env(args.home or tempfile.mkdtemp(prefix="recalign-bench-"))
     try:
-        source, path = locate("movielens-100k", args.path)
+        source, path = locate(args.dataset, args.path)
     except (ValueError, FileNotFoundError) as err:
         sys.exit(f"error: {err}")
+    ds = args.dataset.replace("-", "_")
     ingest(settings, DatasetSpec(source, path, name=ds), only_if_missing=True)
     wh = Warehouse(settings.warehouse_path(ds))
     summarize_users(wh, TemplateSummarizer(), sample_users(wh, args.users, 0), max_blocks=4)
@@ -71,38 +68,46 @@ def run() -> dict:
     path, model_id, tok, data = _context(settings, ds, cfg)
     common = dict(batch_size=2, max_steps=args.steps, max_length=384, logging_steps=1)
     work = Path(tempfile.mkdtemp(prefix="llmbench-"))
-    rows = [
-        {"prompt": prompt_text(tok, e), "completion": e.answer} for e in train_examples(data, 3, 1, 0, history_len=4)
-    ]
-    sft = run_sft(path, tok, rows, work / "sft", SFTStageConfig(lr=1e-3, **common))
+    questions = train_examples(data, args.negatives, 1, 0, history_len=4)
+    groups = [pointwise.sft_group(tok, e) for e in questions]
+    speed = {}
+    for shared in (False, True):
+        out = run_sft(path, tok, groups, work / f"pw{shared}", SFTStageConfig(shared_prefix=shared, **common))
+        steps = out["steps"] * common["batch_size"]  # tokens of the questions the timed steps trained on
+        speed[shared] = {"tokens_per_s": round(out["train_tokens"] / out["seconds"], 1), "questions": steps}
+    listwise = [cfg.prompts.sft_group(tok, e) for e in train_examples(data, 3, 1, 0, history_len=4)]
+    trl_sft = run_sft(path, tok, listwise, work / "sft", SFTStageConfig(lr=1e-3, engine="trl", **common))
     pairs = preference_rows(
         settings, ds, cfg, PreferenceStageConfig(method="hanorec", sampler="random"), tok, data, path, work / "sft"
     )
     dpo = run_preference(path, tok, work / "sft", pairs, work / "dpo", PreferenceStageConfig(method="dpo", **common))
     han = run_preference(
-        path,
-        tok,
-        work / "sft",
-        pairs,
-        work / "han",
-        PreferenceStageConfig(method="hanorec", noise_sigma=0.05, **common),
+        path, tok, work / "sft", pairs, work / "han", PreferenceStageConfig(method="hanorec", **common)
     )
-    exs = eval_examples(data, "test", 0, history_len=4)[: args.eval_users]
+    rates = {}
     model = load_base(path)
-    t0 = time.perf_counter()
-    evaluate_examples(model, tok, exs)
-    cand_rate = len(exs) * len(exs[0].candidates) / (time.perf_counter() - t0)
+    for formulation in ("listwise", "pointwise"):
+        exs = eval_examples(data, "test", 0, history_len=4)[: args.eval_users]
+        t0 = time.perf_counter()
+        evaluate_examples(model, tok, exs, formulation)
+        rates[formulation] = round(len(exs) * len(exs[0].candidates) / (time.perf_counter() - t0), 2)
     return {
         "benchmark": "llm",
         "model": model_id,
         "dataset": ds,
-        "sft_train_tokens_per_s": round(sft["train_tokens"] / sft["seconds"], 1),
-        "eval_candidates_per_s": round(cand_rate, 2),
+        "candidates_per_question": args.negatives + 1,
+        "pointwise_sft_tokens_per_s": {
+            "plain": speed[False]["tokens_per_s"],
+            "shared_prefix": speed[True]["tokens_per_s"],
+        },
+        "shared_prefix_speedup": round(speed[True]["tokens_per_s"] / speed[False]["tokens_per_s"], 2),
+        "listwise_sft_tokens_per_s_trl": round(trl_sft["train_tokens"] / trl_sft["seconds"], 1),
+        "eval_candidates_per_s": rates,
         "dpo_step_s": dpo["step_seconds_median"],
         "hanorec_step_s": han["step_seconds_median"],
         "hanorec_to_dpo_step_ratio": round(han["step_seconds_median"] / dpo["step_seconds_median"], 3),
         "peak_rss_mb": round(peak_rss_mb(), 1),
-        "targets": {"hanorec_to_dpo_step_ratio": 1.2},
+        "targets": {"shared_prefix_speedup": 3.0, "hanorec_to_dpo_step_ratio": 1.2},
     }
 
 

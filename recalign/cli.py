@@ -161,7 +161,14 @@ def cmd_llm(args) -> int:
         "grpo": GRPOStageConfig,
     }.get(args.stage, StageConfig)
     extra = (
-        given(beta=args.beta, sampler=args.sampler, topk=args.topk, hardness_topk=args.hardness_topk, method=args.stage)
+        given(
+            beta=args.beta,
+            sampler=args.sampler,
+            topk=args.topk,
+            hardness_topk=args.hardness_topk,
+            hardness_source=args.hardness_source,
+            method=args.stage,
+        )
         if stage_cls is PreferenceStageConfig
         else {}
     )
@@ -173,6 +180,8 @@ def cmd_llm(args) -> int:
             grad_accum=args.grad_accum,
             max_steps=args.max_steps,
             deepspeed=args.deepspeed,
+            engine=args.engine,
+            shared_prefix=None if args.shared_prefix is None else args.shared_prefix == "on",
         ),
         **extra,
         lora=LoRAConfig(**given(r=args.lora_r, alpha=args.lora_alpha)),
@@ -184,6 +193,8 @@ def cmd_llm(args) -> int:
             eval_users=args.eval_users,
             targets_per_user=args.targets_per_user,
             train_negatives=args.train_negatives,
+            formulation=args.formulation,
+            history_len=args.history_len,
         ),
         stage=stage,
     )
@@ -250,6 +261,12 @@ def main(argv: list[str] | None = None) -> int:
         "--targets-per-user", type=int, default=None, help="training questions per user (last n train items)"
     )
     p.add_argument("--train-negatives", type=int, default=None, help="negatives in each training candidate list")
+    p.add_argument(
+        "--formulation", default=None, choices=["listwise", "pointwise"], help="default: TrackConfig.formulation"
+    )
+    p.add_argument("--history-len", type=int, default=None, help="recent items in the prompt")
+    p.add_argument("--engine", default=None, choices=["grouped", "trl"], help="default: StageConfig.engine")
+    p.add_argument("--shared-prefix", default=None, choices=["on", "off"], help="grouped engine: prefix once")
     # unset optimisation flags take the stage's config defaults (SFTStageConfig, PreferenceStageConfig, GRPOStageConfig)
     p.add_argument("--epochs", type=float, default=None)
     p.add_argument("--lr", type=float, default=None)
@@ -262,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sampler", default=None, choices=["random", "stochastic_topk"])
     p.add_argument("--topk", type=int, default=None, help="stochastic top-K pool of the rejected title")
     p.add_argument("--hardness-topk", type=int, default=None, help="HaNoRec neighbourhood size")
+    p.add_argument("--hardness-source", default=None, choices=["text", "cooccurrence", "seqrec"])
     p.add_argument("--deepspeed", default=None, help="infra/deepspeed/zero2.json or zero3.json (GPUs only)")
     p.set_defaults(fn=cmd_llm)
     args = parser.parse_args(argv)

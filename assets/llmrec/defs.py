@@ -29,6 +29,7 @@ class LLMStageConfig(dg.Config):
     targets_per_user: int = _T.targets_per_user
     history_len: int = _T.history_len
     item_notes: bool = _T.item_notes
+    formulation: Literal["listwise", "pointwise"] = _T.formulation
     epochs: float = _S.epochs
     lr: float = _S.lr
     batch_size: int = _S.batch_size
@@ -38,6 +39,8 @@ class LLMStageConfig(dg.Config):
     lora_r: int = _L.r
     lora_alpha: int | None = _L.alpha
     deepspeed: str | None = _S.deepspeed
+    engine: Literal["grouped", "trl"] = _S.engine
+    shared_prefix: bool = _S.shared_prefix
 
     def track(self, stage_cls=StageConfig, **stage_fields) -> TrackConfig:
         """The TrackConfig of this run, its stage config of `stage_cls` from this config's fields of that class."""
@@ -54,6 +57,7 @@ class LLMStageConfig(dg.Config):
             targets_per_user=self.targets_per_user,
             history_len=self.history_len,
             item_notes=self.item_notes,
+            formulation=self.formulation,
             stage=stage,
         )
 
@@ -74,6 +78,7 @@ class LLMHaNoRecConfig(LLMDPOConfig):
     """HaNoRec defaults from the paper: beta0 0.1, Top-K 10, sigma 0.05."""
 
     hardness_topk: int = PreferenceStageConfig.hardness_topk
+    hardness_source: Literal["text", "cooccurrence", "seqrec"] = PreferenceStageConfig.hardness_source
     hardness_gamma: float = PreferenceStageConfig.hardness_gamma
     responsiveness_alpha: float = PreferenceStageConfig.responsiveness_alpha
     noise_sigma: float = PreferenceStageConfig.noise_sigma
@@ -91,6 +96,14 @@ class LLMGRPOConfig(LLMStageConfig):
 class LLMEvalConfig(LLMStageConfig):
     split: Literal["valid", "test"] = "test"
     eval_users: int | None = _T.eval_users
+
+
+def _row(r: dict) -> dict:
+    """A metrics row; paired tests against SFT as 'mean difference [95% interval]'."""
+    row = {m: v for m, v in r.items() if m not in ("run_id", "vs_sft")}
+    for m, t in r.get("vs_sft", {}).items():
+        row[f"{m} vs SFT"] = f"{t['mean_diff']:+.4f} [{t['ci_low']:+.4f}, {t['ci_high']:+.4f}]"
+    return row
 
 
 def _result(stats: dict) -> dg.MaterializeResult:
@@ -170,7 +183,8 @@ def llm_grpo(
     group_name="llm",
     owners=OWNERS,
     kinds={"duckdb"},
-    description="1 + 20 candidates per test user: AUC, HR@K, NDCG@K for zero-shot and every stage.",
+    description="1 + 20 candidates per test user: AUC, HR@K, NDCG@K for popularity, the published sequential model,"
+    " zero-shot and every stage of the configured formulation; paired tests against SFT.",
 )
 def llm_eval(
     context: dg.AssetExecutionContext, config: LLMEvalConfig, recalign: RecalignHome, dataset: DatasetResource
@@ -180,7 +194,7 @@ def llm_eval(
     out = evaluate_track(*_home(recalign, dataset), track, config.split)
     import pandas as pd
 
-    table = pd.DataFrame([{"model": k, **{m: v for m, v in r.items() if m != "run_id"}} for k, r in out.items()])
+    table = pd.DataFrame([{"model": k, **_row(r)} for k, r in out.items()])
     return dg.MaterializeResult(
         metadata={
             "metrics": md_table(table),

@@ -1,9 +1,10 @@
-"""One prompt format for every LLM method: preference summary + recent titles + a candidate list -> a title."""
+"""The listwise formulation: preference summary + recent titles + a candidate list -> the chosen title."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+PROMPT_VERSION = "listwise-v1"
 SYSTEM = "You are a recommender system. Pick the one candidate the user will choose next."
 
 
@@ -24,11 +25,16 @@ class Example:
         return self.candidates[self.target]
 
 
-def user_message(ex: Example, max_note_chars: int = 160) -> str:
+def history_lines(ex: Example) -> list[str]:
+    """What both formulations say about the user: the preference summary and the recent items."""
     lines = [f"User preferences: {ex.summary or 'unknown yet'}"]
     if ex.history:
         lines.append("Recent items: " + "; ".join(ex.history))
-    lines.append("Candidates:")
+    return lines
+
+
+def user_message(ex: Example, max_note_chars: int = 160) -> str:
+    lines = [*history_lines(ex), "Candidates:"]
     notes = ex.candidate_notes or [None] * len(ex.candidates)
     for title, note in zip(ex.candidates, notes):
         lines.append(f"- {title}" + (f" ({note[:max_note_chars]})" if note else ""))
@@ -45,3 +51,19 @@ def prompt_text(tok, ex: Example) -> str:
 def completion_text(tok, title: str) -> str:
     """The answer as trained: the title, then the end-of-turn token."""
     return title + (tok.eos_token or "")
+
+
+def sft_group(tok, ex: Example) -> dict:
+    """The whole prompt is the shared prefix; the one continuation is the answer."""
+    return {"prefix": prompt_text(tok, ex), "contexts": [""], "completions": [completion_text(tok, ex.answer)]}
+
+
+def pair_group(tok, ex: Example, rejected: int) -> dict:
+    """The chosen title preferred to the rejected one after the same prompt (the prompt encoded once)."""
+    titles = (ex.answer, ex.candidates[rejected])
+    return {
+        "prefix": prompt_text(tok, ex),
+        "contexts": ["", ""],
+        "completions": [completion_text(tok, t) for t in titles],
+        "pairs": [[0, 1]],
+    }

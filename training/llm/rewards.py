@@ -25,6 +25,12 @@ def accuracy_reward(completions, answer, **kwargs) -> list[float]:
     return [float(normalise_title(_text(c)) == normalise_title(a)) for c, a in zip(completions, answer)]
 
 
+def yes_no_reward(completions, answer, **kwargs) -> list[float]:
+    """Pointwise: 1 when the answer's first word is the label (Yes / No), else 0."""
+    first = lambda t: (normalise_title(_text(t)).split() or [""])[0].strip(".,!")  # noqa: E731
+    return [float(first(c) == a.casefold()) for c, a in zip(completions, answer)]
+
+
 def format_reward(completions, candidates, **kwargs) -> list[float]:
     """1 when the answer is exactly one of the candidate titles (and nothing else), else 0."""
     out = []

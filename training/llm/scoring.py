@@ -35,10 +35,10 @@ def score_titles(model, tok, prompt: str, titles: Sequence[str]) -> np.ndarray:
     logp_first = first[0, ids[:, 0]]
     if length == 1:
         return logp_first.cpu().numpy()
-    cache = out.past_key_values
+    cache = out.cache
     cache.batch_repeat_interleave(n)
     attn = torch.cat([torch.ones((n, p_ids.shape[1]), dtype=torch.long, device=dev), mask[:, :-1]], 1)
-    rest = model(input_ids=ids[:, :-1], past_key_values=cache, attention_mask=attn, use_cache=False)
+    rest = model(input_ids=ids[:, :-1], cache=cache, attention_mask=attn, use_cache=False)
     logp = torch.log_softmax(rest.logits.float(), -1).gather(-1, ids[:, 1:, None])[..., 0]
     total = logp_first + (logp * mask[:, 1:]).sum(1)
     return (total / mask.sum(1)).cpu().numpy()
@@ -50,12 +50,19 @@ def candidate_ranks(scores: np.ndarray, target: int) -> int:
     return int((scores > t).sum() + (scores == t).sum())
 
 
-def evaluate_examples(model, tok, examples: Sequence[Example], desc: str = "scoring") -> dict:
+def candidate_scores(model, tok, ex: Example, formulation: str = "listwise") -> np.ndarray:
+    """A model's score of every candidate: the title's mean log-prob (listwise) or log P(Yes) - log P(No) (pointwise)."""
+    if formulation == "pointwise":
+        from .pointwise import score_candidates
+
+        return score_candidates(model, tok, ex)
+    return score_titles(model, tok, prompt_text(tok, ex), ex.candidates)
+
+
+def evaluate_examples(model, tok, examples: Sequence[Example], formulation: str = "listwise", desc: str = "scoring"):
     """AUC (positive vs the negatives), HR@K and NDCG@K over the candidates; per-user scores kept."""
     model.eval()
-    scores = [
-        score_titles(model, tok, prompt_text(tok, ex), ex.candidates) for ex in tqdm(examples, desc=desc, unit="user")
-    ]
+    scores = [candidate_scores(model, tok, ex, formulation) for ex in tqdm(examples, desc=desc, unit="user")]
     return metrics_from_scores(examples, scores)
 
 
