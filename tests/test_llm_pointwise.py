@@ -148,4 +148,6 @@ def test_top_neighbours_and_hardness_on_hand_made_vectors():
     assert top == {1: {2, 3}, 2: {1, 3}, 4: {5, 3}}
     assert neighbourhood_hardness([top[1], top[1]], [top[2], top[4]], 2).tolist() == pytest.approx([0.5, 0.5])
     assert top_neighbours(sparse.csc_matrix(v.T), [1, 2, 4], k=2) == top  # item columns of a sparse matrix
+    # items never seen together (similarity 0) are no neighbours: ties at 0 would make unrelated items overlap
+    assert top_neighbours(sparse.csc_matrix(np.eye(5, dtype=np.float32)), [1, 2], k=2) == {1: set(), 2: set()}
     assert hardness_summary([0.0, 0.5, 1.0]) == {"mean_hardness": 0.5, "std_hardness": 0.4082, "nonzero_hardness": 0.6667}

@@ -158,14 +158,18 @@ def item_vectors(settings: Settings, dataset: str, source: str) -> np.ndarray:
 
 
 def top_neighbours(vectors, ids: list[int], k: int) -> dict[int, set]:
-    """Each item's Top-K most similar items (itself and the padding id 0 excluded)."""
+    """Each item's Top-K most similar items with a positive similarity (itself and the padding id 0 excluded)."""
     if hasattr(vectors, "tocsc"):  # sparse co-occurrence columns
         sims = np.asarray((vectors[:, ids].T @ vectors).todense(), dtype=np.float32)
     else:
         sims = vectors[ids] @ vectors.T
     sims[np.arange(len(ids)), ids] = -np.inf  # an item is not its own neighbour
     sims[:, 0] = -np.inf
-    return {i: set(np.argpartition(-s, k)[:k].tolist()) for i, s in zip(ids, sims)}
+    top = {}
+    for i, s in zip(ids, sims):
+        cand = np.argpartition(-s, k)[:k]
+        top[i] = set(cand[s[cand] > 0].tolist())  # ties at 0 (items never seen together) are no neighbours
+    return top
 
 
 def item_hardness(
