@@ -150,4 +150,8 @@ def test_top_neighbours_and_hardness_on_hand_made_vectors():
     assert top_neighbours(sparse.csc_matrix(v.T), [1, 2, 4], k=2) == top  # item columns of a sparse matrix
     # items never seen together (similarity 0) are no neighbours: ties at 0 would make unrelated items overlap
     assert top_neighbours(sparse.csc_matrix(np.eye(5, dtype=np.float32)), [1, 2], k=2) == {1: set(), 2: set()}
-    assert hardness_summary([0.0, 0.5, 1.0]) == {"mean_hardness": 0.5, "std_hardness": 0.4082, "nonzero_hardness": 0.6667}
+    assert hardness_summary([0.0, 0.5, 1.0]) == {
+        "mean_hardness": 0.5,
+        "std_hardness": 0.4082,
+        "nonzero_hardness": 0.6667,
+    }
