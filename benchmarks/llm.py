@@ -71,10 +71,10 @@ def run() -> dict:
     questions = train_examples(data, args.negatives, 1, 0, history_len=4)
     groups = [pointwise.sft_group(tok, e) for e in questions]
     speed = {}
-    for shared in (False, True):
-        out = run_sft(path, tok, groups, work / f"pw{shared}", SFTStageConfig(shared_prefix=shared, **common))
-        steps = out["steps"] * common["batch_size"]  # tokens of the questions the timed steps trained on
-        speed[shared] = {"tokens_per_s": round(out["train_tokens"] / out["seconds"], 1), "questions": steps}
+    for shared in (False, True):  # one question (1 + 20 sequences) per step: the plain form's activations fit
+        cfg_pw = SFTStageConfig(shared_prefix=shared, **{**common, "batch_size": 1})
+        out = run_sft(path, tok, groups, work / f"pw{shared}", cfg_pw)
+        speed[shared] = {"tokens_per_s": round(out["train_tokens"] / out["seconds"], 1), "rss": peak_rss_mb()}
     listwise = [cfg.prompts.sft_group(tok, e) for e in train_examples(data, 3, 1, 0, history_len=4)]
     trl_sft = run_sft(path, tok, listwise, work / "sft", SFTStageConfig(lr=1e-3, engine="trl", **common))
     pairs = preference_rows(
@@ -101,6 +101,7 @@ def run() -> dict:
             "shared_prefix": speed[True]["tokens_per_s"],
         },
         "shared_prefix_speedup": round(speed[True]["tokens_per_s"] / speed[False]["tokens_per_s"], 2),
+        "peak_rss_mb_after_plain": round(speed[False]["rss"], 1),
         "listwise_sft_tokens_per_s_trl": round(trl_sft["train_tokens"] / trl_sft["seconds"], 1),
         "eval_candidates_per_s": rates,
         "dpo_step_s": dpo["step_seconds_median"],

@@ -279,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sampler", default=None, choices=["random", "stochastic_topk"])
     p.add_argument("--topk", type=int, default=None, help="stochastic top-K pool of the rejected title")
     p.add_argument("--hardness-topk", type=int, default=None, help="HaNoRec neighbourhood size")
-    p.add_argument("--hardness-source", default=None, choices=["text", "cooccurrence", "seqrec"])
+    p.add_argument("--hardness-source", default=None, choices=["auto", "text", "cooccurrence", "seqrec"])
     p.add_argument("--deepspeed", default=None, help="infra/deepspeed/zero2.json or zero3.json (GPUs only)")
     p.set_defaults(fn=cmd_llm)
     args = parser.parse_args(argv)

@@ -75,10 +75,10 @@ class LLMDPOConfig(LLMStageConfig):
 
 
 class LLMHaNoRecConfig(LLMDPOConfig):
-    """HaNoRec defaults from the paper: beta0 0.1, Top-K 10, sigma 0.05."""
+    """HaNoRec: beta0 0.1 and sigma 0.05 from the paper; Top-K 1000 neighbours (the paper's 10 leaves no spread)."""
 
     hardness_topk: int = PreferenceStageConfig.hardness_topk
-    hardness_source: Literal["text", "cooccurrence", "seqrec"] = PreferenceStageConfig.hardness_source
+    hardness_source: Literal["auto", "text", "cooccurrence", "seqrec"] = PreferenceStageConfig.hardness_source
     hardness_gamma: float = PreferenceStageConfig.hardness_gamma
     responsiveness_alpha: float = PreferenceStageConfig.responsiveness_alpha
     noise_sigma: float = PreferenceStageConfig.noise_sigma

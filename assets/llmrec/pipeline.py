@@ -118,7 +118,7 @@ def random_rejected(ex: Example, rng: np.random.Generator) -> int:
     return int(rng.choice([i for i in range(len(ex.candidates)) if i != ex.target]))
 
 
-HARDNESS_SOURCES = ("text", "cooccurrence", "seqrec")
+HARDNESS_SOURCES = ("text", "cooccurrence", "seqrec")  # and "auto": seqrec when published, else text
 
 
 def item_vectors(settings: Settings, dataset: str, source: str) -> np.ndarray:
@@ -172,14 +172,24 @@ def top_neighbours(vectors, ids: list[int], k: int) -> dict[int, set]:
     return top
 
 
+def hardness_source(settings: Settings, dataset: str, source: str) -> str:
+    """`auto`: the published sequential model's embeddings when there is one, else the text vectors."""
+    if source != "auto":
+        return source
+    return "seqrec" if settings.registry(dataset).published() else "text"
+
+
 def item_hardness(
     settings: Settings, dataset: str, pairs: list[tuple[int, int]], k: int, source: str = "text"
 ) -> list[float]:
-    """HaRS hardness: overlap of the Top-K neighbourhoods (from `source`) of the chosen and rejected items."""
+    """HaRS hardness: overlap of the Top-K neighbourhoods (from `source`) of the chosen and rejected items; K at most
+    5% of the catalogue (a neighbourhood as large as the catalogue makes every pair equally hard)."""
     from training.llm.hanorec import neighbourhood_hardness
 
     ids = sorted({i for p in pairs for i in p})
-    top = top_neighbours(item_vectors(settings, dataset, source), ids, k)
+    vectors = item_vectors(settings, dataset, hardness_source(settings, dataset, source))
+    k = max(1, min(k, vectors.shape[-1 if hasattr(vectors, "tocsc") else 0] // 20))
+    top = top_neighbours(vectors, ids, k)
     return neighbourhood_hardness([top[c] for c, _ in pairs], [top[r] for _, r in pairs], k).tolist()
 
 
@@ -239,6 +249,11 @@ def preference_stage(settings: Settings, dataset: str, cfg: TrackConfig) -> dict
     rows = preference_rows(settings, dataset, cfg, pcfg, tok, data, path, sft.path)
     hard = [h for r in rows for h in r.get("hardness", [])]
     info = {"sampler": sampler, **_formulation_card(cfg), **hardness_summary(hard)}
+    if hard:
+        info |= {
+            "hardness_source": hardness_source(settings, dataset, pcfg.hardness_source),
+            "hardness_topk": pcfg.hardness_topk,
+        }
     with tempfile.TemporaryDirectory() as tmp:
         stats = run_preference(path, tok, sft.path, rows, Path(tmp), pcfg)
         v = _register(

@@ -66,23 +66,36 @@ def _gathered_logps(logits: torch.Tensor, ids: torch.Tensor, weights: torch.Tens
 
 def completion_logps(model, g: Group, shared: bool = True, pad: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of log p over each completion's tokens [n], completion token counts [n]) given prefix + context."""
-    dev = model.device
-    weights = _completion_weights(g, max(len(c) for c in g.conts)).to(dev)
-    if shared:
-        logits, ids = _shared_logits(model, g, pad)
-    else:
-        ids, mask = _padded(g.conts, pad, prefix=g.prefix)
-        p = len(g.prefix)
-        out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev))
-        logits, ids = out.logits[:, p - 1 : -1], ids[:, p:].to(dev)  # position p-1+t predicts continuation token t
-        logits = logits[:, : weights.shape[1]]
+    if not shared:
+        return _plain_logps(model, g, pad)
+    weights = _completion_weights(g, max(len(c) for c in g.conts)).to(model.device)
+    logits, ids = _shared_logits(model, g, pad)
     return _gathered_logps(logits, ids, weights), weights.sum(1)
+
+
+def _plain_logps(model, g: Group, pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each prefix + continuation its own row, left-padded so every completion ends at the last column: logits only
+    for the last (longest completion + 1) columns (a 49k-word vocabulary over every position would not fit)."""
+    dev = model.device
+    rows = [g.prefix + c for c in g.conts]
+    lengths = [len(c) - s for c, s in zip(g.conts, g.completion_start)]
+    width, keep = max(len(r) for r in rows), max(lengths)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :], mask[i, width - len(r) :] = torch.tensor(r), 1
+    pos = (mask.cumsum(1) - 1).clamp(min=0)  # positions from each row's first real token, as in the shared form
+    out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), logits_to_keep=keep + 1)
+    weights = torch.zeros((len(rows), keep), device=dev)
+    for i, n in enumerate(lengths):
+        weights[i, keep - n :] = 1
+    return _gathered_logps(out.logits[:, :-1], ids[:, -keep:].to(dev), weights), weights.sum(1)
 
 
 def _shared_logits(model, g: Group, pad: int):
     """Logits predicting every continuation token [n, L, V]: the prefix once, continuations against its cache."""
     dev, n = model.device, len(g.conts)
-    out = model(input_ids=torch.tensor([g.prefix], device=dev), use_cache=True)
+    out = model(input_ids=torch.tensor([g.prefix], device=dev), use_cache=True, logits_to_keep=1)
     first = out.logits[:, -1:]  # predicts each continuation's first token
     cache = out.cache
     cache.batch_repeat_interleave(n)
@@ -95,13 +108,21 @@ def _shared_logits(model, g: Group, pad: int):
 
 @torch.inference_mode()
 def next_token_logits(model, g: Group, pad: int = 0) -> torch.Tensor:
-    """[n, V] logits after each continuation (its completion empty): what the model answers next, prefix once."""
-    dev, n = model.device, len(g.conts)
-    out = model(input_ids=torch.tensor([g.prefix], device=dev), use_cache=True)
+    """[n, V] logits after each continuation (its completion empty): what the model answers next, prefix once.
+
+    Continuations are left-padded (the padding masked, positions counted from the prefix) so that all end at the
+    last column and the vocabulary projection runs for that column only."""
+    dev, n, p = model.device, len(g.conts), len(g.prefix)
+    out = model(input_ids=torch.tensor([g.prefix], device=dev), use_cache=True, logits_to_keep=1)
     cache = out.cache
     cache.batch_repeat_interleave(n)
-    ids, mask = _padded(g.conts, pad)
-    attn = torch.cat([torch.ones((n, len(g.prefix)), dtype=torch.long), mask], 1).to(dev)
-    logits = model(input_ids=ids.to(dev), cache=cache, attention_mask=attn, use_cache=False).logits
-    last = mask.sum(1) - 1
-    return logits[torch.arange(n, device=dev), last.to(dev)].float()
+    width = max(len(c) for c in g.conts)
+    ids = torch.full((n, width), pad, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for i, c in enumerate(g.conts):
+        ids[i, width - len(c) :], mask[i, width - len(c) :] = torch.tensor(c), 1
+    pos = p + (mask.cumsum(1) - 1).clamp(min=0)
+    attn = torch.cat([torch.ones((n, p), dtype=torch.long), mask], 1)
+    out = model(input_ids=ids.to(dev), cache=cache, attention_mask=attn.to(dev), position_ids=pos.to(dev),
+                use_cache=False, logits_to_keep=1)  # fmt: skip
+    return out.logits[:, -1].float()

@@ -111,8 +111,10 @@ class PreferenceStageConfig(StageConfig):
     sampler: Literal["random", "stochastic_topk"] = "stochastic_topk"  # the rejected title: uniform, or drawn from
     # the SFT model's top-K candidates
     topk: int = 3
-    hardness_topk: int = 10  # HaNoRec: Top-K neighbourhoods whose overlap is a pair's hardness
-    hardness_source: str = "text"  # the neighbourhoods: text, cooccurrence or seqrec (assets.llmrec.pipeline)
+    hardness_topk: int = 1000  # HaNoRec: Top-K neighbourhoods whose overlap is a pair's hardness (at most 5% of
+    # the catalogue); the paper's 10 gives nearly every pair hardness 0 on MicroLens (docs/results.md)
+    hardness_source: str = "auto"  # the neighbourhoods: text, cooccurrence, seqrec (the published sequential
+    # model's item embeddings), or auto (seqrec when published, else text)
     hardness_gamma: float = 0.5
     responsiveness_alpha: float = 0.5
     noise_sigma: float = 0.05
