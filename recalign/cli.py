@@ -199,15 +199,19 @@ def cmd_llm(args) -> int:
         stage=stage,
     )
     settings = Settings.from_env()
-    if args.stage == "sft":
-        out = llm.sft_stage(settings, args.dataset, track)
-    elif args.stage in ("dpo", "hanorec"):
-        out = llm.preference_stage(settings, args.dataset, track)
-    elif args.stage == "grpo":
-        out = llm.grpo_stage(settings, args.dataset, track)
-    else:
-        variants = tuple(args.variants.split(",")) if args.variants else llm.EVAL_VARIANTS
-        out = llm.evaluate_track(settings, args.dataset, track, variants=variants)
+    import contextlib
+    import sys
+
+    with contextlib.redirect_stdout(sys.stderr):  # the trainers' logs: stdout is the one JSON line
+        if args.stage == "sft":
+            out = llm.sft_stage(settings, args.dataset, track)
+        elif args.stage in ("dpo", "hanorec"):
+            out = llm.preference_stage(settings, args.dataset, track)
+        elif args.stage == "grpo":
+            out = llm.grpo_stage(settings, args.dataset, track)
+        else:
+            variants = tuple(args.variants.split(",")) if args.variants else llm.EVAL_VARIANTS
+            out = llm.evaluate_track(settings, args.dataset, track, variants=variants)
     print(json.dumps(out, default=str))
     return 0
 

@@ -218,9 +218,11 @@ def test_deepspeed_configs_are_valid_and_match_trainer_arguments(name):
 
 
 @pytest.mark.slow
-def test_llm_track_end_to_end_through_dagster(tmp_path, models_dir, monkeypatch):
-    """SFT -> DPO (stochastic top-K) / HaNoRec / GRPO -> evaluation on a tiny random-weight model, synthetic data:
-    every stage registers an adapter and the evaluation writes sampled_21 metrics for all five models."""
+@pytest.mark.parametrize("formulation", ["listwise", "pointwise"])
+def test_llm_track_end_to_end_through_dagster(tmp_path, models_dir, monkeypatch, formulation):
+    """SFT -> DPO (stochastic top-K) / HaNoRec / GRPO -> evaluation on a tiny random-weight model, synthetic data,
+    in each formulation: every stage registers an adapter and the evaluation writes sampled_21 metrics for all
+    five models and popularity, with paired tests against SFT in the asset's table."""
     import dagster as dg
 
     from assets.embeddings.pipeline import embed_text_table
@@ -244,6 +246,7 @@ def test_llm_track_end_to_end_through_dagster(tmp_path, models_dir, monkeypatch)
     embed_text_table(home, "synthetic", "item_text")
     tiny = str(build_tiny_causal_lm(models_dir / "tiny-llama", models_dir))
     common = {"base_model": tiny, "n_users": 8, "max_steps": 2, "batch_size": 4, "max_length": 512}
+    common["formulation"] = formulation
     run_config = {
         "ops": {
             "llm_sft": {"config": common},
@@ -263,16 +266,22 @@ def test_llm_track_end_to_end_through_dagster(tmp_path, models_dir, monkeypatch)
         resources={"recalign": RecalignHome(home=str(home.home)), "dataset": DatasetResource()},
     )
     assert result.success
+    table = result.asset_materializations_for_node("llm_eval")[0].metadata["metrics"].value
+    assert "auc vs SFT" in table and "ndcg@5 vs SFT" in table
     reg = Registry(home.registry_dir("synthetic"))
+    suffix = "" if formulation == "listwise" else "_pointwise"
     for name in ("llm_sft", "llm_dpo", "llm_hanorec", "llm_grpo"):
-        v = reg.latest(name)
+        v = reg.latest(name + suffix)
+        assert v.card["formulation"] == formulation
         assert v is not None and (v.path / "adapter_model.safetensors").exists()
         assert (v.path / "adapter_config.json").exists() and not list(v.path.glob("*.bin"))
-    assert reg.latest("llm_hanorec").card["mean_hardness"] is not None
+    assert reg.latest("llm_hanorec" + suffix).card["mean_hardness"] is not None
+    assert reg.latest("llm_hanorec" + suffix).card["hardness_source"] == "text"  # auto: no sequential model here
     m = MetricsStore(home.metrics_path).read(
         "SELECT variant, metric, k, value FROM metrics WHERE family = 'llm' AND protocol = 'sampled_21'"
     )
-    assert set(m["variant"]) == {"popularity", "zero_shot", "sft", "dpo", "hanorec", "grpo"}
+    stages = {v + suffix for v in ("sft", "dpo", "hanorec", "grpo")}
+    assert set(m["variant"]) == {"popularity", "zero_shot", *stages}
     auc = m[m["metric"] == "auc"]["value"]
     assert len(auc) == 6 and auc.between(0, 1).all()
     ranks = MetricsStore(home.metrics_path).read(
