@@ -35,7 +35,7 @@ def run() -> dict:
     ap.add_argument("--path", default=None, help="the dataset folder (default: under ../shared/data)")
     ap.add_argument("--users", type=int, default=small(24, 6))
     ap.add_argument("--steps", type=int, default=small(4, 1))
-    ap.add_argument("--negatives", type=int, default=20, help="negatives per training question (1 + 20: the protocol)")
+    ap.add_argument("--negatives", type=int, default=small(20, 4), help="negatives per question (1 + 20: the protocol)")
     ap.add_argument("--eval-users", type=int, default=small(8, 4))
     args = ap.parse_args()
     import torch

@@ -167,6 +167,7 @@ def cmd_llm(args) -> int:
             topk=args.topk,
             hardness_topk=args.hardness_topk,
             hardness_source=args.hardness_source,
+            noise_sigma=args.noise_sigma,
             method=args.stage,
         )
         if stage_cls is PreferenceStageConfig
@@ -284,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--topk", type=int, default=None, help="stochastic top-K pool of the rejected title")
     p.add_argument("--hardness-topk", type=int, default=None, help="HaNoRec neighbourhood size")
     p.add_argument("--hardness-source", default=None, choices=["auto", "text", "cooccurrence", "seqrec"])
+    p.add_argument("--noise-sigma", type=float, default=None, help="HaNoRec NoDO: std of the LoRA weight noise")
     p.add_argument("--deepspeed", default=None, help="infra/deepspeed/zero2.json or zero3.json (GPUs only)")
     p.set_defaults(fn=cmd_llm)
     args = parser.parse_args(argv)

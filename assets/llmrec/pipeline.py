@@ -179,6 +179,11 @@ def hardness_source(settings: Settings, dataset: str, source: str) -> str:
     return "seqrec" if settings.registry(dataset).published() else "text"
 
 
+def effective_topk(k: int, n_items: int) -> int:
+    """The neighbourhood size used: K, at most 5% of the catalogue."""
+    return max(1, min(k, n_items // 20))
+
+
 def item_hardness(
     settings: Settings, dataset: str, pairs: list[tuple[int, int]], k: int, source: str = "text"
 ) -> list[float]:
@@ -188,7 +193,7 @@ def item_hardness(
 
     ids = sorted({i for p in pairs for i in p})
     vectors = item_vectors(settings, dataset, hardness_source(settings, dataset, source))
-    k = max(1, min(k, vectors.shape[-1 if hasattr(vectors, "tocsc") else 0] // 20))
+    k = effective_topk(k, vectors.shape[-1 if hasattr(vectors, "tocsc") else 0])
     top = top_neighbours(vectors, ids, k)
     return neighbourhood_hardness([top[c] for c, _ in pairs], [top[r] for _, r in pairs], k).tolist()
 
@@ -215,7 +220,8 @@ def preference_rows(
     path: str,
     sft_path: Path,
 ) -> list[dict]:
-    """(prompt, chosen, rejected[, hardness]) rows; the rejected title from `pcfg.sampler`."""
+    """Question groups {prefix, contexts, completions, pairs[, hardness]} of the formulation; the rejected
+    candidate from `pcfg.sampler`."""
     method, sampler, topk, hardness_k = pcfg.method, pcfg.sampler, pcfg.topk, pcfg.hardness_topk
     exs = train_examples(data, cfg.train_negatives, cfg.targets_per_user, cfg.seed, **cfg.example_kw())
     rng = np.random.default_rng(cfg.seed)
