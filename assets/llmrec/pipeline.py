@@ -258,7 +258,7 @@ def preference_stage(settings: Settings, dataset: str, cfg: TrackConfig) -> dict
     if hard:
         info |= {
             "hardness_source": hardness_source(settings, dataset, pcfg.hardness_source),
-            "hardness_topk": pcfg.hardness_topk,
+            "hardness_topk": effective_topk(pcfg.hardness_topk, data.n_items + 1),
         }
     with tempfile.TemporaryDirectory() as tmp:
         stats = run_preference(path, tok, sft.path, rows, Path(tmp), pcfg)
