@@ -38,14 +38,13 @@ def encode_group(tok, prefix: str, contexts: Sequence[str], completions: Sequenc
     return Group(enc(prefix), [c + enc(y) for c, y in zip(ctx, completions)], [len(c) for c in ctx])
 
 
-def _padded(conts: list[list[int]], pad: int, lead: int = 0, prefix: list[int] | None = None):
-    """Right-padded ids [n, lead + L] (each row prefix + continuation when `prefix` is given) and their mask."""
-    rows = [(prefix or []) + c for c in conts]
-    length = max(len(r) for r in rows)
-    ids = torch.full((len(rows), length), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), length), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
+def _padded(conts: list[list[int]], pad: int):
+    """Right-padded ids [n, L] and their mask."""
+    length = max(len(c) for c in conts)
+    ids = torch.full((len(conts), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(conts), length), dtype=torch.long)
+    for i, c in enumerate(conts):
+        ids[i, : len(c)], mask[i, : len(c)] = torch.tensor(c), 1
     return ids, mask
 
 
