@@ -243,6 +243,33 @@ def test_swa_keeps_the_uniform_average_of_the_weights_after_the_last_epochs():
         sft_config(epochs=4, swa_last=2, ema_decay=0.9)
 
 
+def test_trailing_swa_validates_the_window_average_after_every_epoch_and_keeps_the_best_window():
+    x, y, valid = _toy_data()
+    cfg = dict(epochs=4, batch_size=16, lr=5e-2, show_progress=False)
+    snaps = []
+
+    class Snapshots(SeqRecTrainer):
+        def train_epoch(self, epoch):
+            out = super().train_epoch(epoch)
+            snaps.append({k: v.detach().clone() for k, v in self.model.named_parameters()})
+            return out
+
+    Snapshots(small_model(), sft_config(**cfg), x, y, valid).fit()
+    t = SeqRecTrainer(small_model(), sft_config(**cfg, swa_last=2, swa_window="trailing"), x, y, valid)
+    out = t.fit()
+    assert [r["swa_epochs"] for r in out["history"]] == [1, 2, 2, 2] and t.cfg.swa_start is None
+    best = out["best"]["epoch"]
+    window = [e for e in (best - 1, best) if e >= 0]
+    for k, v in t.model.named_parameters():  # kept = mean of the best window's epochs
+        torch.testing.assert_close(v, sum(snaps[e][k] for e in window) / len(window))
+    from training.seqrec.evaluate import evaluate
+
+    valid_scores = [r["valid_ndcg@10"] for r in out["history"]]
+    assert evaluate(t.model, valid)["ndcg@10"] == pytest.approx(max(valid_scores))
+    with pytest.raises(ValueError, match="swa_window"):
+        sft_config(swa_window="middle")
+
+
 def test_keep_last_trains_every_epoch_and_keeps_the_final_weights():
     x, y, valid = _toy_data()
     cfg = dict(

@@ -48,6 +48,17 @@ def _padded(conts: list[list[int]], pad: int):
     return ids, mask
 
 
+def _left_padded(rows: list[list[int]], pad: int):
+    """Left-padded ids [n, L] (every row ends at the last column), their mask, and positions counted from each
+    row's first real token."""
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r) :], mask[i, width - len(r) :] = torch.tensor(r), 1
+    return ids, mask, (mask.cumsum(1) - 1).clamp(min=0)
+
+
 def _completion_weights(g: Group, length: int) -> torch.Tensor:
     """[n, L] 1 where a continuation token belongs to its completion."""
     w = torch.zeros((len(g.conts), length))
@@ -78,12 +89,8 @@ def _plain_logps(model, g: Group, pad: int) -> tuple[torch.Tensor, torch.Tensor]
     dev = model.device
     rows = [g.prefix + c for c in g.conts]
     lengths = [len(c) - s for c, s in zip(g.conts, g.completion_start)]
-    width, keep = max(len(r) for r in rows), max(lengths)
-    ids = torch.full((len(rows), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r) :], mask[i, width - len(r) :] = torch.tensor(r), 1
-    pos = (mask.cumsum(1) - 1).clamp(min=0)  # positions from each row's first real token, as in the shared form
+    keep = max(lengths)
+    ids, mask, pos = _left_padded(rows, pad)  # positions from each row's first real token, as in the shared form
     out = model(input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev), logits_to_keep=keep + 1)
     weights = torch.zeros((len(rows), keep), device=dev)
     for i, n in enumerate(lengths):
@@ -115,12 +122,8 @@ def next_token_logits(model, g: Group, pad: int = 0) -> torch.Tensor:
     out = model(input_ids=torch.tensor([g.prefix], device=dev), use_cache=True, logits_to_keep=1)
     cache = out.cache
     cache.batch_repeat_interleave(n)
-    width = max(len(c) for c in g.conts)
-    ids = torch.full((n, width), pad, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for i, c in enumerate(g.conts):
-        ids[i, width - len(c) :], mask[i, width - len(c) :] = torch.tensor(c), 1
-    pos = p + (mask.cumsum(1) - 1).clamp(min=0)
+    ids, mask, pos = _left_padded(g.conts, pad)
+    pos = p + pos
     attn = torch.cat([torch.ones((n, p), dtype=torch.long), mask], 1)
     out = model(input_ids=ids.to(dev), cache=cache, attention_mask=attn.to(dev), position_ids=pos.to(dev),
                 use_cache=False, logits_to_keep=1)  # fmt: skip

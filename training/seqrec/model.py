@@ -45,6 +45,7 @@ class SeqRecConfig:
     id_init: Literal["cooccurrence", "random"] = "cooccurrence"  # see warmstart.py (training split only)
     attributes: bool = False  # e_id = Emb(i) + mean of the item's learned attribute embeddings (brand, categories)
     n_attributes: int = 0  # attribute vocabulary size (ids 1..n_attributes, 0 = padding)
+    temperature: float | None = None  # cosine scoring: fused query and item rows L2-normalised, scores / temperature
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -223,13 +224,20 @@ class MultimodalSASRec(nn.Module):
     def query(self, hidden: dict[str, torch.Tensor]) -> torch.Tensor:
         """[h_id, a_txt h_txt, a_img h_img]: the fused query that scores against `fused_table`."""
         first, *rest = self.cfg.modalities
-        return torch.cat([hidden[first], *(self.alpha[m] * hidden[m] for m in rest)], -1)
+        query = torch.cat([hidden[first], *(self.alpha[m] * hidden[m] for m in rest)], -1)
+        return self.normalised(query) / self.cfg.temperature if self.cfg.temperature else query
 
     def fused_table(self, tables: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[E_id, E_txt, E_img]: (n_items + 1, d * n_modalities)."""
-        return (
+        """[E_id, E_txt, E_img]: (n_items + 1, d * n_modalities), rows L2-normalised with a temperature."""
+        table = (
             torch.cat([tables[m] for m in self.cfg.modalities], -1) if len(tables) > 1 else next(iter(tables.values()))
         )
+        return self.normalised(table) if self.cfg.temperature else table
+
+    @staticmethod
+    def normalised(x: torch.Tensor) -> torch.Tensor:
+        """x / ||x|| per row (the padding row stays 0): s(x, i) = cos(q, e_i) / temperature."""
+        return F.normalize(x, dim=-1, eps=1e-12)
 
     @staticmethod
     def score(query: torch.Tensor, table: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
