@@ -129,6 +129,24 @@ def test_full_sort_predict_is_one_product_and_matches_predict():
         assert torch.allclose(m.fuse(hidden, tables), by_terms, atol=1e-5)
 
 
+def test_temperature_scores_are_cosines_over_the_temperature_in_every_path():
+    m = small_model(modalities=["id", "text"], text_dim=8, temperature=0.25)
+    m.eval()
+    seq = torch.tensor([[0, 0, 3, 4, 5], [1, 2, 3, 4, 6]])
+    with torch.no_grad():
+        m.alpha["text"].fill_(0.37)
+        tables = m.item_tables()
+        h = {k: v[:, -1] for k, v in m.encode(seq, tables).items()}
+        q = torch.cat([h["id"], 0.37 * h["text"]], 1)
+        e = torch.cat([tables["id"], tables["text"]], 1)
+        cos = (q / q.norm(dim=1, keepdim=True)) @ (e / e.norm(dim=1, keepdim=True)).T
+        full = m.full_sort_predict(seq)
+    torch.testing.assert_close(full[:, 1:], cos[:, 1:] / 0.25)
+    assert full[:, 1:].abs().max() <= 4.0 + 1e-5
+    cand = torch.tensor([[3, 7, 9], [1, 2, 30]])
+    torch.testing.assert_close(m.predict(seq, cand), full.gather(1, cand))  # candidates and serving: same scores
+
+
 def test_moe_routes_to_top_k_and_has_balance_loss():
     moe = SparseNoisyMoE(8, n_experts=4, top_k=2)
     moe.train()
@@ -163,7 +181,13 @@ def _toy_data():
 
 @pytest.mark.parametrize(
     "schedule,average",
-    [("constant", {}), ("cosine", {}), ("constant", {"ema_decay": 0.9}), ("constant", {"swa_last": 7})],
+    [
+        ("constant", {}),
+        ("cosine", {}),
+        ("constant", {"ema_decay": 0.9}),
+        ("constant", {"swa_last": 7}),  # the trailing window (the default): its snapshots resume with the state
+        ("constant", {"swa_last": 3, "swa_window": "tail"}),
+    ],
 )
 def test_training_is_deterministic_learns_and_resumes(tmp_path, schedule, average):
     x, y, valid = _toy_data()
@@ -227,7 +251,7 @@ def test_swa_keeps_the_uniform_average_of_the_weights_after_the_last_epochs():
             return out
 
     Snapshots(small_model(), sft_config(**cfg), x, y, valid).fit()
-    t = SeqRecTrainer(small_model(), sft_config(**cfg, swa_last=2), x, y, valid)
+    t = SeqRecTrainer(small_model(), sft_config(**cfg, swa_last=2, swa_window="tail"), x, y, valid)
     out = t.fit()
     assert [r.get("swa_epochs") for r in out["history"]] == [None, None, 1, 2]
     for k, v in t.model.named_parameters():  # the kept weights: mean of the weights after epochs 3 and 4
@@ -236,7 +260,9 @@ def test_swa_keeps_the_uniform_average_of_the_weights_after_the_last_epochs():
     from training.seqrec.evaluate import evaluate
 
     assert evaluate(t.model, valid)["ndcg@10"] == pytest.approx(out["history"][-1]["valid_ndcg@10"])  # validated = kept
-    assert sft_config(epochs=4, swa_last=9).swa_start == 1 and sft_config(epochs=15, swa_last=7).swa_start == 9
+    tail = dict(swa_window="tail")
+    assert sft_config(epochs=4, swa_last=9, **tail).swa_start == 1
+    assert sft_config(epochs=15, swa_last=7, **tail).swa_start == 9
     with pytest.raises(ValueError, match="swa_last"):
         sft_config(epochs=4, swa_last=0)
     with pytest.raises(ValueError, match="one"):

@@ -262,6 +262,7 @@ def train_stage(
             "test": metrics["test"],
             "best_epoch": fit["best"]["epoch"],
             "kept_epoch": fit["kept_epoch"],
+            "averaged_epochs": fit["averaged_epochs"],
             "epochs_run": fit["epochs_run"],
             "config": config,
         },
@@ -280,6 +281,7 @@ def train_stage(
         "epochs_run": fit["epochs_run"],
         "best_epoch": fit["best"]["epoch"],
         "kept_epoch": fit["kept_epoch"],
+        "averaged_epochs": fit["averaged_epochs"],
         "seconds": round(seconds, 1),
         "seconds_per_epoch": round(float(np.mean(train_secs)), 2) if train_secs else 0.0,
         "modalities": model_cfg["modalities"],
@@ -287,7 +289,17 @@ def train_stage(
     }
 
 
-SUMMARY_FIELDS = ("run_id", "name", "version", "epochs_run", "best_epoch", "kept_epoch", "seconds", "seconds_per_epoch")
+SUMMARY_FIELDS = (
+    "run_id",
+    "name",
+    "version",
+    "epochs_run",
+    "best_epoch",
+    "kept_epoch",
+    "averaged_epochs",
+    "seconds",
+    "seconds_per_epoch",
+)
 
 
 def stage_metadata(out: dict) -> dict:

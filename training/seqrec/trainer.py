@@ -53,23 +53,22 @@ class SeqRecTrainConfig:
     """Stage 1 (CE warm-up, the reference policy). The single home of its defaults: the default recipe."""
 
     stage: str = field(default="sft", init=False)
-    epochs: int = 15
+    epochs: int = 30  # the most epochs: early stopping on the trailing average decides (keep="best")
     batch_size: int = 64
     lr: float = 2e-3
     lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: per step, to 0 at the last epoch
     weight_decay: float = 0.0
     ema_decay: float | None = None  # evaluate and keep an exponential moving average of the weights (e.g. 0.999)
-    swa_last: int | None = 7  # evaluate and keep the uniform average of the weights after each of the last
-    # N epochs of the budget (SWA, Izmailov et al. 2018): 7 of 15 averages 9-15;
-    # N >= epochs averages every epoch
-    swa_window: Literal["tail", "trailing"] = "tail"  # tail: average the last swa_last epochs of the budget;
-    # trailing: after every epoch, the average of the swa_last epochs up to it (validated, early-stopped with
-    # keep="best": the epochs are chosen on validation, not by the budget)
-    patience: int = 5  # evaluations without a better valid NDCG@10 (with keep="best")
-    keep: Literal["best", "last"] = "last"  # "best": the best-validated weights (early stopping); "last": train all
+    swa_last: int | None = 7  # evaluate and keep the uniform average of the weights after N epochs (SWA, Izmailov
+    # et al. 2018), the window set by swa_window
+    swa_window: Literal["tail", "trailing"] = "trailing"  # trailing: after every epoch, the average of the swa_last
+    # epochs up to it, validated and early-stopped (keep="best"): the epochs are chosen on validation, per dataset;
+    # tail: the last swa_last epochs of the budget (7 of 15 averages 9-15; N >= epochs averages every epoch)
+    patience: int = 3  # evaluations without a better valid NDCG@10 (with keep="best")
+    keep: Literal["best", "last"] = "best"  # "best": the best-validated weights (early stopping); "last": train all
     # epochs and keep the final weights (RoDPO's fixed-length warm-up, Algorithm 1)
     min_epochs: int = 0
-    eval_every: int = 5  # validate every N epochs (RecBole's eval_step); patience counts validations
+    eval_every: int = 1  # validate every N epochs (RecBole's eval_step); patience counts validations
     seed: int = 42  # the model's initial weights, batching and dropout
     mask_history: bool = True  # CE's softmax and the negative pool skip the items already in each prefix,
     # as the evaluation and the serving API do
@@ -120,6 +119,7 @@ class SeqRecDPOConfig(SeqRecTrainConfig):
     epochs: int = 3
     lr: float = 1e-3
     swa_last: int | None = 3  # the running average of every DPO epoch's weights
+    swa_window: Literal["tail", "trailing"] = "tail"
     keep: Literal["best", "last"] = "best"
     eval_every: int = 1
     sampler: Literal["random", "argmax", "stochastic_topk"] = "stochastic_topk"
@@ -194,6 +194,11 @@ class SeqRecTrainer:
         if self.cfg.ema_decay:
             return AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg.ema_decay))
         return AveragedModel(self.model) if self.cfg.swa_start else None
+
+    @property
+    def averaged(self):
+        """The weight average a training state saves and resumes: EMA / tail SWA, or the trailing window."""
+        return self.average if self.average is not None else self.window
 
     @property
     def eval_model(self) -> MultimodalSASRec:
@@ -331,7 +336,7 @@ class SeqRecTrainer:
         """(first epoch, evaluations without improvement) from the last training state in `checkpoint_dir`."""
         if self.ckpt is None:
             return 0, 0
-        state = load_training_state(self.ckpt / f"last-{self.cfg.stage}", self.model, self.optimizer, self.average)
+        state = load_training_state(self.ckpt / f"last-{self.cfg.stage}", self.model, self.optimizer, self.averaged)
         barrier()  # every rank has read the state before rank 0 writes the next one
         if state is None:
             return 0, 0
@@ -387,7 +392,7 @@ class SeqRecTrainer:
                     self.model,
                     self.optimizer,
                     {"epoch": epoch, "bad": bad, "best": self.best, "history": self.history},
-                    self.average,
+                    self.averaged,
                 )
             barrier()
             if stop:
@@ -397,7 +402,14 @@ class SeqRecTrainer:
         elif self.cfg.keep == "best" and self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         kept = self.history[-1]["epoch"] if self.cfg.keep == "last" and self.history else self.best["epoch"]
-        return {"best": self.best, "history": self.history, "epochs_run": len(self.history), "kept_epoch": kept}
+        n_avg = next((r.get("swa_epochs") or 1 for r in self.history if r["epoch"] == kept), 1)
+        return {
+            "best": self.best,
+            "history": self.history,
+            "epochs_run": len(self.history),
+            "kept_epoch": kept,
+            "averaged_epochs": list(range(kept - n_avg + 1, kept + 1)),  # 0-based epochs whose weights are kept
+        }
 
 
 class TrailingAverage:
@@ -416,6 +428,21 @@ class TrailingAverage:
     def add(self, model: MultimodalSASRec) -> int:
         """Append this epoch's parameters, drop the oldest beyond `size`, average into `module`; the window's size."""
         self.snapshots = [*self.snapshots, [p.detach().clone() for p in model.parameters()]][-self.size :]
+        self.average()
+        return self.epochs
+
+    @torch.no_grad()
+    def average(self) -> None:
         for i, p in enumerate(self.module.parameters()):
             p.copy_(torch.stack([snap[i] for snap in self.snapshots]).mean(0))
-        return self.epochs
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The window's snapshots (what a resumed run needs to continue the same averages)."""
+        return {f"{j}.{i}": p for j, snap in enumerate(self.snapshots) for i, p in enumerate(snap)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        n_params = len(list(self.module.parameters()))
+        n_snaps = len({k.split(".")[0] for k in state})
+        self.snapshots = [[state[f"{j}.{i}"] for i in range(n_params)] for j in range(n_snaps)]
+        if self.snapshots:
+            self.average()
