@@ -96,7 +96,7 @@ def _sft_adapter(path: str, out):
 def test_grouped_dpo_and_hanorec_steps_on_each_formulation(tiny, tmp_path, formulation):
     """One SGD step from the SFT adapter: policy = reference, so the DPO loss is log 2 and the update is
     -beta/2 * grad delta; HaNoRec at hardness 1 (gamma 0.5, no responsiveness, no noise) halves beta and the
-    update; the shared-prefix step equals the plain one."""
+    update; the shared-prefix step equals the plain one, and two accumulated micro-batches the one batch of two."""
     from training.llm.trainers import PreferenceStageConfig, load_adapter, run_preference
 
     path, tok, _ = tiny
@@ -104,23 +104,26 @@ def test_grouped_dpo_and_hanorec_steps_on_each_formulation(tiny, tmp_path, formu
     ex2 = Example(2, None, ["Babe (1995)"], ["Toy Story (1995)", "Heat (1995)"], 1, [8, 5])
     base = [formulation.pair_group(tok, EX, 2), formulation.pair_group(tok, ex2, 0)]
     updates, losses = {}, {}
-    for method, hardness, shared in [("dpo", 0.0, True), ("hanorec", 0.0, True), ("hanorec", 1.0, True),
-                                     ("hanorec", 1.0, False)]:  # fmt: skip
+    for method, hardness, shared, accum in [("dpo", 0.0, True, 1), ("hanorec", 0.0, True, 1),
+                                            ("hanorec", 1.0, True, 1), ("hanorec", 1.0, False, 1),
+                                            ("dpo", 0.0, True, 2)]:  # fmt: skip
         rows = [{**r, "hardness": [hardness]} for r in base]
-        cfg = PreferenceStageConfig(method=method, batch_size=2, max_steps=1, lr=1.0, beta=0.1, shared_prefix=shared,
-                                    responsiveness_alpha=0.0, noise_sigma=0.0, logging_steps=1, optim="sgd",
-                                    max_grad_norm=0.0)  # fmt: skip
-        out_dir = tmp_path / f"{method}{hardness}{shared}"
+        cfg = PreferenceStageConfig(method=method, batch_size=2 // accum, grad_accum=accum, max_steps=1, lr=1.0,
+                                    beta=0.1, shared_prefix=shared, responsiveness_alpha=0.0, noise_sigma=0.0,
+                                    logging_steps=1, optim="sgd", max_grad_norm=0.0)  # fmt: skip
+        out_dir = tmp_path / f"{method}{hardness}{shared}{accum}"
         before = load_adapter(path, sft).state_dict()
         stats = run_preference(path, tok, sft, rows, out_dir, cfg)
         after = load_adapter(path, out_dir).state_dict()
-        key = (method, hardness, shared)
+        key = (method, hardness, shared) if accum == 1 else ("dpo", "accumulated")
         updates[key] = torch.cat([(after[k] - before[k]).flatten() for k in before if "lora_" in k])
         losses[key] = stats["history"][0]["loss"]
         assert (out_dir / "adapter_model.safetensors").exists() and not list(out_dir.glob("*.bin"))
     assert all(v == pytest.approx(np.log(2), abs=1e-4) for v in losses.values())
     assert updates[("dpo", 0.0, True)].norm() > 0
     torch.testing.assert_close(updates[("hanorec", 0.0, True)], updates[("dpo", 0.0, True)], rtol=1e-4, atol=1e-7)
+    # 2 steps of 1 accumulated = 1 step of 2 (each micro-batch's mean loss divided by the accumulation steps)
+    torch.testing.assert_close(updates[("dpo", "accumulated")], updates[("dpo", 0.0, True)], rtol=1e-4, atol=1e-7)
     half = updates[("dpo", 0.0, True)] / 2
     torch.testing.assert_close(updates[("hanorec", 1.0, True)], half, rtol=1e-3, atol=1e-7)
     torch.testing.assert_close(updates[("hanorec", 1.0, False)], half, rtol=1e-3, atol=1e-7)
