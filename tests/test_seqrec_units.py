@@ -239,9 +239,8 @@ def test_ema_validates_the_weight_average_and_keeps_it():
     assert evaluate(t.model, valid)["ndcg@10"] == pytest.approx(best)  # the kept weights are the validated average
 
 
-def test_swa_keeps_the_uniform_average_of_the_weights_after_the_last_epochs():
-    x, y, valid = _toy_data()
-    cfg = dict(epochs=4, batch_size=16, lr=5e-2, keep="last", show_progress=False)
+def _weights_after_each_epoch(cfg: dict, x, y, valid) -> list[dict]:
+    """The raw weights after every epoch of a run without averaging."""
     snaps = []
 
     class Snapshots(SeqRecTrainer):
@@ -251,6 +250,13 @@ def test_swa_keeps_the_uniform_average_of_the_weights_after_the_last_epochs():
             return out
 
     Snapshots(small_model(), sft_config(**cfg), x, y, valid).fit()
+    return snaps
+
+
+def test_swa_keeps_the_uniform_average_of_the_weights_after_the_last_epochs():
+    x, y, valid = _toy_data()
+    cfg = dict(epochs=4, batch_size=16, lr=5e-2, keep="last", show_progress=False)
+    snaps = _weights_after_each_epoch(cfg, x, y, valid)
     t = SeqRecTrainer(small_model(), sft_config(**cfg, swa_last=2, swa_window="tail"), x, y, valid)
     out = t.fit()
     assert [r.get("swa_epochs") for r in out["history"]] == [None, None, 1, 2]
@@ -272,15 +278,7 @@ def test_swa_keeps_the_uniform_average_of_the_weights_after_the_last_epochs():
 def test_trailing_swa_validates_the_window_average_after_every_epoch_and_keeps_the_best_window():
     x, y, valid = _toy_data()
     cfg = dict(epochs=4, batch_size=16, lr=5e-2, show_progress=False)
-    snaps = []
-
-    class Snapshots(SeqRecTrainer):
-        def train_epoch(self, epoch):
-            out = super().train_epoch(epoch)
-            snaps.append({k: v.detach().clone() for k, v in self.model.named_parameters()})
-            return out
-
-    Snapshots(small_model(), sft_config(**cfg), x, y, valid).fit()
+    snaps = _weights_after_each_epoch(cfg, x, y, valid)
     t = SeqRecTrainer(small_model(), sft_config(**cfg, swa_last=2, swa_window="trailing"), x, y, valid)
     out = t.fit()
     assert [r["swa_epochs"] for r in out["history"]] == [1, 2, 2, 2] and t.cfg.swa_start is None
