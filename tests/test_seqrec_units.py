@@ -542,3 +542,20 @@ def test_attributes_add_their_mean_embedding_to_the_id_table_and_survive_a_check
     )
     with pytest.raises(ValueError, match="ids in 0..5"):
         MultimodalSASRec(cfg, attributes=attrs + 5)
+
+
+def test_later_chosen_draws_the_next_or_a_later_item_of_the_window_uniformly():
+    from training.seqrec.scores import PositionScores
+    from training.seqrec.trainer import later_chosen
+
+    seq = torch.tensor([[0, 1, 2, 3, 4]])
+    tgt = torch.tensor([[0, 2, 3, 4, 5]])  # positions 1..4 predict 2, 3, 4, 5
+    scored = PositionScores(torch.zeros(4, 2), torch.zeros(6, 2), tgt[tgt > 0], seq, tgt)
+    g = torch.Generator().manual_seed(0)
+    draws = torch.stack([later_chosen(scored, g) for _ in range(4000)])  # (draws, positions)
+    for row, allowed in enumerate([{2, 3, 4, 5}, {3, 4, 5}, {4, 5}, {5}]):
+        values, counts = draws[:, row].unique(return_counts=True)
+        assert set(values.tolist()) == allowed
+        assert (counts / len(draws) - 1 / len(allowed)).abs().max() < 0.03  # uniform
+    with pytest.raises(ValueError, match="chosen"):
+        dpo_config(chosen="best")

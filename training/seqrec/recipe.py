@@ -70,10 +70,11 @@ def get_recipe(name: str) -> SeqRecRecipe:
 
 def run_name(stage: str, model_cfg: dict, train_cfg: SeqRecTrainConfig) -> str:
     """What a run registers as: seqrec_sft[_moe][_<modalities>][_attr][_<loss>][_nomask],
-    seqrec_dpo_<sampler>[_sdpo|_simpo][_<loss>][_nomask]; the loss only when it is not full cross-entropy."""
+    seqrec_dpo_<sampler>[_sdpo|_simpo][_later][_<loss>][_nomask]; the loss only when it is not full cross-entropy."""
     mask = ("" if train_cfg.loss == "ce" else f"_{train_cfg.loss}") + ("" if train_cfg.mask_history else "_nomask")
     if stage == "dpo":
         pref = "" if train_cfg.preference == "dpo" else f"_{train_cfg.preference}"
+        pref += "" if train_cfg.chosen == "next" else f"_{train_cfg.chosen}"
         return f"seqrec_dpo_{train_cfg.sampler}{pref}{mask}"
     mods = list(model_cfg.get("modalities", ["id"]))
     return (

@@ -36,11 +36,12 @@ from .losses import (
 )
 from .model import MultimodalSASRec
 from .samplers import SAMPLERS
-from .scores import PositionScores
+from .scores import PositionScores, later_items
 
 LR_SCHEDULES = ("constant", "cosine")
 KEEP = ("best", "last")
 SWA_WINDOWS = ("tail", "trailing")
+CHOSEN = ("next", "later")
 
 
 def _check_choice(name: str, value, allowed) -> None:
@@ -134,6 +135,9 @@ class SeqRecDPOConfig(SeqRecTrainConfig):
     exclude_future: bool = False  # the negative pool skips the window's later targets: the user's own future
     # items, positives the sampler would otherwise reject (false negatives)
     n_rejected: int = 4  # sdpo: rejected items per context, each drawn by the sampler
+    chosen: Literal["next", "later"] = "next"  # y_w: the next item (RoDPO), or one of the user's later items in
+    # the window drawn uniformly (the next included; PinnerFormer's dense all-action target): a preference CE
+    # does not see at that position. "later" implies exclude_future (a later item is never y_l)
     simpo_gamma: float = 0.5  # simpo: the target margin gamma
     precompute_ref: bool = True  # encode every training position with the frozen reference once, before DPO
     # (trl's precompute_ref_log_probs); y_l is sampled per step, so the reference's
@@ -143,6 +147,7 @@ class SeqRecDPOConfig(SeqRecTrainConfig):
         super().__post_init__()
         _check_choice("sampler", self.sampler, tuple(SAMPLERS))
         _check_choice("preference", self.preference, PREFERENCES)
+        _check_choice("chosen", self.chosen, CHOSEN)
 
 
 class SeqRecTrainer:
@@ -217,7 +222,7 @@ class SeqRecTrainer:
     def sample_negatives(self, scored: PositionScores) -> torch.Tensor:
         """y_l per position; with the full-catalogue loss from the score matrix it built, else from `scored` itself
         (the top-K pool computed chunk by chunk: large catalogues). `exclude_future` removes each row's later items."""
-        future = bool(getattr(self.cfg, "exclude_future", False))
+        future = bool(getattr(self.cfg, "exclude_future", False)) or getattr(self.cfg, "chosen", "next") == "later"
         if self.cfg.loss == "ce":
             scores = (scored.logits if scored.logits is not None else scored.materialise()).detach()
             if future:
@@ -271,7 +276,8 @@ class SeqRecTrainer:
         cfg, tgt = self.cfg, scored.targets
         m = cfg.n_rejected if cfg.preference == "sdpo" else 1
         neg = torch.stack([self.sample_negatives(scored) for _ in range(m)], 1)  # (N, M)
-        items = torch.cat([tgt[:, None], neg], 1)
+        chosen = later_chosen(scored, self.generator) if cfg.chosen == "later" else tgt
+        items = torch.cat([chosen[:, None], neg], 1)
         policy = scored.of(items)
         if cfg.preference == "simpo":
             return simpo_logit_loss(policy[:, 0], policy[:, 1], cfg.beta, cfg.simpo_gamma).mean()
@@ -410,6 +416,15 @@ class SeqRecTrainer:
             "kept_epoch": kept,
             "averaged_epochs": list(range(kept - n_avg + 1, kept + 1)),  # 0-based epochs whose weights are kept
         }
+
+
+def later_chosen(scored: PositionScores, generator: torch.Generator) -> torch.Tensor:
+    """y_w per position: one of its next and later window targets, uniformly (dense all-action, PinnerFormer)."""
+    later = later_items(scored.window_targets)
+    later[:, 0] = scored.targets  # column 0 is never after a position: the next item goes there
+    weights = (later > 0).float()
+    pick = torch.multinomial(weights.cpu(), 1, generator=generator)[:, 0].to(later.device)
+    return later.gather(1, pick[:, None])[:, 0]
 
 
 class TrailingAverage:
