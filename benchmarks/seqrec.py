@@ -33,6 +33,7 @@ def registered_summary(settings, dataset: str, name: str, version: str) -> dict:
         "test": card["test"],
         "valid": card["valid"],
         "epochs_run": card["epochs_run"],
+        "averaged_epochs": card.get("averaged_epochs"),
         "seconds_per_epoch": None,
         "modalities": card["config"]["model"]["modalities"],
         "moe": card["config"]["model"]["moe"],
@@ -134,6 +135,7 @@ def main() -> None:
             "test": sft["test"],
             "valid_ndcg@10": sft["valid"]["ndcg@10"],
             "epochs": sft["epochs_run"],
+            "averaged_epochs": sft.get("averaged_epochs"),  # 0-based: the kept window, chosen on validation
             "seconds_per_epoch": sft["seconds_per_epoch"],
             "seconds": round(time.perf_counter() - t_sft, 1),
             "trained_here": not args.sft_from,
