@@ -158,3 +158,24 @@ def test_top_neighbours_and_hardness_on_hand_made_vectors():
         "std_hardness": 0.4082,
         "nonzero_hardness": 0.6667,
     }
+
+
+def test_item_vectors_cover_the_whole_catalogue_when_some_items_have_no_text(tmp_path, monkeypatch):
+    """Item ids beyond the embedded texts (a partial item_text table) get a zero row, hence no neighbours."""
+    import assets.embeddings.pipeline as emb
+    from assets.ingest.pipeline import DatasetSpec, build_sequences, build_warehouse
+    from assets.llmrec.pipeline import item_vectors, top_neighbours
+    from recalign.settings import Settings
+
+    home = Settings.from_env(tmp_path / "home")
+    spec = DatasetSpec(name="synthetic", options={"n_items": 60, "n_users": 80})
+    build_warehouse(home, spec)
+    build_sequences(home, spec)
+    monkeypatch.setenv("RECALIGN_SMOKE", "1")
+    monkeypatch.setattr(emb, "SMOKE_TEXTS", 20)
+    emb.embed_text_table(home, "synthetic", "item_text")
+    n_items = int(home.warehouse("synthetic").read("SELECT max(item_id) AS n FROM items")["n"].iloc[0])
+    text, cooc = item_vectors(home, "synthetic", "text"), item_vectors(home, "synthetic", "cooccurrence")
+    assert text.shape[0] == cooc.shape[1] == n_items + 1 > 21
+    assert (np.abs(text[21:]).sum(1) == 0).all() and (np.abs(text[1:21]).sum(1) > 0).all()
+    assert top_neighbours(text, [n_items], k=5) == {n_items: set()}

@@ -2,7 +2,7 @@
 
 What it shrinks, and nothing else: training epochs (1) and LLM steps (1); the sequential track's users (the
 first 2,000); text embeddings (the first 400 texts of a table) and image embeddings (the first 64 images);
-the LLM track's user sample (8); the synthetic dataset (120 items, 200 users, unless a size is asked for); and
+the LLM track's user sample (4); the synthetic dataset (120 items, 200 users, unless a size is asked for); and
 the benchmarks' own loads (see each). Results of a smoke run are not results: the flag is for checking commands.
 """
 
@@ -12,7 +12,7 @@ import os
 
 SMOKE_USERS = 2000
 SMOKE_TEXTS = 400
-SMOKE_LLM_USERS = 8
+SMOKE_LLM_USERS = 4
 SMOKE_IMAGES = 64
 SMOKE_SYNTHETIC = (120, 200)  # items, users of the synthetic dataset
 

@@ -127,18 +127,19 @@ def item_vectors(settings: Settings, dataset: str, source: str) -> np.ndarray:
     text: the item_text table (LanceDB); cooccurrence: each item's column of the user x item matrix of training
     interactions (cosine of two columns = co-occurrence normalised by popularity); seqrec: the published sequential
     model's item embeddings."""
-    if source == "text":
+    n_items = int(settings.warehouse(dataset).read("SELECT max(item_id) AS n FROM items")["n"].iloc[0])
+    if source == "text":  # items without a text vector get a zero row: no neighbours
         store = settings.vectors(dataset)
         if not store.has("item_text"):
             raise RuntimeError("hardness from text needs the item_text embedding table: materialise item_text first")
-        mat, _ = store.matrix("item_text", int(store.keys("item_text")["id"].max()))
+        mat, _ = store.matrix("item_text", n_items)
         return mat
-    if source == "cooccurrence":
+    if source == "cooccurrence":  # items never in a training sequence get an empty column
         from scipy import sparse
 
         df = settings.warehouse(dataset).read("SELECT user_id, item_id FROM sequences WHERE split = 'train'")
         u, i = df["user_id"].to_numpy(np.int64), df["item_id"].to_numpy(np.int64)
-        x = sparse.csc_matrix((np.ones(len(u), np.float32), (u, i)), shape=(u.max() + 1, i.max() + 1))
+        x = sparse.csc_matrix((np.ones(len(u), np.float32), (u, i)), shape=(u.max() + 1, n_items + 1))
         x.data[:] = 1
         norms = np.sqrt(np.asarray(x.sum(0))).ravel()
         return x.multiply(1 / np.maximum(norms, 1)).tocsc()
