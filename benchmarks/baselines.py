@@ -7,7 +7,10 @@ history filtered), its metrics beside our models' in one JSON line.
 The peer trains in its own environment (RecTools pins numpy < 2 and pandas < 3; recalign runs on numpy 2 and
 pandas 3), from CSV files of our split; it ranks the whole catalogue with viewed items filtered, as we do (a target
 that repeats a history item is filtered by RecTools and kept rankable by us: rare after 5-core deduplication).
-Ours: the newest registered seqrec_sft* and seqrec_dpo* models of the home, read from their cards.
+Ours: the newest registered seqrec_sft* and seqrec_dpo* models of the home (or `--ours NAME/VERSION`), read from
+their cards; each peer run is compared with our SFT user by user (paired bootstrap interval of ours - peer on test
+NDCG@5 and NDCG@10, Wilcoxon p), from the per-user ranks our runs keep in the home's metrics store.
+`--keep DIR` keeps the split and the peer's per-user ranks (a fit can take an hour on a CPU).
 """
 
 import argparse
@@ -41,19 +44,41 @@ def write_split(seq, folder: Path) -> None:
     pd.DataFrame({"user_id": seq.user_ids[t], "target": seq.test[t]}).to_csv(folder / "test_targets.csv", index=False)
 
 
+def full_ranks(ranks: list[int], n_items: int) -> np.ndarray:
+    """The peer's top-K ranks (0 = outside the top K) as full-ranking ranks: outside counts as last."""
+    r = np.asarray(ranks)
+    return np.where(r > 0, r, n_items + 1)
+
+
 def peer_metrics(ranks: list[int], n_items: int) -> dict:
     from training.metrics import metrics_from_ranks
 
-    r = np.asarray(ranks)
-    full = metrics_from_ranks(np.where(r > 0, r, n_items + 1))
+    full = metrics_from_ranks(full_ranks(ranks, n_items))
     return {k: round(full[k], 4) for k in METRICS}
 
 
-def ours(registry, prefix: str) -> dict | None:
-    mv = registry.newest(prefix)
+def ours(registry, prefix: str, spec: str | None = None):
+    """Our model's card: the given NAME/VERSION, else the newest registered model of the prefix."""
+    mv = registry.get(*spec.split("/")) if spec else registry.newest(prefix)
     if mv is None:
-        return None
-    return {"model": f"{mv.name}/{mv.version}", **{k: round(mv.card["test"][k], 4) for k in METRICS}}
+        return None, None
+    return mv.card, {"model": f"{mv.name}/{mv.version}", **{k: round(mv.card["test"][k], 4) for k in METRICS}}
+
+
+def paired_vs_ours(store, run_id: str, users: list[int], ranks: list[int], n_items: int) -> dict:
+    """Ours - peer per test user (NDCG@5, NDCG@10): paired bootstrap 95% interval and Wilcoxon p."""
+    from recalign.stats import paired_test
+    from training.metrics import per_user_metrics
+
+    mine = store.read("SELECT user_id, rank FROM user_ranks WHERE run_id = ? AND split = 'test'", [run_id])
+    peer = pd.DataFrame({"user_id": np.asarray(users, np.int64), "peer_rank": full_ranks(ranks, n_items)})
+    both = mine.merge(peer, on="user_id")
+    out = {}
+    for k in (5, 10):
+        a = per_user_metrics(both["rank"].to_numpy(), k)[f"ndcg@{k}"]
+        b = per_user_metrics(both["peer_rank"].to_numpy(), k)[f"ndcg@{k}"]
+        out[f"ndcg@{k}"] = {m: round(v, 5) if isinstance(v, float) else v for m, v in paired_test(a, b).items()}
+    return out
 
 
 def main() -> None:
@@ -64,6 +89,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=30)
     ap.add_argument("--peer-python", default=str(ROOT / ".venv-bench" / "bin" / "python"))
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--ours", default=None, help="NAME/VERSION of our SFT to compare with (default: the newest)")
+    ap.add_argument("--keep", default=None, help="a folder that keeps the split and the peer's per-user ranks")
     args = ap.parse_args()
     if not Path(args.peer_python).exists():
         sys.exit(f"error: {args.peer_python} not found: run `make bench-env` first")
@@ -82,7 +109,12 @@ def main() -> None:
         "dataset": args.dataset,
         "protocol": "leave-one-out, full ranking, history filtered",
     }
-    with tempfile.TemporaryDirectory() as tmp:
+    registry = settings.registry(args.dataset)
+    sft_card, out["ours_sft"] = ours(registry, "seqrec_sft", args.ours)
+    out["ours_dpo"] = ours(registry, "seqrec_dpo")[1]
+    with tempfile.TemporaryDirectory() as scratch:
+        tmp = args.keep or scratch
+        Path(tmp).mkdir(parents=True, exist_ok=True)
         write_split(seq, Path(tmp))
         for loss in args.losses.split(","):
             result = Path(tmp) / f"{loss}.json"
@@ -98,8 +130,10 @@ def main() -> None:
                 "epochs": peer["epochs"],
                 "fit_seconds": peer["fit_seconds"],
             }
-    registry = settings.registry(args.dataset)
-    out["ours_sft"], out["ours_dpo"] = ours(registry, "seqrec_sft"), ours(registry, "seqrec_dpo")
+            if sft_card is not None:
+                out[f"rectools_sasrec_{loss}"]["ours_sft_minus_peer"] = paired_vs_ours(
+                    settings.metrics(), sft_card["run_id"], peer["test"]["users"], peer["test"]["ranks"], seq.n_items
+                )
     print(json.dumps(out))
 
 

@@ -255,3 +255,30 @@ def test_serving_holds_the_tracks_newest_model_until_one_is_published(ml_run):
         assert holder.check() and holder.current.version == sft["version"]  # the pointer wins once it exists
     finally:
         reg.pointer.unlink()
+
+
+def test_peer_baseline_is_compared_with_ours_user_by_user(tmp_path):
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    from recalign.metrics_store import MetricsStore
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "baselines.py"
+    spec = importlib.util.spec_from_file_location("bench_baselines", script)
+    bench, path = importlib.util.module_from_spec(spec), list(sys.path)
+    try:
+        spec.loader.exec_module(bench)  # as a file, as the house test loads benchmarks/seqrec.py
+    finally:
+        sys.path[:] = path
+    assert bench.full_ranks([3, 0, 1], n_items=100).tolist() == [3, 101, 1]  # outside the peer's top K: last
+    store = MetricsStore(tmp_path / "m.duckdb")
+    run = store.new_run("seqrec", "sft", "tiny", {})
+    users = np.arange(400)
+    store.log_ranks(run, "test", users, np.where(users % 2 == 0, 1, 3), np.full(400, 5))
+    peer_ranks = np.where(users % 4 == 0, 1, 0)  # the peer finds half of our hits and nothing else
+    out = bench.paired_vs_ours(store, run, users[::-1].tolist(), peer_ranks[::-1].tolist(), n_items=50)
+    ours5 = (200 * 1 + 200 / np.log2(4)) / 400
+    assert out["ndcg@5"]["users"] == 400
+    assert out["ndcg@5"]["mean_diff"] == pytest.approx(ours5 - 100 / 400, abs=1e-5)
+    assert out["ndcg@10"]["ci_low"] > 0 and out["ndcg@10"]["p_wilcoxon"] < 0.001
