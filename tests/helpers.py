@@ -1,5 +1,9 @@
 """Shared test helpers: a warehouse built from ../shared/data, and the tiny model configuration."""
 
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 
 from assets.ingest.pipeline import DatasetSpec, ingest
@@ -40,3 +44,17 @@ def dpo_config(**kw):
     from training.seqrec.trainer import SeqRecDPOConfig
 
     return SeqRecDPOConfig(**{"swa_last": None, **kw})
+
+
+def load_benchmark(name: str):
+    """A benchmarks/ script as a module, loaded as a file: benchmarks/ never stays on sys.path (its serving.py
+    would shadow ours)."""
+    spec = importlib.util.spec_from_file_location(
+        f"bench_{name}", Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    )
+    module, path = importlib.util.module_from_spec(spec), list(sys.path)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path[:] = path
+    return module

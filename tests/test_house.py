@@ -74,16 +74,11 @@ def test_dagster_and_cli_defaults_are_the_dataclasses():
 
 
 def test_benchmark_flags_default_to_the_recipe():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_seqrec", REPO / "benchmarks" / "seqrec.py")
-    bench = importlib.util.module_from_spec(spec)
-    path = list(sys.path)
-    try:
-        spec.loader.exec_module(bench)  # as a file: benchmarks/ never on sys.path (its serving.py would shadow ours)
-    finally:
-        sys.path[:] = path
     from training.seqrec.recipe import get_recipe
+
+    from .helpers import load_benchmark
+
+    bench = load_benchmark("seqrec")
 
     sys_argv, sys.argv = sys.argv, ["seqrec.py"]
     try:

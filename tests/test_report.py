@@ -258,19 +258,11 @@ def test_serving_holds_the_tracks_newest_model_until_one_is_published(ml_run):
 
 
 def test_peer_baseline_is_compared_with_ours_user_by_user(tmp_path):
-    import importlib.util
-    import sys
-    from pathlib import Path
-
     from recalign.metrics_store import MetricsStore
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "baselines.py"
-    spec = importlib.util.spec_from_file_location("bench_baselines", script)
-    bench, path = importlib.util.module_from_spec(spec), list(sys.path)
-    try:
-        spec.loader.exec_module(bench)  # as a file, as the house test loads benchmarks/seqrec.py
-    finally:
-        sys.path[:] = path
+    from .helpers import load_benchmark
+
+    bench = load_benchmark("baselines")
     assert bench.full_ranks([3, 0, 1], n_items=100).tolist() == [3, 101, 1]  # outside the peer's top K: last
     store = MetricsStore(tmp_path / "m.duckdb")
     run = store.new_run("seqrec", "sft", "tiny", {})
