@@ -9,7 +9,7 @@ import pytest
 from assets.ingest.pipeline import DatasetSpec, ingest
 from recalign.settings import Settings, shared_data_dir
 
-TINY = {"d": 16, "n_layers": 1, "dropout": 0.2, "attn_dropout": 0.2, "modalities": ["id"]}
+TINY = {"d": 16, "n_layers": 1, "dropout": 0.2, "attn_dropout": 0.2, "modalities": ["id"], "attributes": False}
 
 
 def dataset_home(tmp_path_factory, source: str, folder: str, name: str) -> tuple[Settings, bool]:

@@ -112,7 +112,7 @@ def test_lineage_outputs_are_usable(lineage):
     settings = Settings.from_env(home)
     reg = settings.registry("synthetic-96x160")
     pub = reg.published()
-    assert pub is not None and pub["name"] in ("seqrec_sft_id_text_image", "seqrec_dpo_stochastic_topk")
+    assert pub is not None and pub["name"] in ("seqrec_sft_id_text_image_attr", "seqrec_dpo_stochastic_topk")
     import json
 
     runs = settings.metrics().read("SELECT upstream FROM runs WHERE family = 'seqrec'")

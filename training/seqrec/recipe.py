@@ -23,18 +23,19 @@ DERIVED = {
 
 @dataclass(frozen=True)
 class SeqRecRecipe:
-    """Which modalities to ask for (those without vectors drop out at training time) + the SFT and DPO configs;
-    the model's own settings are SeqRecConfig's defaults (a recipe that needs others would add them here)."""
+    """Which modalities and side information to ask for (what a catalogue lacks drops out at training time) + the
+    SFT and DPO configs; the model's other settings are SeqRecConfig's defaults."""
 
     name: str
     modalities: tuple[str, ...] = ("id", "text", "image")
+    attributes: bool = True  # learned brand / category embeddings on e_id where the catalogue has categories
     sft: SeqRecTrainConfig = field(default_factory=SeqRecTrainConfig)
     dpo: SeqRecDPOConfig = field(default_factory=SeqRecDPOConfig)
 
     def model_config(self, **overrides) -> dict:
         """SeqRecConfig fields (all but the data-derived ones), this recipe's values, then `overrides`."""
         base = {f.name: _default(f) for f in fields(SeqRecConfig) if f.name not in DERIVED}
-        return {**base, "modalities": list(self.modalities), **_given(overrides)}
+        return {**base, "modalities": list(self.modalities), "attributes": self.attributes, **_given(overrides)}
 
     def sft_config(self, **overrides) -> SeqRecTrainConfig:
         return replace(self.sft, **_given(overrides))
