@@ -7,13 +7,16 @@ history filtered), its metrics beside our models' in one JSON line.
 The peer trains in its own environment (RecTools pins numpy < 2 and pandas < 3; recalign runs on numpy 2 and
 pandas 3), from CSV files of our split; it ranks the whole catalogue with viewed items filtered, as we do (a target
 that repeats a history item is filtered by RecTools and kept rankable by us: rare after 5-core deduplication).
-Ours: the newest registered seqrec_sft* and seqrec_dpo* models of the home (or `--ours NAME/VERSION`), read from
-their cards; each peer run is compared with our SFT user by user (paired bootstrap interval of ours - peer on test
-NDCG@5 and NDCG@10, Wilcoxon p), from the per-user ranks our runs keep in the home's metrics store.
-`--keep DIR` keeps the split and the peer's per-user ranks (a fit can take an hour on a CPU).
+Ours: the newest registered seqrec_sft* model of the home (or `--ours NAME/VERSION`) and the newest stage-2 model
+trained on it (its card's reference), read from their cards; each peer run is compared with our SFT user by user
+(paired bootstrap interval of ours - peer on test NDCG@5 and NDCG@10, Wilcoxon p) and by the test target's training
+count (`by_target_count`: where the difference is, head or tail), from the per-user ranks our runs keep in the
+home's metrics store. `--keep DIR` keeps the split and the peer's per-user ranks (a fit can take an hour on a CPU).
+`--reuse` (with `--keep DIR`) reads the peer runs kept there, after checking the split is this one, instead of fitting.
 """
 
 import argparse
+import filecmp
 import json
 import os
 import subprocess
@@ -28,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 METRICS = ("ndcg@5", "ndcg@10", "mrr@5", "mrr@10", "hr@10")
+TARGET_COUNT_BUCKETS = ((0, 4), (5, 9), (10, 19), (20, 49), (50, None))  # training interactions of the test target
 
 
 def write_split(seq, folder: Path) -> None:
@@ -44,6 +48,14 @@ def write_split(seq, folder: Path) -> None:
     pd.DataFrame({"user_id": seq.user_ids[t], "target": seq.test[t]}).to_csv(folder / "test_targets.csv", index=False)
 
 
+def same_split_as_kept(seq, keep: Path, scratch: Path) -> None:
+    """Exit with a clear error when the split kept in `keep` is not this dataset's split (a reuse would mix them)."""
+    write_split(seq, scratch)
+    for name in ("train.csv", "valid_targets.csv", "test_targets.csv"):
+        if not (keep / name).exists() or not filecmp.cmp(keep / name, scratch / name, shallow=False):
+            sys.exit(f"error: {keep / name} is missing or not this dataset's split: fit the peer again (no --reuse)")
+
+
 def full_ranks(ranks: list[int], n_items: int) -> np.ndarray:
     """The peer's top-K ranks (0 = outside the top K) as full-ranking ranks: outside counts as last."""
     r = np.asarray(ranks)
@@ -57,12 +69,36 @@ def peer_metrics(ranks: list[int], n_items: int) -> dict:
     return {k: round(full[k], 4) for k in METRICS}
 
 
+def summary(mv) -> dict | None:
+    return (
+        None
+        if mv is None
+        else {"model": f"{mv.name}/{mv.version}", **{k: round(mv.card["test"][k], 4) for k in METRICS}}
+    )
+
+
 def ours(registry, prefix: str, spec: str | None = None):
-    """Our model's card: the given NAME/VERSION, else the newest registered model of the prefix."""
-    mv = registry.get(*spec.split("/")) if spec else registry.newest(prefix)
-    if mv is None:
-        return None, None
-    return mv.card, {"model": f"{mv.name}/{mv.version}", **{k: round(mv.card["test"][k], 4) for k in METRICS}}
+    """Our model: the given NAME/VERSION, else the newest registered model of the prefix."""
+    return registry.get(*spec.split("/")) if spec else registry.newest(prefix)
+
+
+def stage_two_of(registry, sft) -> object | None:
+    """The newest stage-2 (seqrec_dpo*) model whose reference is `sft`."""
+    ref = f"{sft.name}/{sft.version}"
+    found = [
+        mv
+        for d in sorted((registry.root / "models").glob("seqrec_dpo*"))
+        for mv in registry.versions(d.name)
+        if (mv.card.get("config") or {}).get("reference") == ref
+    ]
+    return max(found, key=lambda mv: mv.version, default=None)
+
+
+def side_by_side(store, run_id: str, users: list[int], ranks: list[int], n_items: int) -> pd.DataFrame:
+    """user_id, rank (ours, test), peer_rank: the users both ranked."""
+    mine = store.read("SELECT user_id, rank FROM user_ranks WHERE run_id = ? AND split = 'test'", [run_id])
+    peer = pd.DataFrame({"user_id": np.asarray(users, np.int64), "peer_rank": full_ranks(ranks, n_items)})
+    return mine.merge(peer, on="user_id")
 
 
 def paired_vs_ours(store, run_id: str, users: list[int], ranks: list[int], n_items: int) -> dict:
@@ -70,15 +106,43 @@ def paired_vs_ours(store, run_id: str, users: list[int], ranks: list[int], n_ite
     from recalign.stats import paired_test
     from training.metrics import per_user_metrics
 
-    mine = store.read("SELECT user_id, rank FROM user_ranks WHERE run_id = ? AND split = 'test'", [run_id])
-    peer = pd.DataFrame({"user_id": np.asarray(users, np.int64), "peer_rank": full_ranks(ranks, n_items)})
-    both = mine.merge(peer, on="user_id")
+    both = side_by_side(store, run_id, users, ranks, n_items)
     out = {}
     for k in (5, 10):
         a = per_user_metrics(both["rank"].to_numpy(), k)[f"ndcg@{k}"]
         b = per_user_metrics(both["peer_rank"].to_numpy(), k)[f"ndcg@{k}"]
         out[f"ndcg@{k}"] = {m: round(v, 5) if isinstance(v, float) else v for m, v in paired_test(a, b).items()}
     return out
+
+
+def by_target_count(
+    store, run_id: str, users: list[int], ranks: list[int], n_items: int, targets: dict, counts: np.ndarray
+) -> dict:
+    """Test NDCG@10 of ours and the peer by the target item's training interactions (`targets`: user -> item,
+    `counts`: item -> training count); `users` is each bucket's share of the test users."""
+    from training.metrics import per_user_metrics
+
+    both = side_by_side(store, run_id, users, ranks, n_items)
+    count = counts[both["user_id"].map(targets).to_numpy(np.int64)]
+    ndcg = {
+        s: per_user_metrics(both[c].to_numpy(), 10)["ndcg@10"] for s, c in (("ours", "rank"), ("peer", "peer_rank"))
+    }
+    out = {}
+    for lo, hi in TARGET_COUNT_BUCKETS:
+        m = (count >= lo) & (count <= (hi if hi is not None else np.inf))
+        if m.any():
+            key = f"{lo}-{hi}" if hi is not None else f"{lo}+"
+            out[key] = {
+                "users": round(float(m.mean()), 4),
+                **{s: round(float(v[m].mean()), 4) for s, v in ndcg.items()},
+            }
+    return out
+
+
+def item_train_counts(seq) -> np.ndarray:
+    """Training interactions per item id (index 0 unused)."""
+    flat = np.concatenate([np.asarray(t, np.int64) for t in seq.train] + [np.zeros(0, np.int64)])
+    return np.bincount(flat, minlength=seq.n_items + 1)
 
 
 def main() -> None:
@@ -91,7 +155,14 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--ours", default=None, help="NAME/VERSION of our SFT to compare with (default: the newest)")
     ap.add_argument("--keep", default=None, help="a folder that keeps the split and the peer's per-user ranks")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="with --keep: read the peer runs kept there (same split) instead of fitting",
+    )
     args = ap.parse_args()
+    if args.reuse and not args.keep:
+        sys.exit("error: --reuse reads the peer runs kept by an earlier --keep DIR: give --keep DIR")
     if not Path(args.peer_python).exists():
         sys.exit(f"error: {args.peer_python} not found: run `make bench-env` first")
 
@@ -110,29 +181,44 @@ def main() -> None:
         "protocol": "leave-one-out, full ranking, history filtered",
     }
     registry = settings.registry(args.dataset)
-    sft_card, out["ours_sft"] = ours(registry, "seqrec_sft", args.ours)
-    out["ours_dpo"] = ours(registry, "seqrec_dpo")[1]
+    sft = ours(registry, "seqrec_sft", args.ours)
+    out["ours_sft"] = summary(sft)
+    out["ours_dpo"] = summary(None if sft is None else stage_two_of(registry, sft))
+    targets = dict(zip(seq.user_ids.tolist(), np.asarray(seq.test).tolist()))
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.keep or scratch
         Path(tmp).mkdir(parents=True, exist_ok=True)
+        if args.reuse:
+            same_split_as_kept(seq, Path(tmp), Path(scratch))
         write_split(seq, Path(tmp))
         for loss in args.losses.split(","):
             result = Path(tmp) / f"{loss}.json"
-            cmd = [args.peer_python, str(ROOT / "benchmarks/peer/rectools_sasrec.py"), tmp, str(result)]
-            cmd += ["--loss", loss, "--epochs", str(args.epochs), "--seed", str(args.seed)]
-            run = subprocess.run(cmd, capture_output=True, text=True)
-            if run.returncode != 0:
-                sys.exit(f"error: the peer run failed:\n{run.stderr[-4000:]}")
+            reused = args.reuse and result.exists()
+            if not reused:
+                cmd = [args.peer_python, str(ROOT / "benchmarks/peer/rectools_sasrec.py"), tmp, str(result)]
+                cmd += ["--loss", loss, "--epochs", str(args.epochs), "--seed", str(args.seed)]
+                run = subprocess.run(cmd, capture_output=True, text=True)
+                if run.returncode != 0:
+                    sys.exit(f"error: the peer run failed:\n{run.stderr[-4000:]}")
             peer = json.loads(result.read_text())
             out[f"rectools_sasrec_{loss}"] = {
                 "valid": peer_metrics(peer["valid"]["ranks"], seq.n_items),
                 "test": peer_metrics(peer["test"]["ranks"], seq.n_items),
                 "epochs": peer["epochs"],
                 "fit_seconds": peer["fit_seconds"],
+                "reused": reused,
             }
-            if sft_card is not None:
-                out[f"rectools_sasrec_{loss}"]["ours_sft_minus_peer"] = paired_vs_ours(
-                    settings.metrics(), sft_card["run_id"], peer["test"]["users"], peer["test"]["ranks"], seq.n_items
+            if sft is not None:
+                mine = (
+                    settings.metrics(),
+                    sft.card["run_id"],
+                    peer["test"]["users"],
+                    peer["test"]["ranks"],
+                    seq.n_items,
+                )
+                out[f"rectools_sasrec_{loss}"]["ours_sft_minus_peer"] = paired_vs_ours(*mine)
+                out[f"rectools_sasrec_{loss}"]["by_target_count"] = by_target_count(
+                    *mine, targets, item_train_counts(seq)
                 )
     print(json.dumps(out))
 
