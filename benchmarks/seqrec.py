@@ -166,6 +166,10 @@ def main() -> None:
             "seconds_per_epoch": dpo["seconds_per_epoch"],
             "seconds": round(time.perf_counter() - t_dpo, 1),
         }
+    valid = {"sft": out["sft"]["valid_ndcg@10"]} | {
+        k: v["valid_ndcg@10"] for k, v in out.items() if k.startswith("dpo_")
+    }
+    out["chosen"] = max(valid, key=valid.get)  # the publish gate's rule: the better validation NDCG@10 (a tie: SFT)
     out["total_seconds"] = round(time.perf_counter() - t0, 1)
     out["peak_rss_mb"] = round(peak_rss_mb(), 1)
     print(json.dumps(out))
