@@ -98,6 +98,7 @@ def main() -> None:
     from assets.embeddings.pipeline import embed_text_table
     from assets.ingest.pipeline import DatasetSpec, ingest, peak_rss_mb
     from assets.seqrec.pipeline import load_data, train_stage
+    from assets.seqrec.publish import stage_two_gain
     from recalign.settings import Settings
 
     settings = Settings.from_env(args.home or tempfile.mkdtemp(prefix="recalign-bench-"))
@@ -143,6 +144,7 @@ def main() -> None:
         "full_eval_seconds": sft["test"].get("eval_seconds"),
         "eval_users": sft["test"].get("users"),
     }
+    registry = settings.registry(spec.dataset)
     for sampler in samplers:
         t_dpo = time.perf_counter()
         dpo_cfg = recipe.dpo_config(
@@ -165,11 +167,15 @@ def main() -> None:
             "epochs": dpo["epochs_run"],
             "seconds_per_epoch": dpo["seconds_per_epoch"],
             "seconds": round(time.perf_counter() - t_dpo, 1),
+            "valid_vs_sft": stage_two_gain(settings.metrics(), registry, registry.get(dpo["name"], dpo["version"])),
         }
+    # the publish gate's rule: a stage-2 model beyond noise over its SFT on validation, then the better valid NDCG@10
     valid = {"sft": out["sft"]["valid_ndcg@10"]} | {
-        k: v["valid_ndcg@10"] for k, v in out.items() if k.startswith("dpo_")
+        k: v["valid_ndcg@10"]
+        for k, v in out.items()
+        if k.startswith("dpo_") and (v["valid_vs_sft"] or {}).get("ci_low", 0) > 0
     }
-    out["chosen"] = max(valid, key=valid.get)  # the publish gate's rule: the better validation NDCG@10 (a tie: SFT)
+    out["chosen"] = max(valid, key=valid.get)
     out["total_seconds"] = round(time.perf_counter() - t0, 1)
     out["peak_rss_mb"] = round(peak_rss_mb(), 1)
     print(json.dumps(out))

@@ -12,8 +12,13 @@ def bootstrap_ci(
     """Mean and percentile bootstrap interval of a per-user metric."""
     values = np.asarray(values, dtype=np.float64)
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(values), size=(n_boot, len(values)))
-    means = values[idx].mean(1)
+    rows = max(1, 8_000_000 // max(len(values), 1))  # replicates per draw: memory bounded for millions of users
+    means = np.concatenate(
+        [
+            values[rng.integers(0, len(values), size=(min(rows, n_boot - i), len(values)))].mean(1)
+            for i in range(0, n_boot, rows)
+        ]
+    )
     return float(values.mean()), float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
 
 

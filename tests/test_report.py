@@ -307,3 +307,39 @@ def test_peer_comparison_by_target_count_and_the_stage_two_of_our_sft(tmp_path):
     mine = reg.register("seqrec_dpo_random", tmp_path / "w", {"config": {"reference": f"seqrec_sft/{sft.version}"}})
     reg.register("seqrec_dpo_stochastic_topk", tmp_path / "w", {"config": {"reference": "seqrec_sft/other"}})
     assert bench.stage_two_of(reg, sft).version == mine.version  # not the newest stage 2 of the home
+
+
+def test_a_stage_two_model_is_a_candidate_only_when_it_beats_its_sft_beyond_noise(tmp_path):
+    import time
+
+    from assets.seqrec.publish import choose_candidate, stage_two_verdict
+    from recalign.metrics_store import MetricsStore
+    from recalign.registry import Registry
+
+    store, reg = MetricsStore(tmp_path / "m.duckdb"), Registry(tmp_path / "registry")
+    (tmp_path / "w").mkdir()
+    users = np.arange(2000)
+    sft_run = store.new_run("seqrec", "sft", "tiny", {})
+    store.log_ranks(sft_run, "valid", users, np.where(users % 2 == 0, 1, 100), np.full(2000, 5))
+    sft = reg.register("seqrec_sft", tmp_path / "w", {"run_id": sft_run, "valid": {"ndcg@10": 0.5}})
+
+    def stage_two(ranks, card_valid):
+        run = store.new_run("seqrec", "dpo", "tiny", {})
+        store.log_ranks(run, "valid", users, ranks, np.full(2000, 5))
+        config = {"reference": f"seqrec_sft/{sft.version}"}
+        return reg.register(
+            "seqrec_dpo_x", tmp_path / "w", {"run_id": run, "valid": {"ndcg@10": card_valid}, "config": config}
+        )
+
+    # 2 of 2000 users move from rank 100 to rank 1: higher on validation, not beyond noise
+    stage_two(np.where((users % 2 == 0) | (users < 4), 1, 100), 0.501)
+    cand = choose_candidate(reg, store)
+    assert cand["name"] == "seqrec_sft" and not cand["stage_two"]["eligible"]
+    assert cand["stage_two"]["mean_diff"] == pytest.approx(2 / 2000) and cand["stage_two"]["ci_low"] <= 0
+    assert "not a candidate" in stage_two_verdict(cand["stage_two"])
+    # 200 users move to rank 1: beyond noise, and the better on validation
+    time.sleep(1.1)  # versions sort by the second they were registered in
+    dpo = stage_two(np.where((users % 2 == 0) | (users < 400), 1, 100), 0.6)
+    cand = choose_candidate(reg, store)
+    assert (cand["name"], cand["version"]) == (dpo.name, dpo.version) and cand["stage_two"]["ci_low"] > 0
+    assert stage_two_verdict(cand["stage_two"]).endswith(": a candidate")

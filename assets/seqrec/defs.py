@@ -17,7 +17,7 @@ from training.seqrec.trainer import SeqRecDPOConfig, SeqRecTrainConfig
 
 from .launch import launch_spec, torchrun_command
 from .pipeline import stage_metadata, train_stage
-from .publish import STAGES, evaluate_gate, publish_candidate, served_vs_replaced
+from .publish import STAGES, evaluate_gate, publish_candidate, served_vs_replaced, stage_two_verdict
 
 OWNERS = ["team:recalign"]
 RECIPE = get_recipe("default")
@@ -121,7 +121,8 @@ def seqrec_dpo(
             "candidate_beats_baselines",
             asset="publish_candidate_model",
             blocking=True,
-            description="The candidate beats popularity and the published model on valid NDCG@10.",
+            description="The candidate beats popularity and the published model on valid NDCG@10 (a stage-2 model "
+            "is a candidate only when it beats its own SFT on validation beyond noise).",
         )
     ],
     description=f"The newer of the {' and '.join(STAGES)} models with the better valid NDCG@10, proposed for "
@@ -138,6 +139,7 @@ def publish_candidate_model(context: dg.AssetExecutionContext, recalign: Recalig
             "candidate_valid_ndcg@10": cand.get("valid_ndcg@10", -1.0),
             "popularity_valid_ndcg@10": gate["popularity_valid_ndcg@10"],
             "published_valid_ndcg@10": gate.get("published_valid_ndcg@10", -1.0),
+            "stage_two_vs_its_sft": stage_two_verdict(cand.get("stage_two")),
         }
     )
     yield dg.AssetCheckResult(

@@ -1,15 +1,18 @@
-"""The publish gate: a candidate must beat popularity and the published model on valid NDCG@10."""
+"""The publish gate: a candidate must beat popularity and the published model on valid NDCG@10; a stage-2 model
+is a candidate only when it beats its own SFT on validation beyond noise (paired over the validation users)."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from recalign.item_index import ensure_item_index
+from recalign.metrics_store import MetricsStore
 from recalign.popularity import item_counts, popularity_order
-from recalign.registry import Registry
+from recalign.registry import ModelVersion, Registry
 from recalign.settings import Settings
+from recalign.stats import paired_test
 from recalign.warehouse import load_sequences
-from training.metrics import metrics_from_ranks
+from training.metrics import metrics_from_ranks, per_user_metrics
 from training.seqrec.checkpoint import load_model
 
 STAGES = ("seqrec_dpo", "seqrec_sft")  # registry name prefixes of the sequential track's two stages
@@ -31,11 +34,34 @@ def popularity_valid_ndcg(settings: Settings, dataset: str) -> float:
     return metrics_from_ranks(np.array(ranks))["ndcg@10"]
 
 
-def choose_candidate(registry: Registry) -> dict | None:
-    """The newest SFT and DPO models (any variant); the one with the better valid NDCG@10 is the candidate."""
+def stage_two_gain(store: MetricsStore, registry: Registry, mv: ModelVersion) -> dict | None:
+    """Validation NDCG@10 of a stage-2 model minus its reference SFT's, user by user: paired bootstrap 95% interval
+    (None without a reference or per-user ranks)."""
+    ref = (mv.card.get("config") or {}).get("reference")
+    try:
+        ref_run = registry.get(*ref.split("/")).card["run_id"] if ref else None
+    except KeyError:
+        return None
+    if ref_run is None:
+        return None
+    q = "SELECT user_id, rank FROM user_ranks WHERE run_id = ? AND split = 'valid'"
+    both = store.read(q, [mv.card.get("run_id")]).merge(store.read(q, [ref_run]), on="user_id", suffixes=("", "_ref"))
+    if both.empty:
+        return None
+    ndcg = lambda r: per_user_metrics(r.to_numpy(), 10)["ndcg@10"]
+    test = paired_test(ndcg(both["rank"]), ndcg(both["rank_ref"]))
+    return {"model": f"{mv.name}/{mv.version}", "reference": ref} | {k: round(v, 6) for k, v in test.items()}
+
+
+def choose_candidate(registry: Registry, store: MetricsStore) -> dict | None:
+    """The newest SFT and stage-2 models; the stage-2 one is eligible only when its validation gain over its own SFT
+    is beyond noise (`stage_two_gain`'s interval above 0); the eligible one with the better valid NDCG@10 (a tie:
+    the SFT) is the candidate, with the stage-2 verdict attached."""
+    sft, dpo = registry.newest("seqrec_sft"), registry.newest("seqrec_dpo")
+    stage_two = None if dpo is None else stage_two_gain(store, registry, dpo)
+    eligible = stage_two is not None and stage_two["ci_low"] > 0
     best = None
-    for prefix in STAGES:
-        mv = registry.newest(prefix)
+    for mv in (sft, dpo if eligible else None):
         if mv is None:
             continue
         score = mv.card.get("valid", {}).get("ndcg@10", -1.0)
@@ -47,13 +73,26 @@ def choose_candidate(registry: Registry) -> dict | None:
                 "valid_ndcg@10": score,
                 "test_ndcg@10": mv.card.get("test", {}).get("ndcg@10"),
             }
+    if best is not None and dpo is not None:
+        best["stage_two"] = (stage_two or {"model": f"{dpo.name}/{dpo.version}"}) | {"eligible": eligible}
     return best
+
+
+def stage_two_verdict(stage_two: dict | None) -> str:
+    """One line for the gate's page: the stage-2 model's validation gain over its SFT and whether it may be served."""
+    if not stage_two:
+        return "no stage-2 model"
+    if "mean_diff" not in stage_two:
+        return f"{stage_two['model']}: no per-user validation ranks beside its SFT's: not a candidate"
+    gain = f"{stage_two['mean_diff']:+.5f} [{stage_two['ci_low']:+.5f}, {stage_two['ci_high']:+.5f}]"
+    verdict = "a candidate" if stage_two["eligible"] else "within noise or below: not a candidate"
+    return f"{stage_two['model']} - {stage_two['reference']}, valid NDCG@10 {gain}: {verdict}"
 
 
 def evaluate_gate(settings: Settings, dataset: str) -> dict:
     """The gate's verdict on the newest candidate, once per publish: recorded in the registry as the proposal."""
     registry = settings.registry(dataset)
-    cand = choose_candidate(registry)
+    cand = choose_candidate(registry, settings.metrics())
     pop = popularity_valid_ndcg(settings, dataset)
     pub = registry.published()
     pub_card = {}
