@@ -229,7 +229,8 @@ def test_two_ddp_processes_match_one_and_only_rank_0_writes(synthetic_home, ddp_
         assert all(abs(a[k] - b[k]) < 2e-3 for k in a if k.startswith("valid_"))
     assert all(abs(one["test"][k] - two["test"][k]) < 2e-3 for k in ("ndcg@10", "hr@10", "mrr@10"))
     reg = synthetic_home.registry("syn")
-    assert len(reg.versions("seqrec_sft")) == 2  # one model per run: rank 1 registered nothing
+    assert one["name"] == two["name"] == "seqrec_sft_attr"  # the recipe's attributes: synthetic items have categories
+    assert len(reg.versions(one["name"])) == 2  # one model per run: rank 1 registered nothing
     runs = synthetic_home.metrics().read("SELECT run_id FROM runs")
     assert len(runs) == 2
 
