@@ -95,18 +95,20 @@ def stage_two_of(registry, sft) -> object | None:
 
 
 def side_by_side(store, run_id: str, users: list[int], ranks: list[int], n_items: int) -> pd.DataFrame:
-    """user_id, rank (ours, test), peer_rank: the users both ranked."""
-    mine = store.read("SELECT user_id, rank FROM user_ranks WHERE run_id = ? AND split = 'test'", [run_id])
+    """user_id, rank (ours, test), target_count (the target's training interactions), peer_rank: both ranked."""
+    mine = store.read(
+        "SELECT user_id, rank, target_count FROM user_ranks WHERE run_id = ? AND split = 'test'", [run_id]
+    )
     peer = pd.DataFrame({"user_id": np.asarray(users, np.int64), "peer_rank": full_ranks(ranks, n_items)})
     return mine.merge(peer, on="user_id")
 
 
-def paired_vs_ours(store, run_id: str, users: list[int], ranks: list[int], n_items: int) -> dict:
-    """Ours - peer per test user (NDCG@5, NDCG@10): paired bootstrap 95% interval and Wilcoxon p."""
+def paired_vs_ours(both: pd.DataFrame) -> dict:
+    """Ours - peer per test user (NDCG@5, NDCG@10; `both` from side_by_side): paired bootstrap 95% interval and
+    Wilcoxon p."""
     from recalign.stats import paired_test
     from training.metrics import per_user_metrics
 
-    both = side_by_side(store, run_id, users, ranks, n_items)
     out = {}
     for k in (5, 10):
         a = per_user_metrics(both["rank"].to_numpy(), k)[f"ndcg@{k}"]
@@ -115,15 +117,14 @@ def paired_vs_ours(store, run_id: str, users: list[int], ranks: list[int], n_ite
     return out
 
 
-def by_target_count(
-    store, run_id: str, users: list[int], ranks: list[int], n_items: int, targets: dict, counts: np.ndarray
-) -> dict:
-    """Test NDCG@10 of ours and the peer by the target item's training interactions (`targets`: user -> item,
-    `counts`: item -> training count); `users` is each bucket's share of the test users."""
+def by_target_count(both: pd.DataFrame) -> dict:
+    """Test NDCG@10 of ours and the peer by the target item's training interactions (`both` from side_by_side);
+    `users` is each bucket's share of the test users."""
     from training.metrics import per_user_metrics
 
-    both = side_by_side(store, run_id, users, ranks, n_items)
-    count = counts[both["user_id"].map(targets).to_numpy(np.int64)]
+    if both["target_count"].isna().any():
+        raise ValueError("our run's user_ranks lack target_count: evaluate it again with a current recalign")
+    count = both["target_count"].to_numpy(np.int64)
     ndcg = {
         s: per_user_metrics(both[c].to_numpy(), 10)["ndcg@10"] for s, c in (("ours", "rank"), ("peer", "peer_rank"))
     }
@@ -137,12 +138,6 @@ def by_target_count(
                 **{s: round(float(v[m].mean()), 4) for s, v in ndcg.items()},
             }
     return out
-
-
-def item_train_counts(seq) -> np.ndarray:
-    """Training interactions per item id (index 0 unused)."""
-    flat = np.concatenate([np.asarray(t, np.int64) for t in seq.train] + [np.zeros(0, np.int64)])
-    return np.bincount(flat, minlength=seq.n_items + 1)
 
 
 def main() -> None:
@@ -184,7 +179,6 @@ def main() -> None:
     sft = ours(registry, "seqrec_sft", args.ours)
     out["ours_sft"] = summary(sft)
     out["ours_dpo"] = summary(None if sft is None else stage_two_of(registry, sft))
-    targets = dict(zip(seq.user_ids.tolist(), np.asarray(seq.test).tolist()))
     with tempfile.TemporaryDirectory() as scratch:
         tmp = args.keep or scratch
         Path(tmp).mkdir(parents=True, exist_ok=True)
@@ -209,17 +203,11 @@ def main() -> None:
                 "reused": reused,
             }
             if sft is not None:
-                mine = (
-                    settings.metrics(),
-                    sft.card["run_id"],
-                    peer["test"]["users"],
-                    peer["test"]["ranks"],
-                    seq.n_items,
+                both = side_by_side(
+                    settings.metrics(), sft.card["run_id"], peer["test"]["users"], peer["test"]["ranks"], seq.n_items
                 )
-                out[f"rectools_sasrec_{loss}"]["ours_sft_minus_peer"] = paired_vs_ours(*mine)
-                out[f"rectools_sasrec_{loss}"]["by_target_count"] = by_target_count(
-                    *mine, targets, item_train_counts(seq)
-                )
+                out[f"rectools_sasrec_{loss}"]["ours_sft_minus_peer"] = paired_vs_ours(both)
+                out[f"rectools_sasrec_{loss}"]["by_target_count"] = by_target_count(both)
     print(json.dumps(out))
 
 

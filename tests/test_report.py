@@ -269,7 +269,8 @@ def test_peer_baseline_is_compared_with_ours_user_by_user(tmp_path):
     users = np.arange(400)
     store.log_ranks(run, "test", users, np.where(users % 2 == 0, 1, 3), np.full(400, 5))
     peer_ranks = np.where(users % 4 == 0, 1, 0)  # the peer finds half of our hits and nothing else
-    out = bench.paired_vs_ours(store, run, users[::-1].tolist(), peer_ranks[::-1].tolist(), n_items=50)
+    both = bench.side_by_side(store, run, users[::-1].tolist(), peer_ranks[::-1].tolist(), n_items=50)
+    out = bench.paired_vs_ours(both)
     ours5 = (200 * 1 + 200 / np.log2(4)) / 400
     assert out["ndcg@5"]["users"] == 400
     assert out["ndcg@5"]["mean_diff"] == pytest.approx(ours5 - 100 / 400, abs=1e-5)
@@ -277,7 +278,6 @@ def test_peer_baseline_is_compared_with_ours_user_by_user(tmp_path):
 
 
 def test_peer_comparison_by_target_count_and_the_stage_two_of_our_sft(tmp_path):
-    from types import SimpleNamespace
 
     from recalign.metrics_store import MetricsStore
     from recalign.registry import Registry
@@ -285,16 +285,13 @@ def test_peer_comparison_by_target_count_and_the_stage_two_of_our_sft(tmp_path):
     from .helpers import load_benchmark
 
     bench = load_benchmark("baselines")
-    seq = SimpleNamespace(train=[[1, 2, 2], [], [2, 3]], n_items=4)
-    assert bench.item_train_counts(seq).tolist() == [0, 1, 3, 1, 0]
     store = MetricsStore(tmp_path / "m.duckdb")
     run = store.new_run("seqrec", "sft", "tiny", {})
     users = np.arange(400)
-    store.log_ranks(run, "test", users, np.where(users % 2 == 0, 1, 3), np.full(400, 5))
-    targets = {int(u): int(u % 4 + 1) for u in users}  # items 1-4: 0, 7, 30 and 100 training interactions
-    counts = np.array([0, 0, 7, 30, 100])
+    target_counts = np.array([0, 7, 30, 100])[users % 4]  # the targets' training interactions, as evaluation logs them
+    store.log_ranks(run, "test", users, np.where(users % 2 == 0, 1, 3), np.full(400, 5), target_counts)
     peer_ranks = np.where(users % 4 == 0, 1, 0)  # the peer finds only the rarest target
-    out = bench.by_target_count(store, run, users.tolist(), peer_ranks.tolist(), 50, targets, counts)
+    out = bench.by_target_count(bench.side_by_side(store, run, users.tolist(), peer_ranks.tolist(), 50))
     assert out == {
         "0-4": {"users": 0.25, "ours": 1.0, "peer": 1.0},
         "5-9": {"users": 0.25, "ours": 0.5, "peer": 0.0},  # rank 3: 1 / log2(4)
