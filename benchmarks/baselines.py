@@ -31,7 +31,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 METRICS = ("ndcg@5", "ndcg@10", "mrr@5", "mrr@10", "hr@10")
-TARGET_COUNT_BUCKETS = ((0, 4), (5, 9), (10, 19), (20, 49), (50, None))  # training interactions of the test target
 
 
 def write_split(seq, folder: Path) -> None:
@@ -118,25 +117,27 @@ def paired_vs_ours(both: pd.DataFrame) -> dict:
 
 
 def by_target_count(both: pd.DataFrame) -> dict:
-    """Test NDCG@10 of ours and the peer by the target item's training interactions (`both` from side_by_side);
-    `users` is each bucket's share of the test users."""
+    """Test NDCG@10 of ours and the peer by the target item's training interactions (`both` from side_by_side; the
+    report's popularity buckets); `users` is each bucket's share of the test users."""
+    from recalign.report import POPULARITY_BINS
     from training.metrics import per_user_metrics
 
     if both["target_count"].isna().any():
         raise ValueError("our run's user_ranks lack target_count: evaluate it again with a current recalign")
-    count = both["target_count"].to_numpy(np.int64)
-    ndcg = {
-        s: per_user_metrics(both[c].to_numpy(), 10)["ndcg@10"] for s, c in (("ours", "rank"), ("peer", "peer_rank"))
-    }
+    frame = pd.DataFrame(
+        {
+            "bucket": pd.cut(both["target_count"].astype("int64"), bins=POPULARITY_BINS[0], labels=POPULARITY_BINS[1]),
+            "ours": per_user_metrics(both["rank"].to_numpy(), 10)["ndcg@10"],
+            "peer": per_user_metrics(both["peer_rank"].to_numpy(), 10)["ndcg@10"],
+        }
+    )
     out = {}
-    for lo, hi in TARGET_COUNT_BUCKETS:
-        m = (count >= lo) & (count <= (hi if hi is not None else np.inf))
-        if m.any():
-            key = f"{lo}-{hi}" if hi is not None else f"{lo}+"
-            out[key] = {
-                "users": round(float(m.mean()), 4),
-                **{s: round(float(v[m].mean()), 4) for s, v in ndcg.items()},
-            }
+    for bucket, g in frame.groupby("bucket", observed=True):
+        out[str(bucket)] = {
+            "users": round(len(g) / len(frame), 4),
+            "ours": round(g["ours"].mean(), 4),
+            "peer": round(g["peer"].mean(), 4),
+        }
     return out
 
 

@@ -296,7 +296,7 @@ def test_peer_comparison_by_target_count_and_the_stage_two_of_our_sft(tmp_path):
         "0-4": {"users": 0.25, "ours": 1.0, "peer": 1.0},
         "5-9": {"users": 0.25, "ours": 0.5, "peer": 0.0},  # rank 3: 1 / log2(4)
         "20-49": {"users": 0.25, "ours": 1.0, "peer": 0.0},
-        "50+": {"users": 0.25, "ours": 0.5, "peer": 0.0},
+        ">=50": {"users": 0.25, "ours": 0.5, "peer": 0.0},
     }
     reg = Registry(tmp_path / "registry")
     (tmp_path / "w").mkdir()
