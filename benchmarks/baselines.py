@@ -117,28 +117,12 @@ def paired_vs_ours(both: pd.DataFrame) -> dict:
 
 
 def by_target_count(both: pd.DataFrame) -> dict:
-    """Test NDCG@10 of ours and the peer by the target item's training interactions (`both` from side_by_side; the
-    report's popularity buckets); `users` is each bucket's share of the test users."""
-    from recalign.report import POPULARITY_BINS
-    from training.metrics import per_user_metrics
+    """Test NDCG@10 of ours and the peer by the target item's training interactions (`both` from side_by_side)."""
+    from recalign.report import ndcg_by_popularity
 
     if both["target_count"].isna().any():
         raise ValueError("our run's user_ranks lack target_count: evaluate it again with a current recalign")
-    frame = pd.DataFrame(
-        {
-            "bucket": pd.cut(both["target_count"].astype("int64"), bins=POPULARITY_BINS[0], labels=POPULARITY_BINS[1]),
-            "ours": per_user_metrics(both["rank"].to_numpy(), 10)["ndcg@10"],
-            "peer": per_user_metrics(both["peer_rank"].to_numpy(), 10)["ndcg@10"],
-        }
-    )
-    out = {}
-    for bucket, g in frame.groupby("bucket", observed=True):
-        out[str(bucket)] = {
-            "users": round(len(g) / len(frame), 4),
-            "ours": round(g["ours"].mean(), 4),
-            "peer": round(g["peer"].mean(), 4),
-        }
-    return out
+    return ndcg_by_popularity(both["target_count"], {"ours": both["rank"], "peer": both["peer_rank"]})
 
 
 def main() -> None:

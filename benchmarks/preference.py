@@ -26,6 +26,19 @@ from training.seqrec.trainer import SeqRecDPOConfig  # noqa: E402
 DEFAULT_VARIANTS = "dpo:stochastic_topk,sdpo:stochastic_topk,simpo:stochastic_topk,dpo:random"
 
 
+def by_target_count(store, sft_run: str, policy_run: str) -> dict:
+    """NDCG@10 of the SFT and the policy by the target's training count, on validation and test: which targets
+    the stage moves, and whether the two splits hold them in the same shares."""
+    from recalign.report import ndcg_by_popularity
+
+    out = {}
+    for split in ("valid", "test"):
+        q = "SELECT user_id, rank, target_count FROM user_ranks WHERE run_id = ? AND split = ?"
+        both = store.read(q, [sft_run, split]).merge(store.read(q, [policy_run, split]), on="user_id")
+        out[split] = ndcg_by_popularity(both["target_count_x"], {"sft": both["rank_x"], "policy": both["rank_y"]})
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dataset", default="amazon-beauty")
@@ -98,6 +111,7 @@ def main() -> None:
             "diagnostics_start": diag_start,
             "diagnostics_end": preference_diagnostics(end, args.diagnostic_batches),
             "test_shift": ranking_shift(reference, policy, data.test, k=5),
+            "by_target_count": by_target_count(settings.metrics(), sft_mv.card["run_id"], run["run_id"]),
         }
         print(json.dumps({variant: out[variant]}), file=sys.stderr, flush=True)
     print(json.dumps(out))

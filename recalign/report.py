@@ -191,6 +191,17 @@ def popularity_buckets(store: MetricsStore, runs: pd.DataFrame, split: str = "te
     return rank_buckets(store, runs, "target_count", POPULARITY_BINS, split)
 
 
+def ndcg_by_popularity(target_count, ranks: dict[str, np.ndarray]) -> dict:
+    """NDCG@10 of each ranking (name -> 1-based ranks of the same users) by the target's training count
+    (POPULARITY_BINS), with each bucket's share of the users."""
+    frame = pd.DataFrame({k: per_user_metrics(np.asarray(v), 10)["ndcg@10"] for k, v in ranks.items()})
+    frame["bucket"] = pd.cut(np.asarray(target_count, np.int64), bins=POPULARITY_BINS[0], labels=POPULARITY_BINS[1])
+    return {
+        str(b): {"users": round(len(g) / len(frame), 4), **{k: round(float(g[k].mean()), 4) for k in ranks}}
+        for b, g in frame.groupby("bucket", observed=True)
+    }
+
+
 def plot_buckets(
     table: pd.DataFrame, title: str = "test NDCG@10 by history length", xlabel: str = "history length (items)"
 ) -> bytes | None:
