@@ -306,6 +306,30 @@ def test_peer_comparison_by_target_count_and_the_stage_two_of_our_sft(tmp_path):
     assert bench.stage_two_of(reg, sft).version == mine.version  # not the newest stage 2 of the home
 
 
+def test_preference_benchmark_reads_the_stage_by_target_count_on_both_splits(tmp_path):
+    from recalign.metrics_store import MetricsStore
+
+    from .helpers import load_benchmark
+
+    bench = load_benchmark("preference")
+    store = MetricsStore(tmp_path / "m.duckdb")
+    users = np.arange(400)
+    counts = np.array([0, 100])[users % 2]  # even users: a rare target; odd: a popular one
+    sft, policy = store.new_run("seqrec", "sft", "tiny", {}), store.new_run("seqrec", "dpo", "tiny", {})
+    for split in ("valid", "test"):
+        store.log_ranks(sft, split, users, np.where(users % 2 == 0, 3, 1), np.full(400, 5), counts)
+        store.log_ranks(policy, split, users[::-1], np.where(users[::-1] % 2 == 0, 1, 3), np.full(400, 5), counts[::-1])
+    out = bench.by_target_count(store, sft, policy)
+    assert (
+        out["valid"]
+        == out["test"]
+        == {
+            "0-4": {"users": 0.5, "sft": 0.5, "policy": 1.0},  # rank 3: 1 / log2(4)
+            ">=50": {"users": 0.5, "sft": 1.0, "policy": 0.5},
+        }
+    )
+
+
 def test_a_stage_two_model_is_a_candidate_only_when_it_beats_its_sft_beyond_noise(tmp_path):
     import time
 
