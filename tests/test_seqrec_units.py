@@ -559,3 +559,38 @@ def test_later_chosen_draws_the_next_or_a_later_item_of_the_window_uniformly():
         assert (counts / len(draws) - 1 / len(allowed)).abs().max() < 0.03  # uniform
     with pytest.raises(ValueError, match="chosen"):
         dpo_config(chosen="best")
+
+
+def test_snapshot_ensemble_mixes_scores_and_takes_the_weight_validation_prefers():
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from training.seqrec.data import EvalSet
+    from training.seqrec.ensemble import SnapshotEnsemble, choose_late_weight
+
+    class Fixed(nn.Module):  # the same scores for every context; item 4 is every user's history (masked)
+        def __init__(self, scores):
+            super().__init__()
+            self.s, self.cfg = nn.Parameter(torch.tensor([float("-inf"), *scores, 9.0])), SimpleNamespace(n_items=4)
+
+        def full_sort_predict(self, seq):
+            return self.s.detach().expand(len(seq), -1).clone()
+
+        def predict(self, seq, items):
+            return self.s.detach()[items]
+
+    best, late = Fixed([3.0, 2.0, 0.0]), Fixed([0.0, 1.0, 5.0])
+    mix = SnapshotEnsemble(best, late, 0.4)  # 1.8, 1.6, 2.0
+    assert mix.full_sort_predict(torch.ones(1, 1, dtype=torch.long))[0, 1:4].tolist() == pytest.approx([1.8, 1.6, 2.0])
+    assert mix.predict(None, torch.tensor([[3, 2]]))[0].tolist() == pytest.approx([2.0, 1.6])
+    assert torch.isneginf(SnapshotEnsemble(best, late, 1.0).full_sort_predict(torch.ones(1, 1, dtype=torch.long))[0, 0])
+    valid = EvalSet.build([np.array([4])] * 3, np.array([3, 3, 1]), np.arange(3), max_len=5)
+    weight, scores = choose_late_weight(best, late, valid, grid=(0.0, 0.4, 0.45, 1.0))
+    # ranks of the targets: w 0 -> 3, 3, 1; w 0.4 and 0.45 -> 1, 1, 2; w 1 -> 1, 1, 3
+    assert scores[0.0] == pytest.approx((0.5 + 0.5 + 1) / 3)
+    assert scores[0.4] == scores[0.45] == pytest.approx((2 + 1 / np.log2(3)) / 3)
+    assert scores[1.0] == pytest.approx(2.5 / 3)
+    assert weight == 0.4  # the best validation NDCG@10; of equals, the smaller weight
+    with pytest.raises(ValueError, match="late_weight"):
+        SnapshotEnsemble(best, late, 1.5)
