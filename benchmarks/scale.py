@@ -195,12 +195,11 @@ def stage_serve(settings, scale: float, args) -> dict:
     import httpx
 
     from tests.service_utils import serving
-    from training.smoke import smoke
+    from training.smoke import small
 
     loader = importlib.util.spec_from_file_location("serving_benchmark", ROOT / "benchmarks" / "serving.py")
     bench = importlib.util.module_from_spec(loader)
     loader.loader.exec_module(bench)
-    wrk_load = bench.wrk_load
 
     dataset = spec(scale).dataset
     t0 = time.perf_counter()
@@ -215,9 +214,7 @@ def stage_serve(settings, scale: float, args) -> dict:
                 for (u,) in con.execute(f"SELECT user_id FROM users USING SAMPLE {args.load_users} ROWS").fetchall()
             ]
         mode = httpx.get(svc.url + "/readyz").json()["mode"]
-        if not smoke():
-            wrk_load(svc.url, 3, 16, "recommend", users)  # warm-up
-        load = wrk_load(svc.url, args.seconds, 16, "recommend", users)
+        load = bench.drive(svc.url, "recommend", users, args.seconds, small(2000, 200), 16)  # wrk where installed
         return {
             "mode": mode,
             "startup_seconds": round(startup, 2),

@@ -121,6 +121,27 @@ def wrk_load(url: str, n: int, concurrency: int, endpoint: str, users: list[int]
     }
 
 
+def drive(
+    url: str, endpoint: str, users: list[int], seconds: int, requests: int, concurrency: int, wrk: bool = True
+) -> dict:
+    """A warm-up, then the measured load: wrk where it is installed (and wanted), else the httpx client in its own
+    process (`requests` requests)."""
+    import shutil
+
+    if wrk and shutil.which("wrk"):
+        wrk_load(url, 3, concurrency, endpoint, users)  # warm-up
+        return wrk_load(url, seconds, concurrency, endpoint, users)
+    cmd = [sys.executable, __file__, "--client", "--url", url, "--endpoint", endpoint, "--users", json.dumps(users)]
+    subprocess.run([*cmd, "--requests", "200", "--concurrency", str(concurrency)], capture_output=True)  # warm-up
+    run = subprocess.run(
+        [*cmd, "--requests", str(requests), "--concurrency", str(concurrency)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {**json.loads(run.stdout), "client": "httpx"}
+
+
 def client_main(args) -> None:
     users = json.loads(args.users)
     body = (lambda i: {"user_id": users[i % len(users)], "k": 10}) if args.endpoint == "recommend" else (lambda i: None)
@@ -161,33 +182,10 @@ def main() -> None:
         ]
         con.close()
         out = {"benchmark": "serving", "dataset": args.dataset, "concurrency": args.concurrency}
-        import shutil
-
         for endpoint in ("healthz", "recommend"):
-            if shutil.which("wrk") and not args.python_client:
-                wrk_load(svc.url, 3, args.concurrency, endpoint, users)  # warm-up
-                out[endpoint] = wrk_load(svc.url, args.seconds, args.concurrency, endpoint, users)
-                continue
-            cmd = [
-                sys.executable,
-                __file__,
-                "--client",
-                "--url",
-                svc.url,
-                "--endpoint",
-                endpoint,
-                "--users",
-                json.dumps(users),
-                "--requests",
-                str(args.requests),
-                "--concurrency",
-                str(args.concurrency),
-            ]
-            subprocess.run(
-                cmd[:-4] + ["--requests", "200", "--concurrency", str(args.concurrency)], capture_output=True
-            )  # warm-up
-            res = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
-            out[endpoint] = {**res, "client": "httpx"}
+            out[endpoint] = drive(
+                svc.url, endpoint, users, args.seconds, args.requests, args.concurrency, wrk=not args.python_client
+            )
         import httpx
 
         out["model"] = httpx.get(svc.url + "/readyz").json()["model"]  # published, else the track's newest
