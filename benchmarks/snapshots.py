@@ -83,12 +83,12 @@ def main() -> None:
     data = load_data(settings, args.dataset, model_cfg["max_len"], model_cfg["modalities"], model_cfg["attributes"])
     out = {"benchmark": "snapshots", "dataset": args.dataset}
     t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory(dir=settings.cache_dir) as ckpt:
-        if args.late:
-            registry = settings.registry(args.dataset)
-            best, _ = load_model(registry.get(*args.best.split("/")).path)
-            late, _ = load_model(registry.get(*args.late.split("/")).path)
-        else:
+    if args.late:
+        registry = settings.registry(args.dataset)
+        best, _ = load_model(registry.get(*args.best.split("/")).path)
+        late, _ = load_model(registry.get(*args.late.split("/")).path)
+    else:
+        with tempfile.TemporaryDirectory(dir=settings.cache_dir) as ckpt:  # the trainer keeps its best window here
             cfg = recipe.sft_config(epochs=args.epochs, keep="last", seed=args.seed, show_progress=False)
             run = train_stage(
                 settings,
@@ -101,10 +101,10 @@ def main() -> None:
                 log=lambda *_: None,
             )
             best, meta = load_model(Path(ckpt) / "best-sft")
-            late, _ = load_model(run["path"])
-            out["late"] = {"name": run["name"], "version": run["version"], "epochs_run": run["epochs_run"]}
-            out["best_epoch"] = meta["best"]["epoch"]
-            out["train_seconds"] = round(time.perf_counter() - t0, 1)
+        late, _ = load_model(run["path"])
+        out["late"] = {"name": run["name"], "version": run["version"], "epochs_run": run["epochs_run"]}
+        out["best_epoch"] = meta["best"]["epoch"]
+        out["train_seconds"] = round(time.perf_counter() - t0, 1)
     out |= compare(best, late, data)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     print(json.dumps(out))
