@@ -63,6 +63,7 @@ def main() -> None:
     from recalign.settings import Settings
     from training.seqrec.checkpoint import load_model
     from training.seqrec.diagnostics import preference_diagnostics, ranking_shift
+    from training.seqrec.ensemble import trained_member
     from training.seqrec.trainer import SeqRecTrainer
 
     settings = Settings.from_env(args.home)
@@ -70,7 +71,8 @@ def main() -> None:
     sft_mv = registry.get(*args.sft_from.split("/")) if args.sft_from else registry.newest("seqrec_sft")
     if sft_mv is None:
         sys.exit(f"error: no seqrec_sft model in {registry.root}: run benchmarks/seqrec.py first")
-    reference, _ = load_model(sft_mv.path)
+    sft_model, _ = load_model(sft_mv.path)
+    reference = trained_member(sft_model)  # an ensemble SFT: stage 2 trains its best member (train_stage)
     data = load_data(settings, args.dataset, reference.cfg.max_len, ["id"], False)
     out = {
         "benchmark": "preference",
@@ -98,7 +100,7 @@ def main() -> None:
         )
         seconds = time.perf_counter() - t0
         policy, _ = load_model(run["path"])
-        end = SeqRecTrainer(policy, cfg, data.train_inputs, data.train_targets, data.valid, reference=reference)
+        end = SeqRecTrainer(trained_member(policy), cfg, data.train_inputs, data.train_targets, data.valid, reference=reference)
         sft_n5 = sft_mv.card["test"]["ndcg@5"]
         out[variant] = {
             "name": run["name"],
@@ -110,7 +112,7 @@ def main() -> None:
             "seconds": round(seconds, 1),
             "diagnostics_start": diag_start,
             "diagnostics_end": preference_diagnostics(end, args.diagnostic_batches),
-            "test_shift": ranking_shift(reference, policy, data.test, k=5),
+            "test_shift": ranking_shift(sft_model, policy, data.test, k=5),
             "by_target_count": by_target_count(settings.metrics(), sft_mv.card["run_id"], run["run_id"]),
         }
         print(json.dumps({variant: out[variant]}), file=sys.stderr, flush=True)

@@ -50,11 +50,11 @@ def precompute_users(model, histories: dict[int, np.ndarray], batch_size: int = 
     max_len = model.cfg.max_len
     inputs = torch.from_numpy(left_pad([histories[u] for u in users], max_len))
     tables = model.item_tables()
-    states = {m: torch.zeros(len(users), model.cfg.d) for m in model.cfg.modalities}
+    states = {}  # keyed as the model's encode keys them (a snapshot ensemble: "<member>.<modality>")
     for idx in length_buckets(inputs, batch_size):
         hidden = model.encode(trim(inputs[idx]), tables)
         for m, h in hidden.items():
-            states[m][idx] = h[:, -1]
+            states.setdefault(m, torch.zeros(len(users), h.shape[-1]))[idx] = h[:, -1]
     return {u: i for i, u in enumerate(users)}, states, tables
 
 

@@ -33,10 +33,12 @@ def real_home(tmp_path_factory, source: str, folder: str, name: str) -> Settings
 
 
 def sft_config(**kw):
-    """A stage-1 config for short test runs: no weight averaging, validate every epoch, keep the best."""
+    """A stage-1 config for short test runs: no weight averaging, no late snapshot, validate every epoch, keep the
+    best."""
     from training.seqrec.trainer import SeqRecTrainConfig
 
-    return SeqRecTrainConfig(**{"swa_last": None, "eval_every": 1, "keep": "best", "patience": 10, **kw})
+    kw = {"swa_last": None, "snapshot_late": None, "eval_every": 1, "keep": "best", "patience": 10, **kw}
+    return SeqRecTrainConfig(**kw)
 
 
 def dpo_config(**kw):

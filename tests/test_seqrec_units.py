@@ -594,3 +594,84 @@ def test_snapshot_ensemble_mixes_scores_and_takes_the_weight_validation_prefers(
     assert weight == 0.4  # the best validation NDCG@10; of equals, the smaller weight
     with pytest.raises(ValueError, match="late_weight"):
         SnapshotEnsemble(best, late, 1.5)
+
+
+def test_snapshot_ensemble_is_one_inner_product_model_and_round_trips_a_checkpoint(tmp_path):
+    from serving.model_holder import precompute_top, precompute_users
+    from training.seqrec.ensemble import SnapshotEnsemble
+
+    best = small_model(modalities=["id", "text"], text_dim=8, temperature=0.1).eval()
+    torch.manual_seed(1)
+    late = MultimodalSASRec(best.cfg, text=best.text_feats.clone()).eval()
+    mix = SnapshotEnsemble(best, late, 0.3)
+    seq = torch.tensor([[0, 0, 3, 4, 5], [1, 2, 3, 4, 6]])
+    with torch.no_grad():
+        full = mix.full_sort_predict(seq)
+        want = 0.7 * best.full_sort_predict(seq)[:, 1:] + 0.3 * late.full_sort_predict(seq)[:, 1:]
+        assert torch.allclose(full[:, 1:], want, atol=1e-5)
+        tables = mix.item_tables()
+        assert set(tables) == {"best.id", "best.text", "late.id", "late.text"}
+        hidden = mix.encode(seq, tables)
+        # the serving path: [(1-w) q_b, w q_l] . [E_b, E_l] is the mix of the members' scores
+        fused = mix.query({m: h[:, -1] for m, h in hidden.items()}) @ mix.fused_table(tables).T
+        assert fused.shape[1] == 31 and torch.allclose(fused[:, 1:], full[:, 1:], atol=1e-4)
+        cand = torch.tensor([[3, 7], [1, 30]])
+        assert torch.allclose(mix.fuse({m: h[:, -1] for m, h in hidden.items()}, tables, cand), full.gather(1, cand))
+        users, states, tabs = precompute_users(mix, {7: np.array([3, 4, 5]), 9: np.array([1, 2, 3, 4, 6])})
+        top = precompute_top(mix, states, tabs, np.array([3, 5]), depth=4)
+        assert top[users[9]][0][0] == int(full[1, 1:].argmax()) + 1
+    save_model(mix, tmp_path / "m", {"note": "x"})
+    back, meta = load_model(tmp_path / "m")
+    assert isinstance(back, SnapshotEnsemble) and back.late_weight == 0.3 and meta["note"] == "x"
+    assert torch.allclose(back.full_sort_predict(seq)[:, 1:], full[:, 1:], atol=1e-5)
+    import shutil
+
+    shutil.rmtree(tmp_path / "m" / "late")
+    with pytest.raises(ValueError, match="late member"):
+        load_model(tmp_path / "m")
+
+
+def test_snapshot_late_trains_past_the_best_window_and_mixes_it_in_at_the_validation_weight(monkeypatch):
+    from training.seqrec import trainer as trainer_module
+    from training.seqrec.ensemble import SnapshotEnsemble
+
+    x, y, valid = _toy_data()
+    seen = {}
+
+    def choose(best, late, data, grid=(0.0, 0.25)):  # record what is mixed; the weight is chosen as the library does
+        seen["late"] = {k: v.clone() for k, v in late.state_dict().items()}
+        return 0.25, {0.0: 0.1, 0.25: 0.2}
+
+    monkeypatch.setattr(trainer_module, "choose_late_weight", choose)
+    valid_scores = iter([0.5, 0.6, 0.4, 0.3, 0.2, 0.1, 0.05])  # best after epoch 1, then worse every epoch
+
+    class Scripted(SeqRecTrainer):
+        def validate(self, epoch, row, bad):
+            score = next(valid_scores)
+            if score > self.best["ndcg@10"]:
+                self.best, bad = {"epoch": epoch, "ndcg@10": score}, 0
+                self.best_state = {k: v.clone() for k, v in self.eval_model.state_dict().items()}
+            else:
+                bad += 1
+            return row | {"valid_ndcg@10": score}, bad
+
+    kw = dict(epochs=7, batch_size=16, lr=1e-2, patience=1, show_progress=False)
+    cfg = sft_config(**kw, snapshot_late=3)
+    assert cfg.stop_after == 3
+    t = Scripted(small_model(), cfg, x, y, valid)
+    fit = t.fit()
+    assert fit["epochs_run"] == 5 and fit["kept_epoch"] == 1  # three validations past the best, then stop
+    assert fit["snapshot"]["late_epochs"] == [4] and fit["snapshot"]["late_weight"] == 0.25
+    assert isinstance(t.ensemble, SnapshotEnsemble) and t.ensemble.best is t.model
+    last_epoch = {k: v for k, v in t.ensemble.late.state_dict().items()}
+    assert all(torch.equal(seen["late"][k], last_epoch[k]) for k in last_epoch)
+    assert not torch.equal(t.model.state_dict()["item_id.weight"], last_epoch["item_id.weight"])
+    # no late snapshot: early stopping at the patience, no ensemble
+    valid_scores = iter([0.5, 0.6, 0.4, 0.3, 0.2, 0.1, 0.05])
+    t = Scripted(small_model(), sft_config(**kw, snapshot_late=None), x, y, valid)
+    fit = t.fit()
+    assert fit["epochs_run"] == 3 and fit["snapshot"] is None and t.ensemble is None
+    with pytest.raises(ValueError, match="snapshot_late"):
+        sft_config(snapshot_late=0)
+    with pytest.raises(ValueError, match="stage 1"):
+        dpo_config(snapshot_late=3)

@@ -24,6 +24,7 @@ from training.metrics import metrics_from_ranks
 from training.seqrec.checkpoint import load_model, save_model
 from training.seqrec.data import EvalSet, training_windows
 from training.seqrec.distributed import is_main, rank_and_world
+from training.seqrec.ensemble import SnapshotEnsemble
 from training.seqrec.evaluate import full_ranking_ranks
 from training.seqrec.model import MultimodalSASRec, SeqRecConfig
 from training.seqrec.recipe import get_recipe, run_name
@@ -171,10 +172,11 @@ def train_stage(
     """
     t0 = time.perf_counter()
     registry, store = settings.registry(dataset), settings.metrics()
-    ref_model, ref_meta, model = None, None, None
-    if reference is not None:
-        ref_mv = registry.get(*reference)
-        ref_model, ref_meta = load_model(ref_mv.path)
+    ref_model, model, late = None, None, None
+    if reference is not None:  # an ensemble SFT: stage 2 trains its best member, then mixes in its late one
+        ref_model, _ = load_model(registry.get(*reference).path)
+        if isinstance(ref_model, SnapshotEnsemble):
+            ref_model, late = ref_model.best, ref_model.late
         model = copy.deepcopy(ref_model)
     elif init is not None:
         model, _ = load_model(registry.get(*init).path)
@@ -239,17 +241,21 @@ def train_stage(
             reference=ref_model,
             checkpoint_dir=Path(ckpt),
             on_epoch=lambda r: log(json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()})),
+            late=late,
         )
         fit = trainer.fit()
     if not main:
         return {"rank": rank_and_world()[0], "epochs_run": fit["epochs_run"]}
     store.log_curve(run_id, train_cfg.stage, fit["history"])
-    metrics = evaluate_and_log(trainer.model, data, store, run_id)
-    pos, neg = score_samples(trainer.model, data, k=getattr(train_cfg, "topk", SeqRecDPOConfig.topk))
+    if fit["snapshot"]:
+        log(f"snapshot ensemble: {json.dumps(fit['snapshot'])}")
+    final = trainer.ensemble or trainer.model  # the mix where validation gave the late member a weight
+    metrics = evaluate_and_log(final, data, store, run_id)
+    pos, neg = score_samples(final, data, k=getattr(train_cfg, "topk", SeqRecDPOConfig.topk))
     store.log_scores(run_id, "positive", pos)
     store.log_scores(run_id, "negative", neg)
     version, staging = registry.new_version_dir(variant)
-    save_model(trainer.model, staging, {"train": asdict(train_cfg), "run_id": run_id, "dataset": dataset})
+    save_model(final, staging, {"train": asdict(train_cfg), "run_id": run_id, "dataset": dataset})
     mv = registry.commit(
         variant,
         version,
@@ -264,6 +270,7 @@ def train_stage(
             "kept_epoch": fit["kept_epoch"],
             "averaged_epochs": fit["averaged_epochs"],
             "epochs_run": fit["epochs_run"],
+            "snapshot": fit["snapshot"],
             "config": config,
         },
     )
@@ -282,6 +289,7 @@ def train_stage(
         "best_epoch": fit["best"]["epoch"],
         "kept_epoch": fit["kept_epoch"],
         "averaged_epochs": fit["averaged_epochs"],
+        "snapshot": fit["snapshot"],
         "seconds": round(seconds, 1),
         "seconds_per_epoch": round(float(np.mean(train_secs)), 2) if train_secs else 0.0,
         "modalities": model_cfg["modalities"],
@@ -321,6 +329,7 @@ def stage_metadata(out: dict) -> dict:
     return {
         **{k: raw(out[k]) for k in SUMMARY_FIELDS},
         "modalities": raw(",".join(out["modalities"])),
+        "late_weight": raw(float((out.get("snapshot") or {}).get("late_weight", 0.0))),
         "test_ndcg@10": raw(float(test["ndcg@10"])),
         "valid_ndcg@10": raw(float(valid["ndcg@10"])),
         "metrics": {"raw_value": markdown_table(pd.DataFrame(table)), "type": "md"},

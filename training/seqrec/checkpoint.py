@@ -10,9 +10,11 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load, load_file, save_file
 
+from .ensemble import SnapshotEnsemble
 from .model import MultimodalSASRec, SeqRecConfig
 
 FORMAT = "recalign.seqrec/1"
+LATE = "late"  # a snapshot ensemble's late member: a model folder inside the best member's
 
 
 def _atomic_write_json(path: Path, obj: dict) -> None:
@@ -21,10 +23,14 @@ def _atomic_write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def save_model(model: MultimodalSASRec, directory: str | Path, extra: dict | None = None) -> Path:
-    """model.safetensors + config.json in directory (written to temp names, then renamed)."""
+def save_model(model: MultimodalSASRec | SnapshotEnsemble, directory: str | Path, extra: dict | None = None) -> Path:
+    """model.safetensors + config.json in directory (written to temp names, then renamed); a snapshot ensemble: its
+    best member there, its late member in `late/`, the weight in config.json's "ensemble"."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, SnapshotEnsemble):
+        save_model(model.late, d / LATE)
+        return save_model(model.best, d, {**(extra or {}), "ensemble": {"late_weight": model.late_weight}})
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(d / "model.safetensors.tmp"), metadata={"format": FORMAT})
     os.replace(d / "model.safetensors.tmp", d / "model.safetensors")
@@ -32,8 +38,21 @@ def save_model(model: MultimodalSASRec, directory: str | Path, extra: dict | Non
     return d
 
 
-def load_model(directory: str | Path, map_location: str = "cpu") -> tuple[MultimodalSASRec, dict]:
-    """Load and check a saved model; raises ValueError on anything inconsistent."""
+def load_model(directory: str | Path, map_location: str = "cpu") -> tuple[MultimodalSASRec | SnapshotEnsemble, dict]:
+    """Load and check a saved model (a snapshot ensemble where config.json says so); ValueError on anything
+    inconsistent."""
+    model, meta = load_single(directory, map_location)
+    mix = meta.get("ensemble")
+    if mix:
+        if not (Path(directory) / LATE / "config.json").exists():
+            raise ValueError(f"{directory}: a snapshot ensemble without its late member ({LATE}/)")
+        late, _ = load_single(Path(directory) / LATE, map_location)
+        return SnapshotEnsemble(model, late, mix["late_weight"]), meta
+    return model, meta
+
+
+def load_single(directory: str | Path, map_location: str = "cpu") -> tuple[MultimodalSASRec, dict]:
+    """One model folder: its weights and config.json (an ensemble's best member, without the late one)."""
     d = Path(directory)
     meta = json.loads((d / "config.json").read_text())
     if meta.get("format") != FORMAT:

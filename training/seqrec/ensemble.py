@@ -2,7 +2,11 @@
 two weight snapshots of one training run, mixed with a weight chosen on validation.
 
 Why two snapshots: full-softmax CE fits the popular targets first and the rare ones late; the validation-best
-snapshot is the head's optimum, a later one ranks rare targets better and popular ones worse (docs/results.md)."""
+snapshot is the head's optimum, a later one ranks rare targets better and popular ones worse (docs/results.md).
+
+The mix is one inner-product model: (1 - w) q_b . e_b + w q_l . e_l = [(1 - w) q_b, w q_l] . [e_b, e_l], so the
+ensemble exposes the members' encoder interface (item_tables / encode / query / fused_table) with the two
+members' vectors side by side, and the serving API's precomputed and ANN modes serve it as they serve one model."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from .data import EvalSet
 from .evaluate import evaluate
 
 MIX_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # weights of the late snapshot tried on validation
+MEMBERS = ("best", "late")
 
 
 class SnapshotEnsemble(nn.Module):
@@ -26,6 +31,9 @@ class SnapshotEnsemble(nn.Module):
             raise ValueError(f"the snapshots score different catalogues: {best.cfg.n_items} vs {late.cfg.n_items}")
         self.best, self.late, self.late_weight, self.cfg = best, late, float(late_weight), best.cfg
 
+    def members(self) -> dict[str, tuple[nn.Module, float]]:
+        return {"best": (self.best, 1.0 - self.late_weight), "late": (self.late, self.late_weight)}
+
     def full_sort_predict(self, seq: torch.Tensor) -> torch.Tensor:
         """Every item's mixed score after the last position, (B, n_items + 1); padding stays at -inf."""
         out = self.best.full_sort_predict(seq)
@@ -38,6 +46,49 @@ class SnapshotEnsemble(nn.Module):
     def predict(self, seq: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         w = self.late_weight
         return (1 - w) * self.best.predict(seq, items) + w * self.late.predict(seq, items)
+
+    # --- the encoder interface of one model (serving, the item index): members side by side ---------------------
+
+    def item_tables(self) -> dict[str, torch.Tensor]:
+        """Each member's item tables, keyed "<member>.<modality>"."""
+        return {f"{name}.{m}": t for name, (mod, _) in self.members().items() for m, t in mod.item_tables().items()}
+
+    def encode(self, seq: torch.Tensor, tables: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        """Each member's hidden states, keyed "<member>.<modality>"."""
+        tables = tables or self.item_tables()
+        out = {}
+        for name, (mod, _) in self.members().items():
+            hidden = mod.encode(seq, _member(tables, name))
+            out |= {f"{name}.{m}": h for m, h in hidden.items()}
+        return out
+
+    def query(self, hidden: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[(1 - w) q_best, w q_late]: scores against `fused_table` as the mix of the members' scores."""
+        return torch.cat([w * mod.query(_member(hidden, n)) for n, (mod, w) in self.members().items()], -1)
+
+    def fused_table(self, tables: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[E_best, E_late]: the members' fused item tables side by side."""
+        return torch.cat([mod.fused_table(_member(tables, n)) for n, (mod, _) in self.members().items()], -1)
+
+
+    def fuse(
+        self, hidden: dict[str, torch.Tensor], tables: dict[str, torch.Tensor], items: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The mixed scores of all items, or of the given (N, C) items, from `encode`'s states."""
+        return self.best.score(self.query(hidden), self.fused_table(tables), items)
+
+    def item_table(self, modality: str) -> torch.Tensor:
+        """The best member's item table of one modality (item-to-item similarity)."""
+        return self.best.item_table(modality)
+
+
+def trained_member(model: nn.Module) -> nn.Module:
+    """The weights a stage trains: a snapshot ensemble's best member, or the model itself."""
+    return model.best if isinstance(model, SnapshotEnsemble) else model
+
+
+def _member(keyed: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor]:
+    return {k.split(".", 1)[1]: v for k, v in keyed.items() if k.startswith(f"{name}.")}
 
 
 def choose_late_weight(best: nn.Module, late: nn.Module, valid: EvalSet, grid=MIX_GRID) -> tuple[float, dict]:

@@ -23,6 +23,7 @@ from ..device import autocast, pick_device, retain_freed_memory, seed_everything
 from ..smoke import small
 from .checkpoint import load_training_state, save_model, save_training_state
 from .data import EvalSet, length_buckets, position_rows, trim
+from .ensemble import SnapshotEnsemble, choose_late_weight
 from .distributed import all_mean, barrier, broadcast, global_batch, rank_and_world, shard_batches, wrap
 from .evaluate import evaluate
 from .losses import (
@@ -68,6 +69,9 @@ class SeqRecTrainConfig:
     patience: int = 3  # evaluations without a better valid NDCG@10 (with keep="best")
     keep: Literal["best", "last"] = "best"  # "best": the best-validated weights (early stopping); "last": train all
     # epochs and keep the final weights (RoDPO's fixed-length warm-up, Algorithm 1)
+    snapshot_late: int | None = 8  # keep="best": train on N epochs past the validation-best window, then mix the
+    # last window's scores with the best's (snapshot ensemble, ensemble.py), the weight chosen on validation (0: the
+    # best alone); N is also the patience where larger. None: no late snapshot (early stopping at `patience`)
     min_epochs: int = 0
     eval_every: int = 1  # validate every N epochs (RecBole's eval_step); patience counts validations
     seed: int = 42  # the model's initial weights, batching and dropout
@@ -98,6 +102,13 @@ class SeqRecTrainConfig:
             raise ValueError("ema_decay and swa_last are two weight averages: set one (swa_last=None for EMA)")
         if self.swa_last is not None and self.swa_last < 1:
             raise ValueError(f"swa_last must be a number of epochs >= 1 (or None: no average), got {self.swa_last!r}")
+        if self.snapshot_late is not None and self.snapshot_late < 1:
+            raise ValueError(f"snapshot_late must be a number of epochs >= 1 (or None), got {self.snapshot_late!r}")
+
+    @property
+    def stop_after(self) -> int:
+        """Validations without a better valid NDCG@10 that stop training (keep="best")."""
+        return max(self.patience, self.snapshot_late or 0)
 
     @property
     def swa_start(self) -> int | None:
@@ -122,6 +133,8 @@ class SeqRecDPOConfig(SeqRecTrainConfig):
     swa_last: int | None = 3  # the running average of every DPO epoch's weights
     swa_window: Literal["tail", "trailing"] = "tail"
     keep: Literal["best", "last"] = "best"
+    snapshot_late: int | None = None  # stage 2 trains the reference's best member; an SFT ensemble's late member
+    # is mixed with the policy afterwards, the weight chosen again on validation
     eval_every: int = 1
     sampler: Literal["random", "argmax", "stochastic_topk"] = "stochastic_topk"
     topk: int = 50  # K of the stochastic top-K pool (Eq. 4)
@@ -148,6 +161,8 @@ class SeqRecDPOConfig(SeqRecTrainConfig):
         _check_choice("sampler", self.sampler, tuple(SAMPLERS))
         _check_choice("preference", self.preference, PREFERENCES)
         _check_choice("chosen", self.chosen, CHOSEN)
+        if self.snapshot_late is not None:
+            raise ValueError("snapshot_late is stage 1's: stage 2 mixes its policy with the SFT's late member")
 
 
 class SeqRecTrainer:
@@ -161,7 +176,9 @@ class SeqRecTrainer:
         reference: MultimodalSASRec | None = None,
         checkpoint_dir: str | Path | None = None,
         on_epoch: Callable[[dict], None] | None = None,
+        late: MultimodalSASRec | None = None,
     ):
+        """`late`: a fixed late member to mix the trained model with after training (stage 2 on an ensemble SFT)."""
         seed_everything(cfg.seed)
         self.cfg, self.device = cfg, pick_device(cfg.device)
         if self.device.type == "cpu" and cfg.retain_freed_memory and cfg.loss == "ce":
@@ -188,6 +205,8 @@ class SeqRecTrainer:
         self.history: list[dict] = []
         self.best = {"epoch": -1, "ndcg@10": -1.0}
         self.best_state: dict | None = None
+        self.late = late
+        self.ensemble: SnapshotEnsemble | None = None  # after fit: the model with its late member, where it mixes
         self.generator = torch.Generator(device="cpu")
 
     # --- overridable pieces --------------------------------------------------------------------
@@ -387,7 +406,7 @@ class SeqRecTrainer:
             if self.rank == 0 and ((epoch + 1) % self.cfg.eval_every == 0 or epoch == self.cfg.epochs - 1):
                 row, bad = self.validate(epoch, row, bad)
             over_budget = self.cfg.max_minutes and (time.perf_counter() - t_start) / 60 > self.cfg.max_minutes
-            stop = bool((bad >= self.cfg.patience and self.cfg.keep == "best") or over_budget)
+            stop = bool((bad >= self.cfg.stop_after and self.cfg.keep == "best") or over_budget)
             row, bad, stop, self.best = broadcast((row, bad, stop, self.best))  # every rank stops together
             self.history.append(row)
             if self.on_epoch and self.rank == 0:
@@ -403,18 +422,44 @@ class SeqRecTrainer:
             barrier()
             if stop:
                 break
+        late = self.late_snapshot()
         if self.cfg.keep == "last" and self.eval_model is not self.model:
             self.model.load_state_dict(self.eval_model.state_dict())
         elif self.cfg.keep == "best" and self.best_state is not None:
             self.model.load_state_dict(self.best_state)
         kept = self.history[-1]["epoch"] if self.cfg.keep == "last" and self.history else self.best["epoch"]
-        n_avg = next((r.get("swa_epochs") or 1 for r in self.history if r["epoch"] == kept), 1)
         return {
             "best": self.best,
             "history": self.history,
             "epochs_run": len(self.history),
             "kept_epoch": kept,
-            "averaged_epochs": list(range(kept - n_avg + 1, kept + 1)),  # 0-based epochs whose weights are kept
+            "averaged_epochs": self.window_of(kept),  # 0-based epochs whose weights are kept
+            "snapshot": self.mix_late(late) if late is not None and self.rank == 0 else None,
+        }
+
+    def window_of(self, epoch: int) -> list[int]:
+        """The 0-based epochs whose weights the validated model after `epoch` averages."""
+        n_avg = next((r.get("swa_epochs") or 1 for r in self.history if r["epoch"] == epoch), 1)
+        return list(range(epoch - n_avg + 1, epoch + 1))
+
+    def late_snapshot(self) -> MultimodalSASRec | None:
+        """The late member: the given one (stage 2), or the last validated window where it is past the best one."""
+        if self.late is not None:
+            return self.late
+        past_best = self.history and self.history[-1]["epoch"] > self.best["epoch"]
+        if not (self.cfg.snapshot_late and self.cfg.keep == "best" and past_best):
+            return None
+        return copy.deepcopy(self.eval_model).eval()
+
+    def mix_late(self, late: MultimodalSASRec) -> dict:
+        """Choose the late member's weight on validation (ensemble.py); the mix becomes `ensemble` where w > 0."""
+        weight, scores = choose_late_weight(self.model, late, self.valid)
+        self.ensemble = SnapshotEnsemble(self.model, late, weight) if weight > 0 else None
+        last = self.history[-1]["epoch"] if self.history else -1
+        return {
+            "late_weight": weight,
+            "late_epochs": self.window_of(last) if self.late is None else None,  # None: the reference's late member
+            "valid_ndcg@10_by_weight": {str(w): round(v, 5) for w, v in scores.items()},
         }
 
 
