@@ -100,7 +100,9 @@ def main() -> None:
         )
         seconds = time.perf_counter() - t0
         policy, _ = load_model(run["path"])
-        end = SeqRecTrainer(trained_member(policy), cfg, data.train_inputs, data.train_targets, data.valid, reference=reference)
+        end = SeqRecTrainer(
+            trained_member(policy), cfg, data.train_inputs, data.train_targets, data.valid, reference=reference
+        )
         sft_n5 = sft_mv.card["test"]["ndcg@5"]
         out[variant] = {
             "name": run["name"],

@@ -70,7 +70,6 @@ class SnapshotEnsemble(nn.Module):
         """[E_best, E_late]: the members' fused item tables side by side."""
         return torch.cat([mod.fused_table(_member(tables, n)) for n, (mod, _) in self.members().items()], -1)
 
-
     def fuse(
         self, hidden: dict[str, torch.Tensor], tables: dict[str, torch.Tensor], items: torch.Tensor | None = None
     ) -> torch.Tensor:

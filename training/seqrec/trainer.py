@@ -23,8 +23,8 @@ from ..device import autocast, pick_device, retain_freed_memory, seed_everything
 from ..smoke import small
 from .checkpoint import load_training_state, save_model, save_training_state
 from .data import EvalSet, length_buckets, position_rows, trim
-from .ensemble import SnapshotEnsemble, choose_late_weight
 from .distributed import all_mean, barrier, broadcast, global_batch, rank_and_world, shard_batches, wrap
+from .ensemble import SnapshotEnsemble, choose_late_weight
 from .evaluate import evaluate
 from .losses import (
     LOSSES,
