@@ -245,3 +245,68 @@ def test_the_api_key_guards_everything_but_the_probes_and_status_shows_no_paths(
         assert last is None or "/" not in last["error"]  # no filesystem path on a status page
     finally:
         svc.stop()
+
+
+def test_a_snapshot_ensemble_trains_registers_and_serves_as_one_model(tmp_path, monkeypatch):
+    """The recipe's SFT with a late snapshot: registered as two members, stage 2 on its best member with the late one
+    mixed back in, and the serving holder's precomputed and ANN modes rank as the mix's full_sort_predict does."""
+    import itertools
+
+    from assets.ingest.pipeline import DatasetSpec, ingest
+    from recalign.settings import Settings
+    from serving.catalogue import Catalogue
+    from serving.model_holder import ModelHolder
+    from training.seqrec import trainer as trainer_module
+    from training.seqrec.ensemble import SnapshotEnsemble
+
+    from .helpers import dpo_config
+
+    home = Settings.from_env(tmp_path / "home")
+    ingest(home, DatasetSpec("synthetic", None, name="mix"))
+    falling = itertools.count(1)  # validation falls after the first epoch: the late window is past the best one
+    monkeypatch.setattr(trainer_module, "evaluate", lambda *a, **k: {"ndcg@10": 1.0 / next(falling)})
+    real_choice, grids = trainer_module.choose_late_weight, []
+
+    def choose(best, late, valid):  # the library's own choice runs; the weight is forced so the mix is non-trivial
+        grids.append(real_choice(best, late, valid)[1])
+        return 0.3, grids[-1]
+
+    monkeypatch.setattr(trainer_module, "choose_late_weight", choose)
+    quiet = lambda *_: None
+    cfg = sft_config(epochs=6, batch_size=256, lr=3e-3, snapshot_late=2, patience=1, show_progress=False)
+    sft = train_stage(home, "mix", TINY, cfg, "seqrec_sft", log=quiet)
+    assert sft["epochs_run"] == 3 and sft["best_epoch"] == 0
+    assert sft["snapshot"]["late_weight"] == 0.3 and sft["snapshot"]["late_epochs"] == [2]
+    assert len(grids[0]) == 6
+    reg = home.registry("mix")
+    mv = reg.get(sft["name"], sft["version"])
+    assert (mv.path / "late" / "model.safetensors").exists() and mv.card["snapshot"]["late_weight"] == 0.3
+    mix, _ = load_model(mv.path)
+    assert isinstance(mix, SnapshotEnsemble)
+    dpo_cfg = dpo_config(epochs=1, batch_size=256, show_progress=False)
+    dpo = train_stage(home, "mix", {}, dpo_cfg, reference=(mv.name, mv.version), log=quiet)
+    assert dpo["snapshot"]["late_epochs"] is None
+    policy, _ = load_model(reg.get(dpo["name"], dpo["version"]).path)
+    assert isinstance(policy, SnapshotEnsemble)
+    assert all(torch.equal(a, b) for a, b in zip(policy.late.state_dict().values(), mix.late.state_dict().values()))
+    assert not torch.equal(policy.best.item_table("id"), mix.best.item_table("id"))  # stage 2 trained the best member
+    reg.publish(mv)
+    cat = Catalogue.load(home.warehouse_path("mix"))
+    user = sorted(cat.histories)[3]
+    hist = cat.histories[user]
+    with torch.no_grad():
+        raw = mix.full_sort_predict(torch.from_numpy(hist[-50:]).view(1, -1))[0].numpy()
+    scores = raw.copy()
+    scores[hist], scores[0] = -np.inf, -np.inf
+    offline = np.argsort(-scores, kind="stable")[:10].tolist()
+    for ann in (False, True):
+        holder = ModelHolder(reg.root, cat.n_items, histories=None if ann else cat.histories, ann=ann, candidates=50)
+        assert holder.check() and isinstance(holder.current.model, SnapshotEnsemble)
+        if ann:
+            ids, _ = holder.ann_top_batch([(hist, user, 10, True)])[0][0]
+        else:
+            top, _, _ = holder.top(user)
+            ids = top[~np.isin(top, hist)][:10]
+            served, _ = holder.scores(hist, user)  # from the cached encoder states of both members
+            assert np.allclose(served[1:], raw[1:], atol=1e-4)
+        assert ids.tolist()[:5] == offline[:5]
