@@ -3,6 +3,7 @@ weight snapshots mixed by score (training/seqrec/ensemble.py), the mixing weight
 
     python benchmarks/snapshots.py --dataset amazon-beauty --home /tmp/bh --epochs 30 --seed 42
     python benchmarks/snapshots.py --dataset amazon-beauty --home /tmp/bh --best NAME/VERSION --late NAME/VERSION
+    python benchmarks/snapshots.py --dataset amazon-beauty --home /tmp/bh --model NAME/VERSION   # a recipe's mix
 Prints test metrics of the best snapshot, the late one and their mix, the paired bootstrap of mix - best per test
 user (NDCG@5, NDCG@10), and NDCG@10 by the target's training count (where the late snapshot helps: rare targets).
 """
@@ -58,8 +59,11 @@ def main() -> None:
         "--best", default=None, help="NAME/VERSION of a registered best snapshot (with --late: no training)"
     )
     ap.add_argument("--late", default=None, help="NAME/VERSION of a registered late snapshot")
+    ap.add_argument("--model", default=None, help="NAME/VERSION of a registered snapshot ensemble: its two members")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     args = ap.parse_args()
+    if args.model and (args.best or args.late):
+        sys.exit("error: --model compares the members of one registered ensemble: without --best / --late")
     if bool(args.best) != bool(args.late):
         sys.exit("error: give both --best and --late (compare two registered models), or neither (train)")
 
@@ -71,6 +75,7 @@ def main() -> None:
     from assets.seqrec.pipeline import load_data, train_stage
     from recalign.settings import Settings
     from training.seqrec.checkpoint import load_model
+    from training.seqrec.ensemble import SnapshotEnsemble
     from training.seqrec.recipe import get_recipe
 
     recipe = get_recipe("default")
@@ -83,7 +88,12 @@ def main() -> None:
     data = load_data(settings, args.dataset, model_cfg["max_len"], model_cfg["modalities"], model_cfg["attributes"])
     out = {"benchmark": "snapshots", "dataset": args.dataset}
     t0 = time.perf_counter()
-    if args.late:
+    if args.model:
+        mix, _ = load_model(settings.registry(args.dataset).get(*args.model.split("/")).path)
+        if not isinstance(mix, SnapshotEnsemble):
+            sys.exit(f"error: {args.model} is one model, not a snapshot ensemble (its card's snapshot weight was 0)")
+        best, late = mix.best, mix.late
+    elif args.late:
         registry = settings.registry(args.dataset)
         best, _ = load_model(registry.get(*args.best.split("/")).path)
         late, _ = load_model(registry.get(*args.late.split("/")).path)
