@@ -17,7 +17,6 @@ from .data import EvalSet
 from .evaluate import evaluate
 
 MIX_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # weights of the late snapshot tried on validation
-MEMBERS = ("best", "late")
 
 
 class SnapshotEnsemble(nn.Module):
