@@ -36,7 +36,7 @@ def run() -> dict:
     ap.add_argument("--users", type=int, default=small(24, 6))
     ap.add_argument("--steps", type=int, default=small(4, 1))
     ap.add_argument("--negatives", type=int, default=small(20, 4), help="negatives per question (1 + 20: the protocol)")
-    ap.add_argument("--eval-users", type=int, default=small(8, 4))
+    ap.add_argument("--eval-users", type=int, default=small(8, 2))
     args = ap.parse_args()
     import torch
 

@@ -25,7 +25,7 @@ def main() -> None:
     ap.add_argument("--path", default=None, help="its folder (default: ../shared/data/<folder>)")
     ap.add_argument("--items", type=int, default=small(64, 4))
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--max-new-tokens", type=int, default=48)
+    ap.add_argument("--max-new-tokens", type=int, default=small(48, 12))
     ap.add_argument("--model", default="smollm2")
     args = ap.parse_args()
     import torch

@@ -106,10 +106,10 @@ def test_hot_switch_without_dropping_requests_and_corrupt_model_refused(beauty):
                 if r.status_code != 200:
                     errors.append(r.status_code)
 
+    _, mv2 = tiny_model(home, "beauty", seed=2)  # trained first: the switch, not the training, meets the load
     t = threading.Thread(target=hammer)
     t.start()
     try:
-        _, mv2 = tiny_model(home, "beauty", seed=2)
         reg.publish(mv2)
         deadline = time.time() + 30
         while time.time() < deadline and httpx.get(svc.url + "/readyz").json()["model"]["version"] != mv2.version:

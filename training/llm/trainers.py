@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from ..smoke import smoke
+from ..smoke import SMOKE_LLM_BATCH, smoke
 from .rewards import RewardWeights, mspa_rewards, yes_no_reward
 
 ENGINES = ("grouped", "trl")
@@ -65,6 +65,7 @@ class StageConfig:
     def __post_init__(self):
         if smoke():
             self.max_steps = 1
+            self.batch_size = min(self.batch_size, SMOKE_LLM_BATCH)
         if self.engine not in ENGINES:
             raise ValueError(f"unknown engine {self.engine!r}: one of {', '.join(ENGINES)}")
 
