@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import lancedb
 import numpy as np
 import pyarrow as pa
 
@@ -53,6 +52,8 @@ def build_item_index(table: np.ndarray, dest: Path, cfg: ItemIndexConfig = ItemI
             "vector": pa.FixedSizeListArray.from_arrays(pa.array(np.ascontiguousarray(vectors).ravel()), dim),
         }
     )
+    import lancedb
+
     db = lancedb.connect(str(dest))
     tbl = db.create_table(TABLE, data, mode="overwrite")
     indexed = len(vectors) >= cfg.min_rows_for_index
@@ -77,6 +78,8 @@ class ItemIndex:
     def __init__(self, path: Path, cfg: ItemIndexConfig = ItemIndexConfig()):
         self.path = Path(path)
         self.meta = json.loads((self.path / META).read_text())
+        import lancedb
+
         self.table = lancedb.connect(str(self.path)).open_table(TABLE)
         self.cfg = cfg
 

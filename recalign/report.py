@@ -11,10 +11,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
@@ -106,10 +102,24 @@ def anchors_table(ours: pd.DataFrame, dataset: str) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _pyplot():
+    """matplotlib's pyplot on a file backend, imported on the first plot (not by every process that loads assets)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _subplots(*args, **kwargs):
+    return _pyplot().subplots(*args, **kwargs)
+
+
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    _pyplot().close(fig)
     return buf.getvalue()
 
 
@@ -120,7 +130,7 @@ def plot_curves(store: MetricsStore, runs: pd.DataFrame) -> bytes | None:
     cur = store.read(f"SELECT * FROM training_curves WHERE run_id IN ({','.join('?' * len(ids))})", ids)
     if cur.empty:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig, axes = _subplots(1, 2, figsize=(11, 3.6))
     for rid, g in cur.groupby("run_id"):
         name = label(runs.set_index("run_id").loc[rid])
         for ax, metric in zip(axes, ("loss", "valid_ndcg@10")):
@@ -146,7 +156,7 @@ def plot_scores(store: MetricsStore, runs: pd.DataFrame) -> bytes | None:
         return None
     runs_i = runs.set_index("run_id")
     panels = [r for r in sc["run_id"].unique()][:4]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
+    fig, axes = _subplots(1, len(panels), figsize=(4 * len(panels), 3.2), squeeze=False)
     for ax, rid in zip(axes[0], panels):
         g = sc[sc["run_id"] == rid]
         for kind, color in (("positive", "tab:green"), ("negative", "tab:red")):
@@ -207,7 +217,7 @@ def plot_buckets(
 ) -> bytes | None:
     if table.empty:
         return None
-    fig, ax = plt.subplots(figsize=(7, 3.4))
+    fig, ax = _subplots(figsize=(7, 3.4))
     cols = [c for c in table.columns if c not in ("run_id", "model")]
     for _, row in table.iterrows():
         ax.plot(cols, row[cols].astype(float).values, marker="o", label=row["model"])
@@ -281,7 +291,7 @@ def plot_sensitivity(runs: pd.DataFrame, seq_table: pd.DataFrame) -> bytes | Non
     swept = [p for p in ("K", "beta") if len(df) and df[p].nunique() > 1]
     if not swept:
         return None
-    fig, axes = plt.subplots(1, len(swept), figsize=(5 * len(swept), 3.2), squeeze=False)
+    fig, axes = _subplots(1, len(swept), figsize=(5 * len(swept), 3.2), squeeze=False)
     for ax, p in zip(axes[0], swept):
         g = df.groupby(p)["ndcg@10"].max().sort_index()
         ax.plot(g.index, g.values, marker="o")

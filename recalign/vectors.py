@@ -8,7 +8,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import lancedb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
@@ -55,6 +54,8 @@ class VectorStore:
         self.path = Path(path)
         self.refresh_seconds = refresh_seconds
         self.path.mkdir(parents=True, exist_ok=True)
+        import lancedb  # on use: ~2 s of import for every process that loads the assets
+
         self.db = lancedb.connect(str(self.path))
         self._handles: dict = {}
 

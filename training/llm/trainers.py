@@ -14,7 +14,6 @@ from typing import Literal
 
 import numpy as np
 import torch
-from transformers import TrainerCallback
 
 from ..smoke import SMOKE_LLM_BATCH, smoke
 from .rewards import RewardWeights, mspa_rewards, yes_no_reward
@@ -149,21 +148,9 @@ def _dataset(rows: Sequence[dict]):
     return Dataset.from_list(list(rows))
 
 
-class StepTimer(TrainerCallback):
-    """Records each optimisation step's wall time (the median goes into the stage summary)."""
-
-    def __init__(self):
-        self.times: list[float] = []
-        self._t = 0.0
-
-    def on_step_begin(self, args, state, control, **kw):
-        self._t = time.perf_counter()
-
-    def on_step_end(self, args, state, control, **kw):
-        self.times.append(time.perf_counter() - self._t)
-
-
 def _finish(trainer, out_dir: Path, extra: dict) -> dict:
+    from .callbacks import StepTimer
+
     timer = StepTimer()
     trainer.add_callback(timer)
     t0 = time.perf_counter()
