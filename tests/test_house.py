@@ -46,6 +46,18 @@ def test_the_library_knows_no_dagster_but_the_clis_job_launcher():
     assert launching == {"cmd_demo", "_instance"}  # `recalign demo` and the Dagster instance it runs on
 
 
+HEAVY = ("transformers", "peft", "trl", "sentence_transformers", "lancedb", "scipy.stats", "matplotlib")
+
+
+def test_loading_the_definitions_imports_no_heavy_library():
+    """Every Dagster process (code server, daemon, each run's worker, `recalign demo`) loads the definitions: the
+    model and plotting libraries load when an asset that needs them runs."""
+    probe = f"import sys, orchestration.definitions; print([m for m in {HEAVY!r} if m in sys.modules])"
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "[]"
+
+
 def _imports_in(fn) -> set[str]:
     return {a.name.split(".")[0] for n in ast.walk(fn) if isinstance(n, ast.Import) for a in n.names} | {
         n.module.split(".")[0] for n in ast.walk(fn) if isinstance(n, ast.ImportFrom) and n.module and n.level == 0
