@@ -29,7 +29,7 @@ def paired_test(a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0)
     a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
     diff = a - b
     mean, lo, hi = bootstrap_ci(diff, n_boot=n_boot, seed=seed)
-    from scipy import stats  # on use: importing scipy.stats costs ~2 s of every process that loads the assets
+    from scipy import stats  # on use, not by every process that loads the assets (docs/architecture.md)
 
     p = float(stats.wilcoxon(a, b, zero_method="zsplit").pvalue) if np.any(diff != 0) else 1.0
     return {"mean_diff": mean, "ci_low": lo, "ci_high": hi, "p_wilcoxon": p, "users": len(diff)}

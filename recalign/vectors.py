@@ -54,7 +54,7 @@ class VectorStore:
         self.path = Path(path)
         self.refresh_seconds = refresh_seconds
         self.path.mkdir(parents=True, exist_ok=True)
-        import lancedb  # on use: ~2 s of import for every process that loads the assets
+        import lancedb  # on use, not by every process that loads the assets (docs/architecture.md)
 
         self.db = lancedb.connect(str(self.path))
         self._handles: dict = {}
