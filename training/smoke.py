@@ -1,8 +1,8 @@
 """RECALIGN_SMOKE=1: every command in a small form, so the docs test can run each one the README and docs/ show.
 
-What it shrinks, and nothing else: training epochs (1), LLM steps (1) and LLM batches (2); the sequential track's users (the
-first 2,000); text embeddings (the first 400 texts of a table) and image embeddings (the first 64 images);
-the LLM track's user sample (4); the synthetic dataset (120 items, 200 users, unless a size is asked for); and
+What it shrinks, and nothing else: training epochs (1), LLM steps (1) and LLM batches (2 examples); the
+sequential track's users (the first 2,000); text embeddings (the first 400 texts of a table) and image embeddings
+(the first 64 images); the LLM track's user sample (2); the synthetic dataset (120 items, 200 users, unless a size is asked for); and
 the benchmarks' own loads (see each). Results of a smoke run are not results: the flag is for checking commands.
 """
 
