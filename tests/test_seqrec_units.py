@@ -544,6 +544,82 @@ def test_attributes_add_their_mean_embedding_to_the_id_table_and_survive_a_check
         MultimodalSASRec(cfg, attributes=attrs + 5)
 
 
+def test_attribute_means_match_embedding_bag_in_value_and_gradient_and_follow_a_loaded_state():
+    import copy
+
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    attrs = torch.randint(0, 9, (41, 4))
+    attrs[0], attrs[5] = 0, torch.tensor([3, 3, 0, 0])  # padding row; a repeated id counts twice, as in a bag
+    cfg = SeqRecConfig(n_items=40, d=8, n_layers=1, n_heads=2, inner=16, attributes=True, n_attributes=8)
+    m = MultimodalSASRec(cfg, attributes=attrs)
+    w = torch.randn(9, 8, requires_grad=True)
+    with torch.no_grad():
+        m.attr_emb.weight.copy_(w)
+    grad_out = torch.randn(41, 8)
+    bag = F.embedding_bag(attrs, w, mode="mean", padding_idx=0)
+    (bag * grad_out).sum().backward()
+    means = m.attribute_means()
+    (means * grad_out).sum().backward()
+    assert torch.allclose(means, bag, atol=1e-6)
+    assert torch.allclose(m.attr_emb.weight.grad, w.grad, atol=1e-5)
+    copied = copy.deepcopy(m)  # an AveragedModel / the DPO reference deep-copy the model
+    assert torch.allclose(copied.attribute_means(), bag, atol=1e-6)
+    other = attrs.roll(1, 0)
+    m.load_state_dict({**m.state_dict(), "item_attrs": other})  # copied in place: the sparse matrix follows
+    assert torch.allclose(m.attribute_means(), F.embedding_bag(other, w, mode="mean", padding_idx=0), atol=1e-6)
+
+
+def test_unrecorded_masks_give_the_gradient_of_the_recorded_masked_softmax():
+    from training.seqrec.scores import PositionScores, seen_pairs
+
+    torch.manual_seed(0)
+    seq, tgt = torch.tensor([[0, 1, 2, 3], [4, 2, 5, 2]]), torch.tensor([[0, 2, 3, 4], [2, 5, 2, 6]])
+    q, table = torch.randn(7, 5, requires_grad=True), torch.randn(7, 5, requires_grad=True)
+    scored = PositionScores(q, table, tgt[tgt > 0], seq, tgt, mask_seen=True)
+    torch.nn.functional.cross_entropy(scored.materialise(), scored.targets).backward()
+    got = q.grad.clone(), table.grad.clone()
+    q.grad = table.grad = None
+    mask = torch.zeros(7, 7, dtype=torch.bool)
+    mask[:, 0] = True
+    mask[seen_pairs(seq, tgt)] = True
+    assert mask.sum() > 7  # some prefix items are masked, not only the padding column
+    torch.nn.functional.cross_entropy((q @ table.T).masked_fill(mask, float("-inf")), scored.targets).backward()
+    assert torch.allclose(got[0], q.grad, atol=1e-6) and torch.allclose(got[1], table.grad, atol=1e-6)
+
+
+def test_dropout_keeps_with_probability_one_minus_p_scales_and_turns_off():
+    from training.seqrec.model import Dropout
+
+    torch.manual_seed(0)
+    drop, x = Dropout(0.3), torch.ones(200_000)
+    y = drop(x)
+    assert torch.unique(y).tolist() == [0.0, pytest.approx(1 / 0.7)]
+    assert abs((y > 0).float().mean().item() - 0.7) < 0.005 and abs(y.mean().item() - 1.0) < 0.01
+    x.requires_grad_(True)
+    y = drop(x)
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient passes where the mask kept, scaled alike
+    assert torch.equal(drop.eval()(x), x)
+    m = small_model(modalities=["id", "text"], text_dim=8)
+    m.cfg.dropout = 0.3
+    m.disable_dropout()
+    assert all(d.p == 0.0 for d in m.modules() if isinstance(d, torch.nn.Dropout))
+
+
+def test_a_complete_modality_keeps_its_placeholder_in_the_graph_and_the_same_item_rows():
+    m = small_model(modalities=["id", "text"], text_dim=8)
+    with torch.no_grad():
+        m.text_feats[5] = torch.randn(8)
+        m.text_has[5] = True  # every item has text now: the table skips the placeholder's where
+    table = m.item_table("text")
+    assert torch.allclose(table[1:], m.text_proj(m.text_feats[1:])) and torch.equal(table[0], m.text_missing)
+    seq, tgt = torch.tensor([[0, 1, 2, 3]]), torch.tensor([[0, 2, 3, 4]])
+    m.calculate_loss(seq, tgt, mask_seen=True).backward()
+    assert m.text_missing.grad is not None and torch.equal(m.text_missing.grad, torch.zeros(16))  # DDP needs it
+
+
 def test_later_chosen_draws_the_next_or_a_later_item_of_the_window_uniformly():
     from training.seqrec.scores import PositionScores
     from training.seqrec.trainer import later_chosen

@@ -9,6 +9,7 @@ modality. Sequences are left-padded with 0.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Literal
 
@@ -82,6 +83,44 @@ class SparseNoisyMoE(nn.Module):
         return (g.unsqueeze(-1) * out).sum(-2)
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout with its Bernoulli(1 - p) mask drawn as uniform >= p (torch.rand): the same distribution,
+    drawn faster on a CPU than by bernoulli_ (docs/results.md)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        return x * (torch.rand_like(x) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+
+class AttributeMean(torch.autograd.Function):
+    """A W and its backward A^T g: each item's mean attribute embedding as one sparse product, A row-normalised
+    (CSR, with its transpose kept for the backward), instead of embedding_bag over every item per step."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, mean: torch.Tensor, mean_t: torch.Tensor) -> torch.Tensor:
+        ctx.mean_t = mean_t
+        return mean @ weight
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return ctx.mean_t @ grad, None, None
+
+
+def attribute_mean_parts(attrs: torch.Tensor, n_attributes: int) -> tuple[tuple[torch.Tensor, ...], ...]:
+    """CSR parts (crow, col, value) of A, A[i, a] = 1 / |attrs(i)| for each non-padding attribute a of item i,
+    and of A^T: dense tensors, so that the model still deep-copies (an AveragedModel, the DPO reference)."""
+    rows, cols = (attrs > 0).nonzero(as_tuple=True)
+    ids = attrs[rows, cols]
+    weight = 1.0 / (attrs > 0).sum(1).clamp(min=1)[rows].float()
+    size = (len(attrs), n_attributes + 1)
+    a = torch.sparse_coo_tensor(torch.stack([rows, ids]), weight, size, check_invariants=False).coalesce()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
+        csr = a.to_sparse_csr(), a.t().coalesce().to_sparse_csr()
+    return tuple((m.crow_indices(), m.col_indices(), m.values()) for m in csr)
+
+
 class CausalBlock(nn.Module):
     def __init__(self, cfg: SeqRecConfig):
         super().__init__()
@@ -89,9 +128,9 @@ class CausalBlock(nn.Module):
         self.ln1, self.ln2 = nn.LayerNorm(cfg.d), nn.LayerNorm(cfg.d)
         self.qkv, self.proj = nn.Linear(cfg.d, 3 * cfg.d), nn.Linear(cfg.d, cfg.d)
         self.ff = nn.Sequential(
-            nn.Linear(cfg.d, cfg.inner), nn.GELU(), nn.Dropout(cfg.dropout), nn.Linear(cfg.inner, cfg.d)
+            nn.Linear(cfg.d, cfg.inner), nn.GELU(), Dropout(cfg.dropout), nn.Linear(cfg.inner, cfg.d)
         )
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, L, d = x.shape
@@ -110,7 +149,7 @@ class ModalityEncoder(nn.Module):
         super().__init__()
         self.pos = nn.Embedding(cfg.max_len, cfg.d)
         self.ln_in, self.ln_out = nn.LayerNorm(cfg.d), nn.LayerNorm(cfg.d)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(CausalBlock(cfg) for _ in range(cfg.n_layers))
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -175,6 +214,20 @@ class MultimodalSASRec(nn.Module):
         self.register_buffer("item_attrs", attributes)
         self.attr_emb = nn.Embedding(cfg.n_attributes + 1, cfg.d, padding_idx=0)
         nn.init.zeros_(self.attr_emb.weight)
+        self._attr_mean: tuple | None = None  # (key, CSR parts), rebuilt when item_attrs changes or moves
+
+    def attribute_means(self) -> torch.Tensor:
+        """(n_items + 1, d): each item's mean attribute embedding, padding ids skipped (0 for an item without)."""
+        attrs = self.item_attrs
+        key = (attrs.data_ptr(), attrs._version, attrs.device)
+        if self._attr_mean is None or self._attr_mean[0] != key:
+            self._attr_mean = (key, attribute_mean_parts(attrs, self.cfg.n_attributes))
+        n = (len(attrs), self.cfg.n_attributes + 1)
+        mean, mean_t = (
+            torch.sparse_csr_tensor(*parts, size=size, check_invariants=False)
+            for parts, size in zip(self._attr_mean[1], (n, n[::-1]))
+        )
+        return AttributeMean.apply(self.attr_emb.weight, mean, mean_t)
 
     # --- item side ------------------------------------------------------------------------------
 
@@ -183,12 +236,12 @@ class MultimodalSASRec(nn.Module):
         if modality == "id":
             if not self.cfg.attributes:
                 return self.item_id.weight
-            return self.item_id.weight + F.embedding_bag(
-                self.item_attrs, self.attr_emb.weight, mode="mean", padding_idx=0
-            )
+            return self.item_id.weight + self.attribute_means()
         feats, has = getattr(self, f"{modality}_feats"), getattr(self, f"{modality}_has")
-        proj = getattr(self, f"{modality}_proj")(feats)
-        return torch.where(has.unsqueeze(-1), proj, getattr(self, f"{modality}_missing"))
+        proj, missing = getattr(self, f"{modality}_proj"), getattr(self, f"{modality}_missing")
+        if bool(has[1:].all()):  # every item has this modality: the placeholder fills only the padding row
+            return torch.cat([missing[None], proj(feats[1:])])
+        return torch.where(has.unsqueeze(-1), proj(feats), missing)
 
     def item_tables(self) -> dict[str, torch.Tensor]:
         return {m: self.item_table(m) for m in self.cfg.modalities}

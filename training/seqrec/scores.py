@@ -133,12 +133,16 @@ class PositionScores:
 
     def materialise(self) -> torch.Tensor:
         """The whole (N, n_items + 1) matrix, padding and seen items at -inf (small catalogues); kept in `logits`
-        so that the DPO pool reuses the matrix the CE loss built."""
+        so that the DPO pool reuses the matrix the CE loss built.
+
+        The -inf writes are not recorded by autograd: a masked item's softmax probability is 0, so its gradient is
+        0 either way, and unrecorded writes spare the backward two copies of the whole matrix."""
         logits = self.query @ self.table.T
-        logits[:, 0] = float("-inf")
-        seen = self.seen()
-        if seen is not None:
-            logits[seen] = float("-inf")
+        with torch.no_grad():
+            logits[:, 0] = float("-inf")
+            seen = self.seen()
+            if seen is not None:
+                logits[seen] = float("-inf")
         self.logits = logits
         return logits
 
