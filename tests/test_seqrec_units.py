@@ -672,6 +672,23 @@ def test_snapshot_ensemble_mixes_scores_and_takes_the_weight_validation_prefers(
         SnapshotEnsemble(best, late, 1.5)
 
 
+def test_choosing_the_weight_from_one_pass_per_member_equals_evaluating_each_mix():
+    from training.seqrec.ensemble import MIX_GRID, SnapshotEnsemble, choose_late_weight
+    from training.seqrec.evaluate import evaluate
+
+    best = small_model(modalities=["id", "text"], text_dim=8)
+    torch.manual_seed(3)
+    late = small_model(modalities=["id", "text"], text_dim=8)
+    with torch.no_grad():
+        late.item_id.weight.add_(torch.randn_like(late.item_id.weight))
+    rng = np.random.default_rng(0)
+    hist = [rng.integers(1, 31, rng.integers(1, 7)) for _ in range(40)]
+    valid = EvalSet.build(hist, rng.integers(1, 31, 40), np.arange(40), max_len=8)
+    _, scores = choose_late_weight(best, late, valid)
+    assert scores == {w: evaluate(SnapshotEnsemble(best, late, w), valid)["ndcg@10"] for w in MIX_GRID}
+    assert len(set(scores.values())) > 1  # the weights rank differently
+
+
 def test_snapshot_ensemble_is_one_inner_product_model_and_round_trips_a_checkpoint(tmp_path):
     from serving.model_holder import precompute_top, precompute_users
     from training.seqrec.ensemble import SnapshotEnsemble

@@ -13,8 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..metrics import metrics_from_ranks
 from .data import EvalSet
-from .evaluate import evaluate
+from .evaluate import ranks_of_scorer
 
 MIX_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # weights of the late snapshot tried on validation
 
@@ -38,9 +39,7 @@ class SnapshotEnsemble(nn.Module):
         out = self.best.full_sort_predict(seq)
         if self.late_weight == 0.0:
             return out
-        mixed = (1 - self.late_weight) * out + self.late_weight * self.late.full_sort_predict(seq)
-        mixed[:, 0] = float("-inf")  # the padding id (0 * -inf would be NaN at a weight of 0 or 1)
-        return mixed
+        return mix(out, self.late.full_sort_predict(seq), self.late_weight)
 
     def predict(self, seq: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
         w = self.late_weight
@@ -89,8 +88,25 @@ def _member(keyed: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor
     return {k.split(".", 1)[1]: v for k, v in keyed.items() if k.startswith(f"{name}.")}
 
 
+def mix(best: torch.Tensor, late: torch.Tensor, late_weight: float) -> torch.Tensor:
+    """(1 - w) s_best + w s_late of two full score matrices; the best's alone at w = 0."""
+    if late_weight == 0.0:
+        return best
+    mixed = (1 - late_weight) * best + late_weight * late
+    mixed[:, 0] = float("-inf")  # the padding id (0 * -inf would be NaN at a weight of 0 or 1)
+    return mixed
+
+
 def choose_late_weight(best: nn.Module, late: nn.Module, valid: EvalSet, grid=MIX_GRID) -> tuple[float, dict]:
-    """The grid weight with the highest validation NDCG@10 (ties: the smaller weight) and each weight's score."""
-    scores = {w: evaluate(SnapshotEnsemble(best, late, w), valid)["ndcg@10"] for w in grid}
+    """The grid weight with the highest validation NDCG@10 (ties: the smaller weight) and each weight's score.
+    Each member scores the validation users once; every weight ranks its mix of those scores."""
+    best.eval(), late.eval()
+
+    def mixes(seq):
+        s_best, s_late = best.full_sort_predict(seq), late.full_sort_predict(seq)
+        return ((w, mix(s_best, s_late, w) if w else s_best.clone()) for w in grid)  # ranking masks in place
+
+    ranks = ranks_of_scorer(mixes, best, valid)
+    scores = {w: metrics_from_ranks(ranks[w])["ndcg@10"] for w in grid}
     chosen = max(grid, key=lambda w: (scores[w], -w))
     return chosen, scores
