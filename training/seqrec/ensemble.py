@@ -89,9 +89,7 @@ def _member(keyed: dict[str, torch.Tensor], name: str) -> dict[str, torch.Tensor
 
 
 def mix(best: torch.Tensor, late: torch.Tensor, late_weight: float) -> torch.Tensor:
-    """(1 - w) s_best + w s_late of two full score matrices; the best's alone at w = 0."""
-    if late_weight == 0.0:
-        return best
+    """(1 - w) s_best + w s_late of two full score matrices, a new matrix (at w = 0 equal to s_best)."""
     mixed = (1 - late_weight) * best + late_weight * late
     mixed[:, 0] = float("-inf")  # the padding id (0 * -inf would be NaN at a weight of 0 or 1)
     return mixed
@@ -104,7 +102,7 @@ def choose_late_weight(best: nn.Module, late: nn.Module, valid: EvalSet, grid=MI
 
     def mixes(seq):
         s_best, s_late = best.full_sort_predict(seq), late.full_sort_predict(seq)
-        return ((w, mix(s_best, s_late, w) if w else s_best.clone()) for w in grid)  # ranking masks in place
+        return ((w, mix(s_best, s_late, w)) for w in grid)
 
     ranks = ranks_of_scorer(mixes, best, valid)
     scores = {w: metrics_from_ranks(ranks[w])["ndcg@10"] for w in grid}
