@@ -589,6 +589,34 @@ def test_unrecorded_masks_give_the_gradient_of_the_recorded_masked_softmax():
     assert torch.allclose(got[0], q.grad, atol=1e-6) and torch.allclose(got[1], table.grad, atol=1e-6)
 
 
+@pytest.mark.parametrize("mask_seen,mask_future", [(False, False), (True, False), (True, True)])
+def test_fused_cross_entropy_equals_the_masked_softmax_in_value_gradient_and_pool(mask_seen, mask_future):
+    from training.seqrec.losses import full_cross_entropy
+    from training.seqrec.samplers import topk_excluding
+    from training.seqrec.scores import PositionScores
+
+    torch.manual_seed(0)
+    seq, tgt = torch.tensor([[0, 1, 2, 3], [4, 2, 5, 2]]), torch.tensor([[0, 2, 3, 4], [2, 5, 2, 6]])
+    q, table = torch.randn(7, 5, requires_grad=True), torch.randn(7, 5, requires_grad=True)
+    scored = PositionScores(q, table, tgt[tgt > 0], seq, tgt, mask_seen=mask_seen, mask_future=mask_future)
+    dense = scored.materialise().detach()
+    expected = torch.nn.functional.cross_entropy(scored.materialise(), scored.targets)
+    expected.backward()
+    want = q.grad.clone(), table.grad.clone()
+    q.grad = table.grad = None
+    scored.logits = None
+    got = full_cross_entropy(scored)
+    finite = torch.isfinite(dense)
+    shift = (scored.logits - dense.masked_fill(~finite, 0)).masked_fill(~finite, 0)  # read before the backward
+    row_constant = shift.gather(1, scored.targets[:, None]).expand_as(shift)
+    pools = topk_excluding(scored.logits, scored.targets, 3), topk_excluding(dense, scored.targets, 3)
+    assert torch.allclose(shift[finite], row_constant[finite], atol=1e-6)  # log-softmax: each row shifted
+    assert torch.equal(pools[0], pools[1]) and torch.isinf(scored.logits[~finite]).all()
+    got.backward()
+    assert got.item() == pytest.approx(expected.item(), abs=1e-6)
+    assert torch.allclose(q.grad, want[0], atol=1e-6) and torch.allclose(table.grad, want[1], atol=1e-6)
+
+
 def test_dropout_keeps_with_probability_one_minus_p_scales_and_turns_off():
     from training.seqrec.model import Dropout
 

@@ -22,6 +22,7 @@ from .scores import PositionScores
 LOSSES = ("ce", "sampled_softmax", "gbce")
 PREFERENCES = ("dpo", "sdpo", "simpo")
 NEGATIVES = ("uniform", "in_batch", "mixed")
+ROW_ALIGN = 16  # the full cross-entropy's score rows, padded to a multiple of 16 floats (64 bytes)
 
 
 def dpo_logit_loss(
@@ -47,8 +48,44 @@ def simpo_logit_loss(policy_w: torch.Tensor, policy_l: torch.Tensor, beta: float
 
 
 def full_cross_entropy(scored: PositionScores, generator: torch.Generator | None = None) -> torch.Tensor:
-    """-log softmax(s(x, .))_y over every item (padding and masked items excluded), mean over positions."""
-    return F.cross_entropy(scored.materialise(), scored.targets)
+    """-log softmax(s(x, .))_y over every item (padding and masked items excluded), mean over positions.
+
+    `scored.logits` becomes the matrix's log-softmax (each row's scores shifted by a constant: the same order, the
+    same top-K), valid until the backward pass turns it into the gradient."""
+    return FullSoftmaxCrossEntropy.apply(scored.query, scored.table, scored)
+
+
+class FullSoftmaxCrossEntropy(torch.autograd.Function):
+    """mean_n -log softmax(q_n T^T)_{y_n} with one (N, n_items + 1) buffer: log-softmax in place forward, its
+    gradient (softmax - onehot(y)) / N written over it backward (no zero-filled gradient, no second matrix).
+
+    The buffer's rows are padded to a multiple of ROW_ALIGN floats (extra columns at -inf): BLAS writes and reads
+    aligned rows much faster than rows of an odd catalogue size (docs/results.md, seventh session)."""
+
+    @staticmethod
+    def forward(ctx, query: torch.Tensor, table: torch.Tensor, scored: PositionScores) -> torch.Tensor:
+        n = len(table)
+        padded = F.pad(table, (0, 0, 0, -n % ROW_ALIGN))
+        logits = (query @ padded.T).float()  # the softmax in fp32 under autocast too, as F.cross_entropy's
+        logits[:, n:] = float("-inf")
+        scored.mask_(logits[:, :n])
+        torch._log_softmax(logits, 1, False, out=logits)
+        scored.logits = logits[:, :n]
+        ctx.save_for_backward(query, padded, scored.targets)
+        ctx.log_probs, ctx.n, ctx.table_dtype = logits, n, table.dtype  # the backward overwrites log_probs
+        return -logits[torch.arange(len(logits), device=logits.device), scored.targets].mean()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        query, padded, targets = ctx.saved_tensors
+        g = ctx.log_probs.exp_()
+        del ctx.log_probs
+        g[torch.arange(len(g), device=g.device), targets] -= 1.0
+        scale = grad / len(g)  # applied to the (N, d) and (n_items + 1, d) products, not to the matrix
+        dq = (g @ padded.float() * scale).to(query.dtype) if ctx.needs_input_grad[0] else None
+        dt = (g.T @ query.float() * scale)[: ctx.n].to(ctx.table_dtype) if ctx.needs_input_grad[1] else None
+        return dq, dt, None
 
 
 def sampled_softmax_logq(

@@ -139,11 +139,16 @@ class PositionScores:
         0 either way, and unrecorded writes spare the backward two copies of the whole matrix."""
         logits = self.query @ self.table.T
         with torch.no_grad():
-            logits[:, 0] = float("-inf")
-            seen = self.seen()
-            if seen is not None:
-                logits[seen] = float("-inf")
+            self.mask_(logits)
         self.logits = logits
+        return logits
+
+    def mask_(self, logits: torch.Tensor) -> torch.Tensor:
+        """Padding and the excluded items (`seen`) of an (N, n_items + 1) matrix set to -inf, in place."""
+        logits[:, 0] = float("-inf")
+        seen = self.seen()
+        if seen is not None:
+            logits[seen] = float("-inf")
         return logits
 
     @torch.no_grad()
