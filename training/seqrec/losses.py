@@ -69,7 +69,10 @@ class FullSoftmaxCrossEntropy(torch.autograd.Function):
         logits = (query @ padded.T).float()  # the softmax in fp32 under autocast too, as F.cross_entropy's
         logits[:, n:] = float("-inf")
         scored.mask_(logits[:, :n])
-        torch._log_softmax(logits, 1, False, out=logits)
+        if logits.device.type == "cpu":  # in place: tested here; elsewhere the kernel's aliasing is not
+            torch._log_softmax(logits, 1, False, out=logits)
+        else:
+            logits = logits.log_softmax(1)
         scored.logits = logits[:, :n]
         ctx.save_for_backward(query, padded, scored.targets)
         ctx.log_probs, ctx.n, ctx.table_dtype = logits, n, table.dtype  # the backward overwrites log_probs
