@@ -75,7 +75,7 @@ class FullSoftmaxCrossEntropy(torch.autograd.Function):
             logits = logits.log_softmax(1)
         scored.logits = logits[:, :n]
         ctx.save_for_backward(query, padded, scored.targets)
-        ctx.log_probs, ctx.n, ctx.table_dtype = logits, n, table.dtype  # the backward overwrites log_probs
+        ctx.log_probs, ctx.n = logits, n  # not save_for_backward: the backward overwrites it
         return -logits[torch.arange(len(logits), device=logits.device), scored.targets].mean()
 
     @staticmethod
@@ -87,7 +87,7 @@ class FullSoftmaxCrossEntropy(torch.autograd.Function):
         g[torch.arange(len(g), device=g.device), targets] -= 1.0
         scale = grad / len(g)  # applied to the (N, d) and (n_items + 1, d) products, not to the matrix
         dq = (g @ padded.float() * scale).to(query.dtype) if ctx.needs_input_grad[0] else None
-        dt = (g.T @ query.float() * scale)[: ctx.n].to(ctx.table_dtype) if ctx.needs_input_grad[1] else None
+        dt = (g.T @ query.float() * scale)[: ctx.n].to(padded.dtype) if ctx.needs_input_grad[1] else None
         return dq, dt, None
 
 
