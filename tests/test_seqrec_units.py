@@ -226,6 +226,25 @@ def test_cosine_schedule_decays_from_lr_to_zero():
         sft_config(lr_schedule="step")
 
 
+def test_weight_decay_shrinks_matrices_and_tables_by_lr_times_decay_and_spares_biases_and_gains():
+    x, y, valid = _toy_data()
+    t = SeqRecTrainer(small_model(), sft_config(lr=0.01, weight_decay=0.5), x, y, valid)
+    before = {k: v.clone() for k, v in t.model.state_dict().items()}
+    for p in t.model.parameters():
+        p.grad = torch.zeros_like(p)  # no gradient: Adam's step is 0, only the decoupled decay moves a weight
+    t.optimizer.step()
+    after = t.model.state_dict()
+    assert torch.equal(after["item_id.weight"], before["item_id.weight"] * (1 - 0.01 * 0.5))
+    gains = [
+        k
+        for k, v in before.items()
+        if v.ndim == 1 and v.dtype.is_floating_point and k in dict(t.model.named_parameters())
+    ]
+    assert gains and all(torch.equal(after[k], before[k]) for k in gains)
+    plain = SeqRecTrainer(small_model(), sft_config(lr=0.01), x, y, valid)
+    assert [g["weight_decay"] for g in plain.optimizer.param_groups] == [0.0]
+
+
 def test_ema_validates_the_weight_average_and_keeps_it():
     x, y, valid = _toy_data()
     t = SeqRecTrainer(

@@ -17,12 +17,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .scores import PositionScores
+from .scores import PositionScores, row_aligned
 
 LOSSES = ("ce", "sampled_softmax", "gbce")
 PREFERENCES = ("dpo", "sdpo", "simpo")
 NEGATIVES = ("uniform", "in_batch", "mixed")
-ROW_ALIGN = 16  # the full cross-entropy's score rows, padded to a multiple of 16 floats (64 bytes)
 
 
 def dpo_logit_loss(
@@ -59,13 +58,12 @@ class FullSoftmaxCrossEntropy(torch.autograd.Function):
     """mean_n -log softmax(q_n T^T)_{y_n} with one (N, n_items + 1) buffer: log-softmax in place forward, its
     gradient (softmax - onehot(y)) / N written over it backward (no zero-filled gradient, no second matrix).
 
-    The buffer's rows are padded to a multiple of ROW_ALIGN floats (extra columns at -inf): BLAS writes and reads
-    aligned rows much faster than rows of an odd catalogue size (docs/results.md, seventh session)."""
+    The buffer's rows are padded to a multiple of ROW_ALIGN floats (`row_aligned`; extra columns at -inf)."""
 
     @staticmethod
     def forward(ctx, query: torch.Tensor, table: torch.Tensor, scored: PositionScores) -> torch.Tensor:
         n = len(table)
-        padded = F.pad(table, (0, 0, 0, -n % ROW_ALIGN))
+        padded = row_aligned(table)
         logits = (query @ padded.T).float()  # the softmax in fp32 under autocast too, as F.cross_entropy's
         logits[:, n:] = float("-inf")
         scored.mask_(logits[:, :n])

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .losses import full_cross_entropy
-from .scores import PositionScores, seen_pairs
+from .scores import PositionScores, all_item_scores, seen_pairs
 
 seen_items = seen_pairs  # (row, item) pairs of each position's prefix, the row's target excepted
 
@@ -294,9 +294,9 @@ class MultimodalSASRec(nn.Module):
 
     @staticmethod
     def score(query: torch.Tensor, table: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
-        """Query . table^T over all items (one matrix product), or over the given (N, C) items."""
+        """Query . table^T over all items (one matrix product on row-aligned scores), or the given (N, C) items."""
         if items is None:
-            return query @ table.T
+            return all_item_scores(query, table)
         return torch.einsum("nd,ncd->nc", query, table[items])
 
     def disable_dropout(self) -> None:

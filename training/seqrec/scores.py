@@ -11,8 +11,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 import torch
+import torch.nn.functional as F
 
 CHUNK_ELEMENTS = 1 << 24  # scores held at once by the chunked top-K: N positions x chunk items (64 MB of fp32)
+ROW_ALIGN = 16  # all-item score rows computed padded to a multiple of 16 floats (64 bytes)
+
+
+def row_aligned(table: torch.Tensor) -> torch.Tensor:
+    """`table` with zero rows appended up to a multiple of ROW_ALIGN rows: BLAS writes and reads score rows of that
+    length much faster than rows of an odd catalogue size (docs/results.md, seventh session)."""
+    return F.pad(table, (0, 0, 0, -len(table) % ROW_ALIGN))
+
+
+def all_item_scores(query: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """query @ table.T, computed on the row-aligned table: an (N, n_items + 1) view of aligned rows."""
+    return (query @ row_aligned(table).T)[:, : len(table)]
 
 
 def seen_mask(seq: torch.Tensor, targets: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
