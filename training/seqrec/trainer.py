@@ -59,8 +59,9 @@ class SeqRecTrainConfig:
     batch_size: int = 64
     lr: float = 2e-3
     lr_schedule: Literal["constant", "cosine"] = "constant"  # cosine: per step, to 0 at the last epoch
-    weight_decay: float = 0.0  # AdamW's decoupled decay (Loshchilov & Hutter 2019) of the matrices and embedding
-    # tables; biases and LayerNorm gains are not decayed (0: AdamW is Adam)
+    weight_decay: float = 0.1  # AdamW's decoupled decay (Loshchilov & Hutter 2019) of the matrices and embedding
+    # tables; biases and LayerNorm gains are not decayed (0: AdamW is Adam). It shrinks the ID rows and moves each
+    # score's weight to the shared text tower: rare targets gain (docs/results.md, eighth session)
     ema_decay: float | None = None  # evaluate and keep an exponential moving average of the weights (e.g. 0.999)
     swa_last: int | None = 7  # evaluate and keep the uniform average of the weights after N epochs (SWA, Izmailov
     # et al. 2018), the window set by swa_window
@@ -131,6 +132,7 @@ class SeqRecDPOConfig(SeqRecTrainConfig):
     stage: str = field(default="dpo", init=False)
     epochs: int = 3
     lr: float = 1e-3
+    weight_decay: float = 0.0  # stage 2 was measured without decay
     swa_last: int | None = 3  # the running average of every DPO epoch's weights
     swa_window: Literal["tail", "trailing"] = "tail"
     keep: Literal["best", "last"] = "best"
