@@ -32,12 +32,13 @@ def real_home(tmp_path_factory, source: str, folder: str, name: str) -> Settings
     return home
 
 
-def sft_config(**kw):
-    """A stage-1 config for short test runs: no weight averaging, no late snapshot, validate every epoch, keep the
-    best."""
+def sft_config(**given):
+    """A stage-1 config for short test runs: no weight averaging, no late snapshot, no weight decay (the toy tasks'
+    seeded trajectories were set without it), validate every epoch, keep the best."""
     from training.seqrec.trainer import SeqRecTrainConfig
 
-    kw = {"swa_last": None, "snapshot_late": None, "eval_every": 1, "keep": "best", "patience": 10, **kw}
+    kw = {"swa_last": None, "snapshot_late": None, "weight_decay": 0.0, "eval_every": 1, "keep": "best", "patience": 10}
+    kw |= given
     return SeqRecTrainConfig(**kw)
 
 
