@@ -150,7 +150,7 @@ class PositionScores:
 
         The -inf writes are not recorded by autograd: a masked item's softmax probability is 0, so its gradient is
         0 either way, and unrecorded writes spare the backward two copies of the whole matrix."""
-        logits = self.query @ self.table.T
+        logits = all_item_scores(self.query, self.table)
         with torch.no_grad():
             self.mask_(logits)
         self.logits = logits

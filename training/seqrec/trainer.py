@@ -170,13 +170,9 @@ class SeqRecDPOConfig(SeqRecTrainConfig):
 
 def decay_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """AdamW's parameter groups: weight_decay on the parameters of 2 or more dimensions, 0 on biases and gains."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if not weight_decay:
-        return [{"params": params, "weight_decay": 0.0}]
-    return [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
+    params = list(model.parameters())
+    groups = [[p for p in params if p.ndim >= 2], [p for p in params if p.ndim < 2]]
+    return [{"params": g, "weight_decay": wd} for g, wd in zip(groups, (weight_decay, 0.0)) if g]
 
 
 class SeqRecTrainer:
