@@ -358,6 +358,29 @@ def test_dpo_stage_keeps_reference_frozen():
     assert all(torch.equal(before[k], v) for k, v in ref.state_dict().items())
 
 
+def test_sft_weight_scales_the_ce_term_of_stage_2():
+    """L = sft_weight * CE + lam * DPO: at 0 the loss is the preference term alone (DPO as trl trains it)."""
+    x, y, _ = _toy_data()
+    ref = small_model()
+    seq, tgt = trim(x[:16], y[:16])
+    losses = {}
+    for w in (1.0, 0.0, 0.5):
+        t = SeqRecTrainer(
+            small_model(), dpo_config(topk=5, lam=2.0, sft_weight=w, show_progress=False), x, y, None, reference=ref
+        )
+        t.model.eval()
+        t.generator.manual_seed(3)  # the same y_l drawn for each weight
+        losses[w] = t.compute_loss(seq, tgt)
+    (l1, p1), (l0, p0), (lh, _) = losses[1.0], losses[0.0], losses[0.5]
+    assert p1["dpo"] == pytest.approx(p0["dpo"]) and p1["ce"] == pytest.approx(p0["ce"])
+    assert l1.item() == pytest.approx(p1["ce"] + 2.0 * p1["dpo"], rel=1e-5)
+    assert l0.item() == pytest.approx(2.0 * p0["dpo"], rel=1e-5)
+    assert lh.item() == pytest.approx(0.5 * p1["ce"] + 2.0 * p1["dpo"], rel=1e-5)
+    assert p0["dpo"] == pytest.approx(math.log(2), rel=1e-5)  # policy = reference, no dropout: the margins are 0
+    with pytest.raises(ValueError, match="sft_weight"):
+        dpo_config(sft_weight=-1.0)
+
+
 def test_precomputed_reference_gives_the_reference_margins_of_the_batch():
     rng = np.random.default_rng(1)
     seqs = [rng.integers(1, 31, rng.integers(3, 46)) for _ in range(60)]  # up to 45 items: several windows each

@@ -143,6 +143,8 @@ class SeqRecDPOConfig(SeqRecTrainConfig):
     topk: int = 50  # K of the stochastic top-K pool (Eq. 4)
     beta: float = 1.0  # DPO beta (Eq. 5)
     lam: float = 1.0  # lambda of L = CE + lambda * DPO (Eq. 6)
+    sft_weight: float = 1.0  # the CE term's weight in L = sft_weight * CE + lambda * DPO: 1 is RoDPO's Eq. 6,
+    # 0 trains the preference term alone (DPO as Rafailov et al. and trl's DPOTrainer define it)
     preference: Literal["dpo", "sdpo", "simpo"] = "dpo"  # dpo: one rejected item per context (RoDPO Eq. 5);
     # sdpo: n_rejected items in one softmax term (S-DPO); simpo: reference-free with margin simpo_gamma
     disable_dropout: bool = False  # train the policy without dropout (trl's DPOConfig default); off here: on Beauty
@@ -164,6 +166,8 @@ class SeqRecDPOConfig(SeqRecTrainConfig):
         _check_choice("sampler", self.sampler, tuple(SAMPLERS))
         _check_choice("preference", self.preference, PREFERENCES)
         _check_choice("chosen", self.chosen, CHOSEN)
+        if self.sft_weight < 0:
+            raise ValueError(f"sft_weight must be >= 0, got {self.sft_weight}")
         if self.snapshot_late is not None:
             raise ValueError("snapshot_late is stage 1's: stage 2 mixes its policy with the SFT's late member")
 
@@ -322,7 +326,7 @@ class SeqRecTrainer:
         parts = {"ce": (loss - self.model.aux_loss()).item()}
         if self.cfg.stage == "dpo":
             dpo = self.preference_loss(scored, seq, targets, rows)
-            loss = loss + self.cfg.lam * dpo
+            loss = self.cfg.sft_weight * loss + self.cfg.lam * dpo
             parts["dpo"] = dpo.item()
         return loss, parts
 
