@@ -326,7 +326,8 @@ class SeqRecTrainer:
         parts = {"ce": (loss - self.model.aux_loss()).item()}
         if self.cfg.stage == "dpo":
             dpo = self.preference_loss(scored, seq, targets, rows)
-            loss = self.cfg.sft_weight * loss + self.cfg.lam * dpo
+            ce = loss if self.cfg.sft_weight else loss.detach()  # at 0 the all-item CE backward is skipped
+            loss = self.cfg.sft_weight * ce + self.cfg.lam * dpo
             parts["dpo"] = dpo.item()
         return loss, parts
 
