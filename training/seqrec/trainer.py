@@ -2,7 +2,7 @@
 chosen by config, small overridable methods.
 
 Stage 1 (`sft`): cross-entropy next-item prediction at every position (the reference policy).
-Stage 2 (`dpo`): L = CE + lambda * DPO against the frozen stage-1 model, y_l from a sampler
+Stage 2 (`dpo`): L = sft_weight * CE + lambda * DPO against the frozen stage-1 model, y_l from a sampler
 (RoDPO Eq. 6, Algorithm 1).
 """
 
@@ -127,12 +127,13 @@ class SeqRecTrainConfig:
 
 @dataclass
 class SeqRecDPOConfig(SeqRecTrainConfig):
-    """Stage 2: L = CE + lam * DPO against the frozen stage-1 model (RoDPO Eq. 6). The home of its defaults."""
+    """Stage 2: L = sft_weight * CE + lam * DPO against the frozen stage-1 model (RoDPO Eq. 6 at sft_weight 1).
+    The home of its defaults."""
 
     stage: str = field(default="dpo", init=False)
     epochs: int = 3
     lr: float = 1e-3
-    weight_decay: float = 0.0  # stage 2 was measured without decay
+    weight_decay: float = 0.0  # 0.1 measured within noise of 0 here (docs/results.md, ninth session)
     swa_last: int | None = 3  # the running average of every DPO epoch's weights
     swa_window: Literal["tail", "trailing"] = "tail"
     keep: Literal["best", "last"] = "best"
