@@ -836,3 +836,27 @@ def test_snapshot_late_trains_past_the_best_window_and_mixes_it_in_at_the_valida
         sft_config(snapshot_late=0)
     with pytest.raises(ValueError, match="stage 1"):
         dpo_config(snapshot_late=3)
+
+
+def test_id_dropout_drops_whole_id_rows_keeps_the_attributes_and_turns_off():
+    torch.manual_seed(0)
+    attrs = torch.zeros(301, 2, dtype=torch.long)
+    attrs[1:] = torch.randint(1, 6, (300, 2))
+    cfg = SeqRecConfig(
+        n_items=300, d=16, n_layers=1, n_heads=2, inner=32, attributes=True, n_attributes=5, id_dropout=0.25
+    )
+    m = MultimodalSASRec(cfg, attributes=attrs)
+    with torch.no_grad():
+        m.attr_emb.weight[1:] = torch.randn(5, 16)
+    rows, means = m.item_id.weight, m.attribute_means()
+    table = m.item_table("id")
+    dropped = (table - means).abs().sum(1) == 0
+    kept = torch.isclose(table - means, rows / 0.75, atol=1e-6).all(1)
+    assert torch.equal(dropped[1:] | kept[1:], torch.ones(300, dtype=torch.bool))  # a row goes whole or stays
+    assert 0.15 < dropped[1:].float().mean().item() < 0.35
+    assert torch.allclose(table[dropped], means[dropped])  # a dropped item is scored by its attributes
+    m.eval()
+    assert torch.equal(m.item_table("id"), rows + means)
+    m.train()
+    m.disable_dropout()  # a preference stage without dropout drops no ID row either
+    assert torch.equal(m.item_table("id"), rows + means)

@@ -47,6 +47,7 @@ class SeqRecConfig:
     attributes: bool = False  # e_id = Emb(i) + mean of the item's learned attribute embeddings (brand, categories)
     n_attributes: int = 0  # attribute vocabulary size (ids 1..n_attributes, 0 = padding)
     temperature: float | None = None  # cosine scoring: fused query and item rows L2-normalised, scores / temperature
+    id_dropout: float = 0.0  # training: each item's whole ID row is dropped with this probability (DropoutNet)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,6 +92,16 @@ class Dropout(nn.Dropout):
         if not self.training or self.p == 0:
             return x
         return x * (torch.rand_like(x) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+
+class RowDropout(Dropout):
+    """Whole rows of a table dropped with probability p, kept rows scaled by 1 / (1 - p): an item's ID row is
+    absent at a step, so its attributes and text must score it (DropoutNet, Volkovs et al., NeurIPS 2017, Sec. 3)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        return x * (torch.rand(x.shape[0], 1, device=x.device) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
 
 
 class AttributeMean(torch.autograd.Function):
@@ -177,6 +188,7 @@ class MultimodalSASRec(nn.Module):
         self.item_id = nn.Embedding(n, cfg.d, padding_idx=0) if "id" in cfg.modalities else None
         if self.item_id is not None:
             nn.init.normal_(self.item_id.weight, std=cfg.d**-0.5)
+            self.id_drop = RowDropout(cfg.id_dropout)
         if cfg.attributes:
             self.init_attributes(attributes)
         for name, feats, dim in (("text", text, cfg.text_dim), ("image", image, cfg.image_dim)):
@@ -234,9 +246,8 @@ class MultimodalSASRec(nn.Module):
     def item_table(self, modality: str) -> torch.Tensor:
         """E_m: (n_items + 1, d) item representations of one modality."""
         if modality == "id":
-            if not self.cfg.attributes:
-                return self.item_id.weight
-            return self.item_id.weight + self.attribute_means()
+            rows = self.id_drop(self.item_id.weight)
+            return rows + self.attribute_means() if self.cfg.attributes else rows
         feats, has = getattr(self, f"{modality}_feats"), getattr(self, f"{modality}_has")
         proj, missing = getattr(self, f"{modality}_proj"), getattr(self, f"{modality}_missing")
         if bool(has[1:].all()):  # every item has this modality: the placeholder fills only the padding row
