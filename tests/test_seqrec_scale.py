@@ -33,7 +33,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _model(n_items=30, d=8, seed=0):
     torch.manual_seed(seed)
-    return MultimodalSASRec(SeqRecConfig(n_items=n_items, d=d, max_len=6, n_layers=1, dropout=0.0, attn_dropout=0.0))
+    return MultimodalSASRec(
+        SeqRecConfig(n_items=n_items, d=d, max_len=6, n_layers=1, dropout=0.0, attn_dropout=0.0, id_dropout=0.0)
+    )
 
 
 def _batch():
@@ -158,7 +160,7 @@ def test_sampled_softmax_and_gbce_learn_the_toy_task():
 
 # --- DDP under torchrun, and its launch through Dagster Pipes ---------------------------------------------------
 
-TINY_SPEC = {"d": 16, "n_layers": 1, "dropout": 0.0, "attn_dropout": 0.0, "modalities": ["id"]}
+TINY_SPEC = {"d": 16, "n_layers": 1, "dropout": 0.0, "attn_dropout": 0.0, "id_dropout": 0.0, "modalities": ["id"]}
 TRAIN = {"epochs": 4, "batch_size": 64, "lr": 5e-3, "swa_last": None, "eval_every": 1, "keep": "best", "patience": 9}
 
 

@@ -102,7 +102,8 @@ def test_training_windows_cover_every_target_once():
 
 def small_model(**kw):
     torch.manual_seed(0)
-    cfg = SeqRecConfig(n_items=30, d=16, n_layers=1, n_heads=2, inner=32, dropout=0.0, attn_dropout=0.0, **kw)
+    kw = {"dropout": 0.0, "attn_dropout": 0.0, "id_dropout": 0.0, **kw}  # deterministic unless a test asks
+    cfg = SeqRecConfig(n_items=30, d=16, n_layers=1, n_heads=2, inner=32, **kw)
     text = torch.randn(31, 8) if "text" in cfg.modalities else None
     if text is not None:
         text[0] = 0
@@ -559,6 +560,7 @@ def test_attributes_add_their_mean_embedding_to_the_id_table_and_survive_a_check
         inner=32,
         dropout=0.0,
         attn_dropout=0.0,
+        id_dropout=0.0,
         attributes=True,
         n_attributes=5,
     )

@@ -47,7 +47,7 @@ class SeqRecConfig:
     attributes: bool = False  # e_id = Emb(i) + mean of the item's learned attribute embeddings (brand, categories)
     n_attributes: int = 0  # attribute vocabulary size (ids 1..n_attributes, 0 = padding)
     temperature: float | None = None  # cosine scoring: fused query and item rows L2-normalised, scores / temperature
-    id_dropout: float = 0.0  # training: each item's whole ID row is dropped with this probability (DropoutNet)
+    id_dropout: float = 0.2  # training: each item's whole ID row dropped with this probability (RowDropout, DropoutNet)
 
     def to_dict(self) -> dict:
         return asdict(self)
