@@ -96,7 +96,8 @@ def test_ivf_item_index_recall_against_exact_scoring(scaled, scaled_model, tmp_p
     model, _ = load_model(mv.path)
     with torch.no_grad():
         fused = model.fused_table(model.item_tables()).detach()
-    cfg = ItemIndexConfig(min_rows_for_index=1000, rows_per_partition=100, nprobes=10)  # 30 partitions, 10 probed
+    # 30 partitions, 15 probed: with ID dropout 10 probes gave recall 0.94-0.98 on this model (docs/results.md)
+    cfg = ItemIndexConfig(min_rows_for_index=1000, rows_per_partition=100, nprobes=15)
     meta = build_item_index(fused.numpy(), tmp_path / "ix", cfg)
     assert meta["indexed"] and meta["rows"] == fused.shape[0] - 1
     index = ItemIndex(tmp_path / "ix", cfg)
