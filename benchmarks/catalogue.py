@@ -65,6 +65,7 @@ def main() -> None:
     ap.add_argument("--negatives", type=int, default=256)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--d", type=int, default=64)
+    ap.add_argument("--id-dropout", type=float, default=None, help="SeqRecConfig.id_dropout (default: its default)")
     ap.add_argument("--valid-users", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--full-ce-step", action="store_true", help="(internal) one full-CE step under a 24 GB limit")
@@ -86,7 +87,8 @@ def main() -> None:
         print(json.dumps(full_ce_step(args, x, y)))
         return
     torch.manual_seed(args.seed)
-    cfg = SeqRecConfig(n_items=args.items, d=args.d, max_len=50, id_init="random")
+    drop = {} if args.id_dropout is None else {"id_dropout": args.id_dropout}
+    cfg = SeqRecConfig(n_items=args.items, d=args.d, max_len=50, id_init="random", **drop)
     model = MultimodalSASRec(cfg)
     train = SeqRecTrainConfig(
         epochs=1,
@@ -118,6 +120,7 @@ def main() -> None:
                 "training_positions": int(positions.sum()),
                 "loss": args.loss,
                 "n_negatives": args.negatives,
+                "id_dropout": cfg.id_dropout,
                 "data_seconds": round(t_data, 1),
                 "epoch_seconds": round(row["train_seconds"], 1),
                 "valid_ndcg@10": round(row["valid_ndcg@10"], 4),

@@ -494,6 +494,7 @@ print(applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
 
 @pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_retain_freed_memory_stops_per_step_page_faults_of_large_logits():
+    import os
     import subprocess
     import sys
     from pathlib import Path
@@ -505,6 +506,7 @@ def test_retain_freed_memory_stops_per_step_page_faults_of_large_logits():
             text=True,
             check=True,
             cwd=Path(__file__).resolve().parents[1],
+            env=os.environ | {"THP_MEM_ALLOC_ENABLE": "0"},  # glibc's 4 kB pages: huge pages fault 512x fewer
         ).stdout.split()
         return out[0], int(out[1])
 
@@ -512,6 +514,52 @@ def test_retain_freed_memory_stops_per_step_page_faults_of_large_logits():
     assert (applied_off, applied_on) == ("False", "True")
     # ten steps over 96 MB logits: glibc maps and zeroes them afresh each step by default (~0.9M faults here)
     assert off > 10 * 96 * 256 * 0.8 and on < off / 3, (off, on)
+
+
+TABLE_STEPS = """
+import resource
+import training  # noqa: F401  (sets THP_MEM_ALLOC_ENABLE unless the environment has it)
+import torch
+from training.seqrec.model import RowDropout
+weight, drop = torch.nn.Parameter(torch.randn(1_000_001, 64)), RowDropout(0.2).train()
+def step():
+    drop(weight)[torch.randint(1_000_001, (20000,))].sum().backward()
+step()
+f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    step()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+"""
+
+
+def _transparent_huge_pages() -> bool:
+    from pathlib import Path
+
+    mode = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+    return mode.exists() and "[never]" not in mode.read_text()
+
+
+@pytest.mark.skipif(not _transparent_huge_pages(), reason="the kernel has transparent huge pages off")
+def test_table_sized_tensors_are_faulted_in_huge_pages():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def faults(**env) -> int:
+        run = subprocess.run(
+            [sys.executable, "-c", TABLE_STEPS],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=Path(__file__).resolve().parents[1],
+            env={k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"} | env,
+        )
+        return int(run.stdout.split()[-1])
+
+    off, on = faults(THP_MEM_ALLOC_ENABLE="0"), faults()
+    # ten steps, each a fresh 256 MB dropped table and its gradient: 4 kB pages fault ~65k times per 256 MB
+    assert off > 10 * 65_000 and on < off / 10, (off, on)
 
 
 FREED_EARLIER = """
@@ -862,3 +910,7 @@ def test_id_dropout_drops_whole_id_rows_keeps_the_attributes_and_turns_off():
     m.train()
     m.disable_dropout()  # a preference stage without dropout drops no ID row either
     assert torch.equal(m.item_table("id"), rows + means)
+    for name in ("id_dropout", "dropout", "attn_dropout"):  # p = 1 would scale the kept rows by 1 / 0
+        for p in (1.0, -0.1):
+            with pytest.raises(ValueError, match=f"{name} must be in"):
+                SeqRecConfig(n_items=300, **{name: p})

@@ -49,6 +49,11 @@ class SeqRecConfig:
     temperature: float | None = None  # cosine scoring: fused query and item rows L2-normalised, scores / temperature
     id_dropout: float = 0.2  # training: each item's whole ID row dropped with this probability (RowDropout, DropoutNet)
 
+    def __post_init__(self):
+        for name in ("dropout", "attn_dropout", "id_dropout"):
+            if not 0 <= getattr(self, name) < 1:  # p = 1 would scale the kept units by 1 / 0
+                raise ValueError(f"SeqRecConfig.{name} must be in [0, 1), got {getattr(self, name)}")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
