@@ -506,7 +506,7 @@ def test_retain_freed_memory_stops_per_step_page_faults_of_large_logits():
             text=True,
             check=True,
             cwd=Path(__file__).resolve().parents[1],
-            env=os.environ | {"THP_MEM_ALLOC_ENABLE": "0"},  # glibc's 4 kB pages: huge pages fault 512x fewer
+            env=os.environ | {"THP_MEM_ALLOC_ENABLE": "0"},  # glibc's 4 kB pages, what this test is about
         ).stdout.split()
         return out[0], int(out[1])
 
