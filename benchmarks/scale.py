@@ -150,7 +150,7 @@ def stage_model(settings, scale: float, args) -> dict:
             exact = (fused @ q).numpy()
             exact[0], exact[hist] = -np.inf, -np.inf
             best = set(np.argpartition(-exact, 10)[:10].tolist())
-            cands = index.candidates(q.numpy(), max(200, 10 + len(hist)))[0]
+            cands = index.candidates(q.numpy(), max(200, 10 + len(hist)), depth=10 + len(hist))[0]
             cands = cands[~np.isin(cands, hist)]
             got = cands[np.argsort(-(fused[torch.tensor(cands)] @ q).numpy())[:10]]
             hits.append(len(best & set(got.tolist())) / 10)

@@ -235,7 +235,9 @@ class ModelHolder:
                 if jobs[i][1] is not None:
                     loaded.queries.put(jobs[i][1], queries[i])
         want = max(k + (len(h) if excl else 0) for h, _, k, excl in jobs)
-        found = loaded.index.candidates(torch.stack(queries).numpy(), min(self.n_items, max(self.n_candidates, want)))
+        found = loaded.index.candidates(
+            torch.stack(queries).numpy(), min(self.n_items, max(self.n_candidates, want)), depth=want
+        )
         out = []
         for (history, _, k, exclude_seen), query, ids in zip(jobs, queries, found):
             if exclude_seen:

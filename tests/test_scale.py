@@ -90,6 +90,62 @@ def test_mips_to_l2_keeps_the_dot_product_order():
         assert list(by_dot) == list(by_l2)
 
 
+def skewed_table(n: int, d: int, seed: int = 0) -> np.ndarray:
+    """(n + 1, d) rows, padding first: 10% long rows of uneven norm (trained items), the rest short (untrained)."""
+    rng = np.random.default_rng(seed)
+    table = rng.standard_normal((n + 1, d)).astype(np.float32) / 8
+    hot = rng.choice(np.arange(1, n + 1), n // 10, replace=False)
+    table[hot] *= rng.lognormal(2.5, 0.7, (len(hot), 1)).astype(np.float32)
+    table[0] = 0
+    return table
+
+
+def test_norm_ranges_are_exact_when_every_partition_is_probed_and_skip_what_cannot_win(tmp_path, monkeypatch):
+    table = skewed_table(6000, 16)
+    queries = np.random.default_rng(1).standard_normal((40, 16)).astype(np.float32)
+    cfg = ItemIndexConfig(
+        min_rows_for_index=1000, rows_per_partition=500, nprobes=12, exact_rows=300, rows_per_norm_range=200
+    )
+    meta = build_item_index(table, tmp_path / "ix", cfg)
+    ranges = meta["ranges"]
+    assert meta["exact_rows"] == 300 and sum(r["rows"] for r in ranges) == 5700 and len(ranges) >= 3
+    assert all(r["rows"] >= 200 for r in ranges)  # small norm bands merged into the range above
+    norms = np.sort(np.linalg.norm(table[1:], axis=1))[::-1]
+    starts = np.cumsum([300] + [r["rows"] for r in ranges[:-1]])
+    assert [r["max_norm"] for r in ranges] == pytest.approx(norms[starts], rel=1e-5)  # longest first, each its M
+    index = ItemIndex(tmp_path / "ix", cfg)
+    searched = []
+    search = ItemIndex.search
+    monkeypatch.setattr(
+        ItemIndex, "search", lambda self, tbl, r, q, *a: searched.append(len(q)) or search(self, tbl, r, q, *a)
+    )
+    for depth in (None, 10):
+        searched.clear()
+        for q, ids in zip(queries, index.candidates(queries, 30, depth)):
+            exact = np.argsort(-(table[1:] @ q), kind="stable")[: 10 if depth else 30] + 1
+            assert list(ids[: len(exact)]) == list(exact)  # all partitions probed: exact, best first
+        if depth is None:  # the next range's bound |q| M lies above every query's 30th best among the longest rows
+            assert searched[0] == len(queries)
+        else:  # but below most queries' 10th best: the ranges of shorter rows are skipped
+            assert sum(searched) < len(queries)
+
+
+def test_an_index_written_before_norm_ranges_still_serves(tmp_path):
+    import json
+
+    import lancedb
+    import pyarrow as pa
+
+    table = skewed_table(300, 8)
+    vectors, big = mips_to_l2(table[1:])
+    db = lancedb.connect(str(tmp_path))
+    col = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1])
+    db.create_table("items", pa.table({"id": np.arange(1, len(table)), "vector": col}))
+    (tmp_path / "item_index.json").write_text(json.dumps({"rows": 300, "max_norm": big, "indexed": False}))
+    q = np.random.default_rng(2).standard_normal(8).astype(np.float32)
+    assert list(ItemIndex(tmp_path).candidates(q, 5)[0]) == list(np.argsort(-(table[1:] @ q))[:5] + 1)
+
+
 def test_ivf_item_index_recall_against_exact_scoring(scaled, scaled_model, tmp_path):
     home, _ = scaled
     _, mv = scaled_model
@@ -97,7 +153,7 @@ def test_ivf_item_index_recall_against_exact_scoring(scaled, scaled_model, tmp_p
     with torch.no_grad():
         fused = model.fused_table(model.item_tables()).detach()
     # 30 partitions, 15 probed: ID dropout clusters the table less (recall by probes: docs/results.md, tenth session)
-    cfg = ItemIndexConfig(min_rows_for_index=1000, rows_per_partition=100, nprobes=15)
+    cfg = ItemIndexConfig(min_rows_for_index=1000, rows_per_partition=100, nprobes=15, exact_rows=0)
     meta = build_item_index(fused.numpy(), tmp_path / "ix", cfg)
     assert meta["indexed"] and meta["rows"] == fused.shape[0] - 1
     index = ItemIndex(tmp_path / "ix", cfg)
