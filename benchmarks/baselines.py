@@ -131,6 +131,7 @@ def main() -> None:
     ap.add_argument("--home", default=os.environ.get("RECALIGN_HOME"), help="a home with the dataset ingested")
     ap.add_argument("--losses", default="softmax,sampled_softmax", help="RecTools SASRec losses, one run each")
     ap.add_argument("--epochs", type=int, default=30)
+    ap.add_argument("--max-len", type=int, default=50, help="the peer's session_max_len (its cost grows with it)")
     ap.add_argument("--peer-python", default=str(ROOT / ".venv-bench" / "bin" / "python"))
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--ours", default=None, help="NAME/VERSION of our SFT to compare with (default: the newest)")
@@ -176,6 +177,7 @@ def main() -> None:
             if not reused:
                 cmd = [args.peer_python, str(ROOT / "benchmarks/peer/rectools_sasrec.py"), tmp, str(result)]
                 cmd += ["--loss", loss, "--epochs", str(args.epochs), "--seed", str(args.seed)]
+                cmd += ["--max-len", str(args.max_len)]
                 run = subprocess.run(cmd, capture_output=True, text=True)
                 if run.returncode != 0:
                     sys.exit(f"error: the peer run failed:\n{run.stderr[-4000:]}")
@@ -184,6 +186,7 @@ def main() -> None:
                 "valid": peer_metrics(peer["valid"]["ranks"], seq.n_items),
                 "test": peer_metrics(peer["test"]["ranks"], seq.n_items),
                 "epochs": peer["epochs"],
+                "max_len": peer.get("max_len"),  # None: a run kept before the peer recorded it
                 "fit_seconds": peer["fit_seconds"],
                 "reused": reused,
             }

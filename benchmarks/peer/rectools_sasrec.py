@@ -82,6 +82,7 @@ def main() -> None:
     out = {
         "loss": args.loss,
         "epochs": args.epochs,
+        "max_len": args.max_len,
         "fit_seconds": round(fit_seconds, 1),
         "threads": torch.get_num_threads(),
     }
