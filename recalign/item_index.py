@@ -12,11 +12,16 @@ Sec. 4): the longest rows are scored exactly in memory (one product per batch); 
 within a factor of 2 (merged up to a minimum size: every range is one more search), each with its own M and index.
 A query searches the ranges from the longest rows down and skips a range once its depth-th best dot product so far
 (the served k plus the history it will drop) is at least |q| M_range, which no item of the range can beat.
+
+LanceDB trains each IVF index by k-means without a seed, and an unlucky build can lose half the best items of
+some queries. A build therefore checks itself: the recall@10 of sample queries (the model's own, of one-item
+histories) against exact scoring, with the IVF indexes trained again while it is under `min_recall`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +33,8 @@ TABLE = "items"
 META = "item_index.json"
 HEAD_IDS, HEAD_ROWS = "exact_ids.npy", "exact_rows.npy"  # the longest rows, scored exactly
 ITEM_INDEX_DIR = "item_index"  # inside a registered model's folder: built by the publishing asset
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -41,6 +48,13 @@ class ItemIndexConfig:
     exact_rows: int = 20_000  # the longest rows, scored exactly in memory (the first norm range)
     norm_ratio: float = 2.0  # the other rows: ranges of norms within this factor, each its own M and index,
     rows_per_norm_range: int = 250_000  # merged up to at least this many rows (each range is one more search)
+    check_queries: int = 256  # recall self-check after a build: each query's exact top 10 against the index's
+    min_recall: float = 0.95  # a build under it has its IVF indexes trained again (LanceDB's k-means is unseeded),
+    build_attempts: int = 3  # at most this many builds in all
+
+    def __post_init__(self):
+        if self.build_attempts < 1:
+            raise ValueError(f"build_attempts must be at least 1, got {self.build_attempts}")
 
 
 def mips_to_l2(table: np.ndarray) -> tuple[np.ndarray, float]:
@@ -84,14 +98,65 @@ def write_range(db, name: str, ids: np.ndarray, table: np.ndarray, cfg: ItemInde
     tbl = db.create_table(name, data, mode="overwrite")
     indexed = len(vectors) >= cfg.min_rows_for_index
     if indexed:
-        partitions = max(1, len(vectors) // cfg.rows_per_partition)
-        tbl.create_index(metric="l2", vector_column_name="vector", index_type=cfg.index_type, num_partitions=partitions)
+        train_ivf(tbl, len(vectors), cfg)
     return {"table": name, "rows": len(vectors), "max_norm": big, "indexed": indexed}
 
 
-def build_item_index(table: np.ndarray, dest: Path, cfg: ItemIndexConfig = ItemIndexConfig()) -> dict:
+def train_ivf(tbl, rows: int, cfg: ItemIndexConfig) -> None:
+    """(Re)train a range's IVF index: k-means over its rows, rows / rows_per_partition partitions."""
+    partitions = max(1, rows // cfg.rows_per_partition)
+    tbl.create_index(
+        metric="l2", vector_column_name="vector", index_type=cfg.index_type, num_partitions=partitions, replace=True
+    )
+
+
+def kth_best(items: np.ndarray, queries: np.ndarray, k: int, chunk: int = 32) -> np.ndarray:
+    """(Q,) each query's k-th best dot product over the rows, a few queries at a time."""
+    out = [np.zeros(0, np.float32)]
+    for lo in range(0, len(queries), chunk):
+        s = queries[lo : lo + chunk] @ items.T
+        out.append(-np.partition(-s, k - 1, axis=1)[:, k - 1])
+    return np.concatenate(out)
+
+
+def recall_at_k(found: list[np.ndarray], items: np.ndarray, queries: np.ndarray, k: int) -> float:
+    """Share of the k exact best that each query's first k candidates hold: a candidate counts when its dot
+    product reaches the k-th best (ties with it included)."""
+    kth = kth_best(items, queries, k)
+    hits = [np.sum(items[f[:k] - 1] @ q >= t - 1e-5 * max(abs(t), 1.0)) / k for f, q, t in zip(found, queries, kth)]
+    return float(np.mean(hits))
+
+
+def check_recall(dest: Path, items: np.ndarray, queries: np.ndarray, ranges: list[dict], cfg: ItemIndexConfig):
+    """Recall@10 of the index against exact scoring on `queries`; while under cfg.min_recall the IVF indexes are
+    trained again (a fresh k-means), up to cfg.build_attempts builds. Returns the meta fields it adds."""
+    import lancedb
+
+    k = min(10, len(items))
+    db, by_build = lancedb.connect(str(dest)), []
+    for attempt in range(cfg.build_attempts):
+        if attempt:
+            for r in (r for r in ranges if r["indexed"]):
+                train_ivf(db.open_table(r["table"]), r["rows"], cfg)
+        by_build.append(recall_at_k(ItemIndex(dest, cfg).candidates(queries, k), items, queries, k))
+        if by_build[-1] >= cfg.min_recall:
+            break
+    else:
+        log.warning(
+            "item index %s: recall@10 %.3f after %d builds, under %s", dest, by_build[-1], len(by_build), cfg.min_recall
+        )
+    return {
+        "recall@10": round(by_build[-1], 4),
+        "recall@10_by_build": [round(r, 4) for r in by_build],
+        "recall_queries": len(queries),
+    }
+
+
+def build_item_index(
+    table: np.ndarray, dest: Path, cfg: ItemIndexConfig = ItemIndexConfig(), queries: np.ndarray | None = None
+) -> dict:
     """Write the (n_items + 1, D) table's rows 1..n (row 0 is padding) as LanceDB tables in dest (one per norm
-    range), indexed."""
+    range), indexed; with `queries` (Q, D), the recall self-check (`check_recall`) is run and recorded."""
     import lancedb
 
     t0 = time.perf_counter()
@@ -113,8 +178,11 @@ def build_item_index(table: np.ndarray, dest: Path, cfg: ItemIndexConfig = ItemI
         "indexed": indexed,
         "index_type": cfg.index_type if indexed else "flat",
         "ranges": ranges,
-        "seconds": round(time.perf_counter() - t0, 2),
     }
+    (dest / META).write_text(json.dumps(meta))
+    if queries is not None and indexed:
+        meta |= check_recall(dest, items, np.asarray(queries, dtype=np.float32), ranges, cfg)
+    meta["seconds"] = round(time.perf_counter() - t0, 2)
     (dest / META).write_text(json.dumps(meta))
     return meta
 
@@ -190,12 +258,26 @@ class ItemIndex:
         return out
 
 
-def ensure_item_index(model, model_path: str | Path) -> ItemIndex:
-    """A sequential model's item index, built next to its weights unless it is there already."""
+def probe_queries(model, n: int, seed: int = 0) -> np.ndarray:
+    """(n, D) query vectors of one-item histories, the items drawn at random (seeded): the model's own queries,
+    for the index's recall self-check without any user data."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    seq = torch.randint(1, model.cfg.n_items + 1, (n, 1), generator=g)
+    model.eval()
+    with torch.no_grad():
+        hidden = model.encode(seq, model.item_tables())
+        return model.query({m: h[:, -1] for m, h in hidden.items()}).float().numpy()
+
+
+def ensure_item_index(model, model_path: str | Path, cfg: ItemIndexConfig = ItemIndexConfig()) -> ItemIndex:
+    """A sequential model's item index, built (and its recall checked) next to its weights unless it is there."""
     import torch
 
     path = Path(model_path) / ITEM_INDEX_DIR
     if not ItemIndex.exists(path):
         with torch.no_grad():
-            build_item_index(model.fused_table(model.item_tables()).detach().numpy(), path)
-    return ItemIndex(path)
+            table = model.fused_table(model.item_tables()).detach().float().numpy()
+        build_item_index(table, path, cfg, probe_queries(model, cfg.check_queries))
+    return ItemIndex(path, cfg)

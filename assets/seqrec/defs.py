@@ -178,6 +178,12 @@ def published_model(
             "report": dg.MetadataValue.path(page["report"] or "no report yet"),
             "path": dg.MetadataValue.path(entry["path"]),
             **({"item_index": dg.MetadataValue.json(entry["item_index"])} if "item_index" in entry else {}),
+            # the ANN index's self-checked recall (absent when every row is scored exactly)
+            **(
+                {"item_index_recall@10": entry["item_index"]["recall@10"]}
+                if "recall@10" in entry.get("item_index", {})
+                else {}
+            ),
         }
     )
 
