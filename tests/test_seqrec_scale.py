@@ -13,6 +13,7 @@ import psutil
 import pytest
 import torch
 
+from training.seqrec.gathered import GatheredFusedTable, GatheredTable
 from training.seqrec.losses import (
     SampledSoftmax,
     full_cross_entropy,
@@ -122,8 +123,16 @@ def test_chunked_topk_pool_equals_the_materialised_one():
 
 @pytest.mark.parametrize("loss", ["sampled_softmax", "gbce"])
 def test_large_catalogue_steps_never_build_the_full_score_matrix(monkeypatch, loss):
-    """SFT and DPO steps of a 200k-item model with a sampled loss: no N x n_items matrix is materialised."""
+    """SFT and DPO steps of a 200k-item model with a sampled loss: no N x n_items matrix is materialised, and the
+    ID table's dropout (on by default) is applied to the gathered rows, never to the whole table."""
     monkeypatch.setattr(PositionScores, "materialise", lambda self: pytest.fail("full score matrix built"))
+    whole = GatheredTable.dense
+
+    def dense(self):
+        assert all(f is None for _, f in getattr(self, "terms", [])), "the dropped ID table was built whole"
+        return whole(self)
+
+    monkeypatch.setattr(GatheredTable, "dense", dense)
     torch.manual_seed(0)
     n = 200_000
     x = torch.randint(1, n + 1, (64, 8))
@@ -138,6 +147,44 @@ def test_large_catalogue_steps_never_build_the_full_score_matrix(monkeypatch, lo
     assert math.isfinite(sft["history"][0]["loss"])
     dpo = SeqRecTrainer(model, dpo_config(**common, topk=5, precompute_ref=False), x, y, valid).fit()
     assert math.isfinite(dpo["history"][0]["dpo"])
+
+
+@pytest.mark.parametrize("temperature", [None, 0.1])
+@pytest.mark.parametrize("loss", ["sampled_softmax", "gbce"])
+def test_id_dropout_at_the_gathered_rows_equals_the_dropped_table(loss, temperature):
+    """A sampled loss on a table built at the rows it reads (ID dropout, attributes and text included): the loss and
+    every gradient of the whole dropped table, under the same draw."""
+    torch.manual_seed(0)
+    n = 300
+    attrs = torch.zeros(n + 1, 2, dtype=torch.long)
+    attrs[1:] = torch.randint(1, 6, (n, 2))
+    cfg = SeqRecConfig(
+        n_items=n, d=16, max_len=8, n_layers=1, n_heads=2, inner=32, modalities=["id", "text"], text_dim=12,
+        attributes=True, n_attributes=5, id_dropout=0.3, temperature=temperature,
+    )  # fmt: skip
+    model = MultimodalSASRec(cfg, text=torch.randn(n + 1, 12), attributes=attrs).train()
+    with torch.no_grad():
+        model.attr_emb.weight[1:] = torch.randn(5, 16)
+    x = torch.randint(1, n + 1, (16, 8))
+    y = torch.roll(x, -1, 1)
+    y[:, -1] = 0
+    objective = make_objective(loss, 32, "uniform", 0.75, None)
+    runs = []
+    for gathered in (False, True):
+        model.zero_grad()
+        torch.manual_seed(1)  # the same dropout draws, in the same order
+        scored = model.position_scores(x, y, mask_seen=True, gathered=gathered)
+        assert isinstance(scored.table, GatheredFusedTable) == gathered
+        value = objective(scored, torch.Generator().manual_seed(2))
+        value.backward()
+        runs.append((value.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}))
+    (full, full_grads), (rows, row_grads) = runs
+    assert torch.allclose(full, rows, atol=1e-6) and full_grads.keys() == row_grads.keys()
+    for k in full_grads:
+        assert torch.allclose(full_grads[k], row_grads[k], atol=1e-6), k
+    assert (full_grads["item_id.weight"][1:].abs().sum(1) == 0).any()  # some rows were dropped or not read
+    assert isinstance(model.calculate_loss(x, y, True, objective, return_scores=True)[1].table, GatheredFusedTable)
+    assert isinstance(model.calculate_loss(x, y, True, return_scores=True)[1].table, torch.Tensor)  # full CE: whole
 
 
 def test_sampled_softmax_and_gbce_learn_the_toy_task():

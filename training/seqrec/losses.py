@@ -134,6 +134,7 @@ class SampledSoftmax:
     n_negatives: int = 256
     negatives: str = "uniform"
     log_q: torch.Tensor | None = None  # (n_items + 1,) log of each item's share of training targets (in_batch)
+    gathers_rows = True  # reads some items' scores only: the model builds its table at those rows (gathered.py)
 
     def log_q_of(self, items: torch.Tensor) -> torch.Tensor:
         if self.negatives == "uniform" or self.log_q is None:  # uniform: log Q is one constant, it cancels
@@ -183,6 +184,7 @@ class GBCE:
 
     n_negatives: int = 256
     t: float = 0.75
+    gathers_rows = True  # as SampledSoftmax
 
     def __call__(self, scored: PositionScores, generator: torch.Generator | None = None) -> torch.Tensor:
         neg = sequence_negatives(scored, self.n_negatives, generator)

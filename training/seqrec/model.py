@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .gathered import GatheredFusedTable, GatheredTable
 from .losses import full_cross_entropy
 from .scores import PositionScores, all_item_scores, seen_pairs
 
@@ -104,9 +105,14 @@ class RowDropout(Dropout):
     absent at a step, so its attributes and text must score it (DropoutNet, Volkovs et al., NeurIPS 2017, Sec. 3)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        keep = self.row_factors(len(x), x)
+        return x if keep is None else x * keep
+
+    def row_factors(self, n: int, like: torch.Tensor) -> torch.Tensor | None:
+        """(n, 1): 0 for a dropped row, 1 / (1 - p) for a kept one; None when nothing is dropped (eval, p = 0)."""
         if not self.training or self.p == 0:
-            return x
-        return x * (torch.rand(x.shape[0], 1, device=x.device) >= self.p).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+            return None
+        return (torch.rand(n, 1, device=like.device) >= self.p).to(like.dtype).mul_(1.0 / (1.0 - self.p))
 
 
 class AttributeMean(torch.autograd.Function):
@@ -251,16 +257,28 @@ class MultimodalSASRec(nn.Module):
     def item_table(self, modality: str) -> torch.Tensor:
         """E_m: (n_items + 1, d) item representations of one modality."""
         if modality == "id":
-            rows = self.id_drop(self.item_id.weight)
-            return rows + self.attribute_means() if self.cfg.attributes else rows
+            return GatheredTable(self.id_terms()).dense()
         feats, has = getattr(self, f"{modality}_feats"), getattr(self, f"{modality}_has")
         proj, missing = getattr(self, f"{modality}_proj"), getattr(self, f"{modality}_missing")
         if bool(has[1:].all()):  # every item has this modality: the placeholder fills only the padding row
             return torch.cat([missing[None], proj(feats[1:])])
         return torch.where(has.unsqueeze(-1), proj(feats), missing)
 
+    def id_terms(self) -> list:
+        """E_id = dropout(W) [+ attribute means] as GatheredTable terms: W with its rows' keep factors (one draw)."""
+        weight = self.item_id.weight
+        terms = [(weight, self.id_drop.row_factors(len(weight), weight))]
+        return terms + [(self.attribute_means(), None)] if self.cfg.attributes else terms
+
     def item_tables(self) -> dict[str, torch.Tensor]:
         return {m: self.item_table(m) for m in self.cfg.modalities}
+
+    def gathered_tables(self) -> dict[str, GatheredTable]:
+        """item_tables() built only at the rows a step gathers (gathered.py): the ID rows' dropout applied there."""
+        return {
+            m: GatheredTable(self.id_terms() if m == "id" else [(self.item_table(m), None)])
+            for m in self.cfg.modalities
+        }
 
     # --- sequence side --------------------------------------------------------------------------
 
@@ -274,7 +292,7 @@ class MultimodalSASRec(nn.Module):
         mask = mask.unsqueeze(1)
         out = {}
         for m, enc in self.encoders.items():
-            x = F.embedding(seq, tables[m])
+            x = tables[m][seq] if isinstance(tables[m], GatheredTable) else F.embedding(seq, tables[m])
             if self.moe is not None:
                 x = x + self.moe[m](x)
             out[m] = enc(x, valid, mask)
@@ -298,6 +316,8 @@ class MultimodalSASRec(nn.Module):
 
     def fused_table(self, tables: dict[str, torch.Tensor]) -> torch.Tensor:
         """[E_id, E_txt, E_img]: (n_items + 1, d * n_modalities), rows L2-normalised with a temperature."""
+        if isinstance(next(iter(tables.values())), GatheredTable):
+            return GatheredFusedTable([tables[m] for m in self.cfg.modalities], bool(self.cfg.temperature))
         table = (
             torch.cat([tables[m] for m in self.cfg.modalities], -1) if len(tables) > 1 else next(iter(tables.values()))
         )
@@ -329,10 +349,13 @@ class MultimodalSASRec(nn.Module):
             return torch.zeros(())
         return self.cfg.moe_aux_weight * sum(moe.aux_loss for moe in self.moe.values())
 
-    def position_scores(self, seq: torch.Tensor, targets: torch.Tensor, mask_seen: bool = False) -> PositionScores:
+    def position_scores(
+        self, seq: torch.Tensor, targets: torch.Tensor, mask_seen: bool = False, gathered: bool = False
+    ) -> PositionScores:
         """Every non-padded target position's fused query and the fused item table: the (N, n_items + 1) score
-        matrix as its factors (scores.py), with `mask_seen` the items already in each prefix excluded."""
-        tables = self.item_tables()
+        matrix as its factors (scores.py), with `mask_seen` the items already in each prefix excluded; `gathered`:
+        the table built only at the rows the loss reads (a sampled loss)."""
+        tables = self.gathered_tables() if gathered else self.item_tables()
         hidden = self.encode(seq, tables)
         sel = targets > 0
         query = self.query({m: h[sel] for m, h in hidden.items()})
@@ -353,8 +376,9 @@ class MultimodalSASRec(nn.Module):
     ):
         """The objective (losses.py; default: cross-entropy over all items) at every position, one causal pass.
 
-        `return_scores`: also the positions' `PositionScores`, (loss, scores), for the DPO term."""
-        scored = self.position_scores(seq, targets, mask_seen)
+        `return_scores`: also the positions' `PositionScores`, (loss, scores), for the DPO term. An objective that
+        reads only some items' scores (`gathers_rows`, the sampled losses) gets a table built at those rows."""
+        scored = self.position_scores(seq, targets, mask_seen, gathered=getattr(objective, "gathers_rows", False))
         loss = (objective or full_cross_entropy)(scored) + self.aux_loss()
         return (loss, scored) if return_scores else loss
 

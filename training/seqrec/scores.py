@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 import torch
 import torch.nn.functional as F
 
+from .gathered import dense
+
 CHUNK_ELEMENTS = 1 << 24  # scores held at once by the chunked top-K: N positions x chunk items (64 MB of fp32)
 ROW_ALIGN = 16  # all-item score rows computed padded to a multiple of 16 floats (64 bytes)
 
@@ -61,7 +63,7 @@ class PositionScores:
     """Scores of N positions against every item, as query (N, D) and table (n_items + 1, D)."""
 
     query: torch.Tensor
-    table: torch.Tensor
+    table: torch.Tensor  # or a GatheredFusedTable (gathered.py): rows built on indexing, for the sampled losses
     targets: torch.Tensor  # (N,) the item each position must predict
     seq: torch.Tensor  # (B, L) the batch the positions come from (for the seen-item masks)
     window_targets: torch.Tensor  # (B, L) its targets, 0 where a position has none
@@ -150,7 +152,7 @@ class PositionScores:
 
         The -inf writes are not recorded by autograd: a masked item's softmax probability is 0, so its gradient is
         0 either way, and unrecorded writes spare the backward two copies of the whole matrix."""
-        logits = all_item_scores(self.query, self.table)
+        logits = all_item_scores(self.query, dense(self.table))
         with torch.no_grad():
             self.mask_(logits)
         self.logits = logits

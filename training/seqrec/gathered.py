@@ -1,0 +1,69 @@
+"""Item tables built only at the rows a step gathers, for the sampled losses on large catalogues.
+
+A training step with ID dropout scales every row of the (n_items + 1, d) ID table by its keep factor (RowDropout):
+at a million items that is a table-sized product forward and another backward, while a sampled loss reads only the
+rows of the batch's items and its negatives. Here the factor is applied to the gathered rows instead: the same
+draw (one keep factor per item per step, in the input and the output table at once), the same values, no
+table-sized tensor besides the weights and their gradient.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+Term = tuple[torch.Tensor, torch.Tensor | None]  # (table, per-row factor (n, 1) or None)
+
+
+class GatheredTable:
+    """One modality's item table as a sum of terms, each a table times an optional per-row factor, built on
+    indexing: `table[idx]` gathers the rows of idx only."""
+
+    def __init__(self, terms: list[Term]):
+        self.terms = terms
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        return added(t[idx] if s is None else t[idx] * s[idx] for t, s in self.terms)
+
+    def __len__(self) -> int:
+        return len(self.terms[0][0])
+
+    def dense(self) -> torch.Tensor:
+        return added(t if s is None else t * s for t, s in self.terms)
+
+    def detach(self) -> GatheredTable:
+        return GatheredTable([(t.detach(), s) for t, s in self.terms])
+
+
+class GatheredFusedTable(GatheredTable):
+    """[E_id, E_txt, ...] of GatheredTables, rows L2-normalised when the model has a temperature (`fused_table`)."""
+
+    def __init__(self, parts: list[GatheredTable], normalise: bool):
+        self.parts, self.normalise = parts, normalise
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        rows = torch.cat([p[idx] for p in self.parts], -1)
+        return F.normalize(rows, dim=-1, eps=1e-12) if self.normalise else rows
+
+    def __len__(self) -> int:
+        return len(self.parts[0])
+
+    def dense(self) -> torch.Tensor:
+        rows = torch.cat([p.dense() for p in self.parts], -1)
+        return F.normalize(rows, dim=-1, eps=1e-12) if self.normalise else rows
+
+    def detach(self) -> GatheredFusedTable:
+        return GatheredFusedTable([p.detach() for p in self.parts], self.normalise)
+
+
+def added(tensors) -> torch.Tensor:
+    """The sum of the tensors, a single one returned as it is (no copy)."""
+    first, *rest = tensors
+    for t in rest:
+        first = first + t
+    return first
+
+
+def dense(table) -> torch.Tensor:
+    """The whole table as a tensor (a GatheredTable built in full)."""
+    return table.dense() if isinstance(table, GatheredTable) else table
