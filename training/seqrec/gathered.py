@@ -23,7 +23,7 @@ class GatheredTable:
         self.terms = terms
 
     def __getitem__(self, idx) -> torch.Tensor:
-        return added(t[idx] if s is None else t[idx] * s[idx] for t, s in self.terms)
+        return added(rows(t, idx) if s is None else rows(t, idx) * rows(s, idx) for t, s in self.terms)
 
     def __len__(self) -> int:
         return len(self.terms[0][0])
@@ -54,6 +54,11 @@ class GatheredFusedTable(GatheredTable):
 
     def detach(self) -> GatheredFusedTable:
         return GatheredFusedTable([p.detach() for p in self.parts], self.normalise)
+
+
+def rows(table: torch.Tensor, idx) -> torch.Tensor:
+    """table[idx]: F.embedding for an index tensor (its backward accumulates rows faster than indexing's)."""
+    return F.embedding(idx, table) if isinstance(idx, torch.Tensor) else table[idx]
 
 
 def added(tensors) -> torch.Tensor:
