@@ -258,16 +258,16 @@ class ItemIndex:
         return out
 
 
-def probe_queries(model, n: int, seed: int = 0) -> np.ndarray:
+def probe_queries(model, n: int, seed: int = 0, tables: dict | None = None) -> np.ndarray:
     """(n, D) query vectors of one-item histories, the items drawn at random (seeded): the model's own queries,
-    for the index's recall self-check without any user data."""
+    for the index's recall self-check without any user data (`tables`: the model's item_tables(), if built)."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
     seq = torch.randint(1, model.cfg.n_items + 1, (n, 1), generator=g)
     model.eval()
     with torch.no_grad():
-        hidden = model.encode(seq, model.item_tables())
+        hidden = model.encode(seq, tables or model.item_tables())
         return model.query({m: h[:, -1] for m, h in hidden.items()}).float().numpy()
 
 
@@ -277,7 +277,9 @@ def ensure_item_index(model, model_path: str | Path, cfg: ItemIndexConfig = Item
 
     path = Path(model_path) / ITEM_INDEX_DIR
     if not ItemIndex.exists(path):
+        model.eval()
         with torch.no_grad():
-            table = model.fused_table(model.item_tables()).detach().float().numpy()
-        build_item_index(table, path, cfg, probe_queries(model, cfg.check_queries))
+            tables = model.item_tables()
+            table = model.fused_table(tables).detach().float().numpy()
+        build_item_index(table, path, cfg, probe_queries(model, cfg.check_queries, tables=tables))
     return ItemIndex(path, cfg)
