@@ -129,27 +129,47 @@ def recall_at_k(found: list[np.ndarray], items: np.ndarray, queries: np.ndarray,
 
 def check_recall(dest: Path, items: np.ndarray, queries: np.ndarray, ranges: list[dict], cfg: ItemIndexConfig):
     """Recall@10 of the index against exact scoring on `queries`; while under cfg.min_recall the IVF indexes are
-    trained again (a fresh k-means), up to cfg.build_attempts builds. Returns the meta fields it adds."""
+    trained again (a fresh k-means), up to cfg.build_attempts builds, and the best build is kept. Returns the meta
+    fields it adds."""
     import lancedb
 
     k = min(10, len(items))
-    db, by_build = lancedb.connect(str(dest)), []
+    db, by_build, versions = lancedb.connect(str(dest)), [], []
+    indexed = [r for r in ranges if r["indexed"]]
     for attempt in range(cfg.build_attempts):
         if attempt:
-            for r in (r for r in ranges if r["indexed"]):
+            for r in indexed:
                 train_ivf(db.open_table(r["table"]), r["rows"], cfg)
+        versions.append({r["table"]: db.open_table(r["table"]).version for r in indexed})
         by_build.append(recall_at_k(ItemIndex(dest, cfg).candidates(queries, k), items, queries, k))
         if by_build[-1] >= cfg.min_recall:
             break
-    else:
+    best = int(np.argmax(by_build))
+    if by_build[-1] < cfg.min_recall:
+        keep_build(db, versions[best])
         log.warning(
-            "item index %s: recall@10 %.3f after %d builds, under %s", dest, by_build[-1], len(by_build), cfg.min_recall
+            "item index %s: recall@10 %.3f after %d builds, under %s; kept build %d (%.3f)",
+            dest,
+            by_build[-1],
+            len(by_build),
+            cfg.min_recall,
+            best + 1,
+            by_build[best],
         )
     return {
-        "recall@10": round(by_build[-1], 4),
+        "recall@10": round(by_build[best], 4),
         "recall@10_by_build": [round(r, 4) for r in by_build],
+        "kept_build": best + 1,
         "recall_queries": len(queries),
     }
+
+
+def keep_build(db, versions: dict[str, int]) -> None:
+    """Make each range's table version of one build (its data and IVF index) the latest again."""
+    for name, version in versions.items():
+        tbl = db.open_table(name)
+        if tbl.version != version:
+            tbl.restore(version)
 
 
 def build_item_index(
