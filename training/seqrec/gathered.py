@@ -17,10 +17,12 @@ Term = tuple[torch.Tensor, torch.Tensor | None]  # (table, per-row factor (n, 1)
 
 class GatheredTable:
     """One modality's item table as a sum of terms, each a table times an optional per-row factor, built on
-    indexing: `table[idx]` gathers the rows of idx only."""
+    indexing: `table[idx]` gathers the rows of idx only. A step gathers a table several times (inputs, targets,
+    negatives); each gather's gradient is kept as its rows (sparse) and folded into one dense table gradient
+    (`FoldedRows`), not written table-sized once per gather."""
 
     def __init__(self, terms: list[Term]):
-        self.terms = terms
+        self.terms = [(FoldedRows.apply(t) if t.requires_grad else t, s) for t, s in terms]
 
     def __getitem__(self, idx) -> torch.Tensor:
         return added(rows(t, idx) if s is None else rows(t, idx) * rows(s, idx) for t, s in self.terms)
@@ -56,9 +58,25 @@ class GatheredFusedTable(GatheredTable):
         return GatheredFusedTable([p.detach() for p in self.parts], self.normalise)
 
 
+class FoldedRows(torch.autograd.Function):
+    """The identity on a table; its backward receives the sum of every gather's row gradient (sparse, `rows`)
+    and writes it as one dense table gradient."""
+
+    @staticmethod
+    def forward(ctx, table: torch.Tensor) -> torch.Tensor:
+        return table.view_as(table)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return grad.to_dense() if grad.is_sparse else grad
+
+
 def rows(table: torch.Tensor, idx) -> torch.Tensor:
-    """table[idx]: F.embedding for an index tensor (its backward accumulates rows faster than indexing's)."""
-    return F.embedding(idx, table) if isinstance(idx, torch.Tensor) else table[idx]
+    """table[idx]: F.embedding for an index tensor, its gradient the gathered rows (sparse) when the table
+    learns (a FoldedRows table folds them once)."""
+    if not isinstance(idx, torch.Tensor):
+        return table[idx]
+    return F.embedding(idx, table, sparse=table.requires_grad)
 
 
 def added(tensors) -> torch.Tensor:
