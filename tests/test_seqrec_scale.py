@@ -154,9 +154,11 @@ def test_large_catalogue_steps_never_build_the_full_score_matrix(monkeypatch, lo
 def test_id_dropout_at_the_gathered_rows_equals_the_dropped_table(loss, temperature, monkeypatch):
     """A sampled loss on a table built at the rows it reads (ID dropout, attributes and text included): the loss and
     every gradient of the whole dropped table, under the same draw; each table's gathers (inputs, targets,
-    negatives) reach its gradient as rows, written dense once."""
+    negatives) reach its gradient as rows, written dense once; the text table is projected at those rows only."""
     folded, fold = [], FoldedRows.backward
     monkeypatch.setattr(FoldedRows, "backward", staticmethod(lambda ctx, g: folded.append(g.is_sparse) or fold(ctx, g)))
+    whole, table = [], MultimodalSASRec.item_table
+    monkeypatch.setattr(MultimodalSASRec, "item_table", lambda self, m: whole.append(m) or table(self, m))
     torch.manual_seed(0)
     n = 300
     attrs = torch.zeros(n + 1, 2, dtype=torch.long)
@@ -176,13 +178,15 @@ def test_id_dropout_at_the_gathered_rows_equals_the_dropped_table(loss, temperat
     for gathered in (False, True):
         model.zero_grad()
         folded.clear()
+        whole.clear()
         torch.manual_seed(1)  # the same dropout draws, in the same order
         scored = model.position_scores(x, y, mask_seen=True, gathered=gathered)
         assert isinstance(scored.table, GatheredFusedTable) == gathered
         value = objective(scored, torch.Generator().manual_seed(2))
         value.backward()
         runs.append((value.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}))
-        assert folded == ([True] * 3 if gathered else [False] * 2)  # rows of the ID, attribute, text tables; whole
+        assert folded == ([True, True] if gathered else [False, False])  # ID and attribute terms: rows, or whole
+        assert whole == ([] if gathered else ["id", "text"])  # gathered: the text projection runs on the rows read
     (full, full_grads), (rows, row_grads) = runs
     assert torch.allclose(full, rows, atol=1e-6) and full_grads.keys() == row_grads.keys()
     for k in full_grads:

@@ -4,10 +4,13 @@ A training step with ID dropout scales every row of the (n_items + 1, d) ID tabl
 at a million items that is a table-sized product forward and another backward, while a sampled loss reads only the
 rows of the batch's items and its negatives. Here the factor is applied to the gathered rows instead: the same
 draw (one keep factor per item per step, in the input and the output table at once), the same values, no
-table-sized tensor besides the weights and their gradient.
+table-sized tensor besides the weights and their gradient. The gathers' row gradients are folded into that one
+dense gradient (FoldedRows), and a side modality's projection of item features runs on the gathered rows (RowsOf).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -35,6 +38,28 @@ class GatheredTable:
 
     def detach(self) -> GatheredTable:
         return GatheredTable([(t.detach(), s) for t, s in self.terms])
+
+
+class RowsOf(GatheredTable):
+    """A table given by a function of its rows (a side modality's projection of item features), computed at the
+    gathered rows only; `whole()` builds it in full."""
+
+    def __init__(self, rows_of: Callable, whole: Callable, n: int, grad: bool = True):
+        self.rows_of, self.whole, self.n, self.grad = rows_of, whole, n, grad
+
+    def __getitem__(self, idx) -> torch.Tensor:
+        with torch.set_grad_enabled(self.grad and torch.is_grad_enabled()):
+            return self.rows_of(idx)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def dense(self) -> torch.Tensor:
+        with torch.set_grad_enabled(self.grad and torch.is_grad_enabled()):
+            return self.whole()
+
+    def detach(self) -> RowsOf:
+        return RowsOf(self.rows_of, self.whole, self.n, grad=False)
 
 
 class GatheredFusedTable(GatheredTable):

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .gathered import GatheredFusedTable, GatheredTable
+from .gathered import GatheredFusedTable, GatheredTable, RowsOf
 from .losses import full_cross_entropy
 from .scores import PositionScores, all_item_scores, seen_pairs
 
@@ -264,6 +265,12 @@ class MultimodalSASRec(nn.Module):
             return torch.cat([missing[None], proj(feats[1:])])
         return torch.where(has.unsqueeze(-1), proj(feats), missing)
 
+    def item_rows(self, modality: str, idx: torch.Tensor) -> torch.Tensor:
+        """E_m at the items idx of a side modality: its projection run on those rows only."""
+        feats, has = getattr(self, f"{modality}_feats"), getattr(self, f"{modality}_has")
+        proj, missing = getattr(self, f"{modality}_proj"), getattr(self, f"{modality}_missing")
+        return torch.where(has[idx].unsqueeze(-1), proj(feats[idx]), missing)
+
     def id_terms(self) -> list:
         """E_id = dropout(W) [+ attribute means] as GatheredTable terms: W with its rows' keep factors (one draw)."""
         weight = self.item_id.weight
@@ -276,7 +283,9 @@ class MultimodalSASRec(nn.Module):
     def gathered_tables(self) -> dict[str, GatheredTable]:
         """item_tables() built only at the rows a step gathers (gathered.py): the ID rows' dropout applied there."""
         return {
-            m: GatheredTable(self.id_terms() if m == "id" else [(self.item_table(m), None)])
+            m: GatheredTable(self.id_terms())
+            if m == "id"
+            else RowsOf(partial(self.item_rows, m), partial(self.item_table, m), self.cfg.n_items + 1)
             for m in self.cfg.modalities
         }
 
