@@ -3,7 +3,8 @@ JSON line with seconds, peak RSS and the memory full cross-entropy would need fo
 
     python benchmarks/catalogue.py                         # 1M items, 20k users, sampled softmax (K = 256)
     python benchmarks/catalogue.py --loss gbce --items 200000
-Full cross-entropy is tried for one step on the longest windows in a child process limited to 24 GB.
+    python benchmarks/catalogue.py --text-dim 384          # with a text tower over 384-d item features
+Full cross-entropy is tried for one step on the longest windows (ID only) in a child process limited to 24 GB.
 Sequences follow a random walk over the item ids (the next item is a few ids away, popularity skewed), so the
 model has something to learn; a valid split of 2,000 users is scored over the whole catalogue after the epoch.
 Target (2 cores): the epoch within 24 GB peak RSS, where full CE's per-step logits alone would not fit.
@@ -33,6 +34,17 @@ def random_walks(n_users: int, n_items: int, mean_len: int, seed: int) -> list[n
         walk = (start + np.cumsum(steps[at : at + n])) % n_items + 1
         out.append(walk.astype(np.int64))
         at += n
+    return out
+
+
+def item_features(n_items: int, dim: int, seed: int) -> np.ndarray:
+    """(n_items + 1, dim) side features of the items (row 0: padding, zeros), as a text encoder's vectors would be:
+    random Fourier features of the item id, so that the walk's nearby items have similar vectors."""
+    freqs = np.random.default_rng(seed).standard_normal(dim // 2) * 0.3
+    out = np.zeros((n_items + 1, 2 * len(freqs)), dtype=np.float32)
+    for lo in range(1, n_items + 1, 1 << 16):
+        ids = np.arange(lo, min(lo + (1 << 16), n_items + 1))[:, None] * freqs[None, :]
+        out[lo : lo + len(ids)] = np.concatenate([np.sin(ids), np.cos(ids)], 1)
     return out
 
 
@@ -66,6 +78,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--id-dropout", type=float, default=None, help="SeqRecConfig.id_dropout (default: its default)")
+    ap.add_argument("--text-dim", type=int, default=0, help="also a text tower over N-d item features (0: ID only)")
     ap.add_argument("--valid-users", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--full-ce-step", action="store_true", help="(internal) one full-CE step under a 24 GB limit")
@@ -88,8 +101,12 @@ def main() -> None:
         return
     torch.manual_seed(args.seed)
     drop = {} if args.id_dropout is None else {"id_dropout": args.id_dropout}
+    text = {}
+    if args.text_dim:
+        drop |= {"modalities": ["id", "text"], "text_dim": 2 * (args.text_dim // 2)}
+        text = {"text": torch.from_numpy(item_features(args.items, args.text_dim, args.seed))}
     cfg = SeqRecConfig(n_items=args.items, d=args.d, max_len=50, id_init="random", **drop)
-    model = MultimodalSASRec(cfg)
+    model = MultimodalSASRec(cfg, **text)
     train = SeqRecTrainConfig(
         epochs=1,
         batch_size=args.batch_size,
@@ -121,6 +138,7 @@ def main() -> None:
                 "loss": args.loss,
                 "n_negatives": args.negatives,
                 "id_dropout": cfg.id_dropout,
+                "modalities": cfg.modalities,
                 "data_seconds": round(t_data, 1),
                 "epoch_seconds": round(row["train_seconds"], 1),
                 "valid_ndcg@10": round(row["valid_ndcg@10"], 4),
