@@ -259,17 +259,19 @@ class MultimodalSASRec(nn.Module):
         """E_m: (n_items + 1, d) item representations of one modality."""
         if modality == "id":
             return GatheredTable(self.id_terms()).dense()
-        feats, has = getattr(self, f"{modality}_feats"), getattr(self, f"{modality}_has")
-        proj, missing = getattr(self, f"{modality}_proj"), getattr(self, f"{modality}_missing")
+        feats, has, proj, missing = self.side_parts(modality)
         if bool(has[1:].all()):  # every item has this modality: the placeholder fills only the padding row
             return torch.cat([missing[None], proj(feats[1:])])
-        return torch.where(has.unsqueeze(-1), proj(feats), missing)
+        return self.item_rows(modality, slice(None))
 
-    def item_rows(self, modality: str, idx: torch.Tensor) -> torch.Tensor:
+    def item_rows(self, modality: str, idx) -> torch.Tensor:
         """E_m at the items idx of a side modality: its projection run on those rows only."""
-        feats, has = getattr(self, f"{modality}_feats"), getattr(self, f"{modality}_has")
-        proj, missing = getattr(self, f"{modality}_proj"), getattr(self, f"{modality}_missing")
+        feats, has, proj, missing = self.side_parts(modality)
         return torch.where(has[idx].unsqueeze(-1), proj(feats[idx]), missing)
+
+    def side_parts(self, modality: str) -> tuple:
+        """A side modality's item features, which items have them, its projection and its placeholder row."""
+        return tuple(getattr(self, f"{modality}_{part}") for part in ("feats", "has", "proj", "missing"))
 
     def id_terms(self) -> list:
         """E_id = dropout(W) [+ attribute means] as GatheredTable terms: W with its rows' keep factors (one draw)."""
@@ -281,7 +283,8 @@ class MultimodalSASRec(nn.Module):
         return {m: self.item_table(m) for m in self.cfg.modalities}
 
     def gathered_tables(self) -> dict[str, GatheredTable]:
-        """item_tables() built only at the rows a step gathers (gathered.py): the ID rows' dropout applied there."""
+        """item_tables() built only at the rows a step gathers (gathered.py): the ID rows' dropout applied there,
+        the side modalities projected there."""
         return {
             m: GatheredTable(self.id_terms())
             if m == "id"
