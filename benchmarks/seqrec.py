@@ -35,6 +35,7 @@ def registered_summary(settings, dataset: str, name: str, version: str) -> dict:
         "epochs_run": card["epochs_run"],
         "averaged_epochs": card.get("averaged_epochs"),
         "snapshot": card.get("snapshot"),
+        "markov": card.get("markov"),
         "seconds_per_epoch": None,
         "modalities": card["config"]["model"]["modalities"],
         "moe": card["config"]["model"]["moe"],
@@ -139,6 +140,7 @@ def main() -> None:
             "epochs": sft["epochs_run"],
             "averaged_epochs": sft.get("averaged_epochs"),  # 0-based: the kept window, chosen on validation
             "snapshot": sft.get("snapshot"),  # the late window mixed in and its weight, chosen on validation
+            "markov": sft.get("markov"),  # the Markov prior's weight, chosen on validation
             "seconds_per_epoch": sft["seconds_per_epoch"],
             "seconds": round(time.perf_counter() - t_sft, 1),
             "trained_here": not args.sft_from,
@@ -168,6 +170,7 @@ def main() -> None:
             "valid_ndcg@10": dpo["valid"]["ndcg@10"],
             "epochs": dpo["epochs_run"],
             "snapshot": dpo["snapshot"],
+            "markov": dpo["markov"],
             "seconds_per_epoch": dpo["seconds_per_epoch"],
             "seconds": round(time.perf_counter() - t_dpo, 1),
             "valid_vs_sft": stage_two_gain(settings.metrics(), registry, registry.get(dpo["name"], dpo["version"])),

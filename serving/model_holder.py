@@ -16,6 +16,7 @@ import torch
 from recalign.item_index import ItemIndex, ensure_item_index
 from recalign.registry import Registry
 from training.seqrec.checkpoint import load_model
+from training.seqrec.transitions import prior_of
 
 from .histories import LRU
 
@@ -66,20 +67,32 @@ def precompute_top(
     history_lengths: np.ndarray,
     depth: int,
     batch_size: int = 1024,
+    histories: list[np.ndarray] | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Each cached user's best `depth + len(history)` items (history not removed, so any k <= depth survives
-    excluding it) with their scores: a known user's request is then a lookup and a filter, no scoring."""
+    excluding it) with their scores: a known user's request is then a lookup and a filter, no scoring.
+    `histories` (the cached users' histories, in their order) feed a model's Markov prior, where it has one."""
     n = len(history_lengths)
     out: list[tuple[np.ndarray, np.ndarray]] = []
     for lo in range(0, n, batch_size):
         rows = slice(lo, min(n, lo + batch_size))
         scores = model.fuse({m: s[rows] for m, s in states.items()}, tables)
+        if histories is not None:
+            scores = with_prior(model, scores, histories[rows])
         scores[:, 0] = float("-inf")
         want = depth + history_lengths[rows]
         vals, idx = torch.topk(scores, min(scores.shape[1] - 1, int(want.max())), dim=1)
         vals, idx = vals.numpy(), idx.numpy()
         out.extend((idx[r, :w].copy(), vals[r, :w].copy()) for r, w in enumerate(want))
     return out
+
+
+def with_prior(model, scores: torch.Tensor, histories: list[np.ndarray]) -> torch.Tensor:
+    """Scores from the encoder interface plus the model's Markov prior of each history (transitions.py), if any."""
+    from training.seqrec.data import left_pad
+
+    prior = prior_of(model, torch.from_numpy(left_pad(histories, model.cfg.max_len)))
+    return scores if prior is None else scores + prior
 
 
 def without_paths(message: str) -> str:
@@ -171,8 +184,9 @@ class ModelHolder:
             index, queries = ensure_item_index(model, entry["path"]), LRU(self.cache_users)
         elif self.histories:
             users, states, tables = precompute_users(model, self.histories)
-            lengths = np.array([len(self.histories[u]) for u in users], dtype=np.int64)
-            top = precompute_top(model, states, tables, lengths, self.top_depth)
+            ordered = [self.histories[u] for u in users]
+            lengths = np.array([len(h) for h in ordered], dtype=np.int64)
+            top = precompute_top(model, states, tables, lengths, self.top_depth, histories=ordered)
         # everything is ready before the swap: one reference assignment, requests never see half a model
         self.current = Loaded(
             model,
@@ -238,11 +252,15 @@ class ModelHolder:
         found = loaded.index.candidates(
             torch.stack(queries).numpy(), min(self.n_items, max(self.n_candidates, want)), depth=want
         )
+        priors = prior_of(model, torch.from_numpy(left_pad([h[-max_len:] for h, _, _, _ in jobs], max_len)))
         out = []
-        for (history, _, k, exclude_seen), query, ids in zip(jobs, queries, found):
+        for row, ((history, _, k, exclude_seen), query, ids) in enumerate(zip(jobs, queries, found)):
+            if priors is not None:  # the prior's own candidates: the items its counts reach from this history
+                ids = np.union1d(ids, torch.nonzero(priors[row]).flatten().numpy())
             if exclude_seen:
                 ids = ids[~np.isin(ids, history)]
-            scores = (loaded.fused[torch.tensor(ids)] @ query).numpy()
+            scores = loaded.fused[torch.tensor(ids)] @ query
+            scores = (scores if priors is None else scores + priors[row, torch.tensor(ids)]).numpy()
             best = np.argsort(-scores, kind="stable")[:k]
             out.append((ids[best], scores[best]))
         return out, loaded
@@ -255,7 +273,7 @@ class ModelHolder:
         if user_id is not None and loaded.users is not None and user_id in loaded.users:
             row = loaded.users[user_id]
             hidden = {m: s[row : row + 1] for m, s in loaded.user_states.items()}
-            scores = loaded.model.fuse(hidden, loaded.tables)[0]
+            scores = with_prior(loaded.model, loaded.model.fuse(hidden, loaded.tables), [np.asarray(history)])[0]
             scores[0] = float("-inf")
             return scores.numpy(), loaded
         max_len = loaded.model.cfg.max_len

@@ -29,6 +29,7 @@ from training.seqrec.evaluate import full_ranking_ranks
 from training.seqrec.model import MultimodalSASRec, SeqRecConfig
 from training.seqrec.recipe import get_recipe, run_name
 from training.seqrec.trainer import SeqRecDPOConfig, SeqRecTrainConfig, SeqRecTrainer
+from training.seqrec.transitions import add_markov_prior, without_prior
 from training.seqrec.warmstart import warm_start_ids
 from training.smoke import SMOKE_USERS, smoke
 
@@ -175,6 +176,7 @@ def train_stage(
     ref_model, model, late = None, None, None
     if reference is not None:  # an ensemble SFT: stage 2 trains its best member, then mixes in its late one
         ref_model, _ = load_model(registry.get(*reference).path)
+        ref_model = without_prior(ref_model)  # stage 2 trains the learnt model; its prior is chosen again after
         if isinstance(ref_model, SnapshotEnsemble):
             ref_model, late = ref_model.best, ref_model.late
         model = copy.deepcopy(ref_model)
@@ -250,6 +252,12 @@ def train_stage(
     if fit["snapshot"]:
         log(f"snapshot ensemble: {json.dumps(fit['snapshot'])}")
     final = trainer.ensemble or trainer.model  # the mix where validation gave the late member a weight
+    markov = None
+    if train_cfg.markov_order:
+        final, markov = add_markov_prior(
+            final, data.seq.train, data.valid, train_cfg.markov_order, train_cfg.markov_window, train_cfg.markov_decay
+        )
+        log(f"markov prior: {json.dumps(markov)}")
     metrics = evaluate_and_log(final, data, store, run_id)
     pos, neg = score_samples(final, data, k=getattr(train_cfg, "topk", SeqRecDPOConfig.topk))
     store.log_scores(run_id, "positive", pos)
@@ -271,6 +279,7 @@ def train_stage(
             "averaged_epochs": fit["averaged_epochs"],
             "epochs_run": fit["epochs_run"],
             "snapshot": fit["snapshot"],
+            "markov": markov,
             "config": config,
         },
     )
@@ -290,6 +299,7 @@ def train_stage(
         "kept_epoch": fit["kept_epoch"],
         "averaged_epochs": fit["averaged_epochs"],
         "snapshot": fit["snapshot"],
+        "markov": markov,
         "seconds": round(seconds, 1),
         "seconds_per_epoch": round(float(np.mean(train_secs)), 2) if train_secs else 0.0,
         "modalities": model_cfg["modalities"],

@@ -7,14 +7,17 @@ import os
 from pathlib import Path
 
 import torch
+from torch import nn
 from safetensors import safe_open
 from safetensors.torch import load, load_file, save_file
 
 from .ensemble import SnapshotEnsemble
 from .model import MultimodalSASRec, SeqRecConfig
+from .transitions import MarkovMixed, TransitionCounts
 
 FORMAT = "recalign.seqrec/1"
 LATE = "late"  # a snapshot ensemble's late member: a model folder inside the best member's
+MARKOV = "markov.safetensors"  # a Markov prior's transition counts (CSR), beside the model's weights
 
 
 def _atomic_write_json(path: Path, obj: dict) -> None:
@@ -23,11 +26,17 @@ def _atomic_write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def save_model(model: MultimodalSASRec | SnapshotEnsemble, directory: str | Path, extra: dict | None = None) -> Path:
+def save_model(model: MultimodalSASRec | SnapshotEnsemble | MarkovMixed, directory: str | Path, extra: dict | None = None) -> Path:
     """model.safetensors + config.json in directory (written to temp names, then renamed); a snapshot ensemble: its
-    best member there, its late member in `late/`, the weight in config.json's "ensemble"."""
+    best member there, its late member in `late/`, the weight in config.json's "ensemble"; a Markov prior: its
+    counts in markov.safetensors, its settings in config.json's "markov"."""
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, MarkovMixed):
+        counts = {k: v.detach().cpu().contiguous() for k, v in model.counts.state_dict().items()}
+        save_file(counts, str(d / f"{MARKOV}.tmp"), metadata={"format": FORMAT})
+        os.replace(d / f"{MARKOV}.tmp", d / MARKOV)
+        return save_model(model.model, d, {**(extra or {}), "markov": model.settings()})
     if isinstance(model, SnapshotEnsemble):
         save_model(model.late, d / LATE)
         return save_model(model.best, d, {**(extra or {}), "ensemble": {"late_weight": model.late_weight}})
@@ -38,16 +47,22 @@ def save_model(model: MultimodalSASRec | SnapshotEnsemble, directory: str | Path
     return d
 
 
-def load_model(directory: str | Path, map_location: str = "cpu") -> tuple[MultimodalSASRec | SnapshotEnsemble, dict]:
-    """Load and check a saved model (a snapshot ensemble where config.json says so); ValueError on anything
-    inconsistent."""
+def load_model(directory: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict]:
+    """Load and check a saved model (a snapshot ensemble and / or a Markov prior where config.json says so);
+    ValueError on anything inconsistent."""
     model, meta = load_single(directory, map_location)
-    mix = meta.get("ensemble")
+    mix, prior = meta.get("ensemble"), meta.get("markov")
     if mix:
         if not (Path(directory) / LATE / "config.json").exists():
             raise ValueError(f"{directory}: a snapshot ensemble without its late member ({LATE}/)")
         late, _ = load_single(Path(directory) / LATE, map_location)
-        return SnapshotEnsemble(model, late, mix["late_weight"]), meta
+        model = SnapshotEnsemble(model, late, mix["late_weight"])
+    if prior:
+        if not (Path(directory) / MARKOV).exists():
+            raise ValueError(f"{directory}: a Markov prior without its transition counts ({MARKOV})")
+        state = load((Path(directory) / MARKOV).read_bytes())
+        counts = TransitionCounts(state["indptr"], state["indices"], state["values"], prior["window"])
+        model = MarkovMixed(model, counts.to(map_location), prior["weight"], prior["order"], prior["decay"])
     return model, meta
 
 

@@ -16,6 +16,7 @@ from torch import nn
 from ..metrics import metrics_from_ranks
 from .data import EvalSet
 from .evaluate import ranks_of_scorer
+from .transitions import without_prior
 
 MIX_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # weights of the late snapshot tried on validation
 
@@ -80,7 +81,8 @@ class SnapshotEnsemble(nn.Module):
 
 
 def trained_member(model: nn.Module) -> nn.Module:
-    """The weights a stage trains: a snapshot ensemble's best member, or the model itself."""
+    """The weights a stage trains: a snapshot ensemble's best member, or the model itself (under any Markov prior)."""
+    model = without_prior(model)
     return model.best if isinstance(model, SnapshotEnsemble) else model
 
 

@@ -74,6 +74,11 @@ class SeqRecTrainConfig:
     snapshot_late: int | None = 8  # keep="best": train on N epochs past the validation-best window, then mix the
     # last window's scores with the best's (snapshot ensemble, ensemble.py), the weight chosen on validation (0: the
     # best alone); N is also the patience where larger. None: no late snapshot (early stopping at `patience`)
+    markov_order: int | None = 3  # after training: add the training split's transition counts over the last N
+    # items to every score (transitions.py, Fossil's Markov chain by counts), the weight chosen on validation
+    # (0: the model alone); None: no prior
+    markov_window: int = 3  # C_w counts j within w steps after i
+    markov_decay: float = 0.7  # the k-th last item's counts weigh decay^k
     min_epochs: int = 0
     eval_every: int = 1  # validate every N epochs (RecBole's eval_step); patience counts validations
     seed: int = 42  # the model's initial weights, batching and dropout
@@ -104,6 +109,10 @@ class SeqRecTrainConfig:
             raise ValueError("ema_decay and swa_last are two weight averages: set one (swa_last=None for EMA)")
         if self.swa_last is not None and self.swa_last < 1:
             raise ValueError(f"swa_last must be a number of epochs >= 1 (or None: no average), got {self.swa_last!r}")
+        if self.markov_order is not None and (self.markov_order < 1 or self.markov_window < 1):
+            raise ValueError("markov_order and markov_window must be >= 1 (markov_order None: no prior)")
+        if not 0 < self.markov_decay <= 1:
+            raise ValueError(f"markov_decay must lie in (0, 1], got {self.markov_decay!r}")
         if self.snapshot_late is not None and self.snapshot_late < 1:
             raise ValueError(f"snapshot_late must be a number of epochs >= 1 (or None), got {self.snapshot_late!r}")
 
