@@ -77,6 +77,7 @@ def main() -> None:
     from training.seqrec.checkpoint import load_model
     from training.seqrec.ensemble import SnapshotEnsemble
     from training.seqrec.recipe import get_recipe
+    from training.seqrec.transitions import without_prior
 
     recipe = get_recipe("default")
     model_cfg = recipe.model_config()
@@ -90,6 +91,7 @@ def main() -> None:
     t0 = time.perf_counter()
     if args.model:
         mix, _ = load_model(settings.registry(args.dataset).get(*args.model.split("/")).path)
+        mix = without_prior(mix)  # the members; a Markov prior is chosen apart (transitions.py)
         if not isinstance(mix, SnapshotEnsemble):
             sys.exit(f"error: {args.model} is one model, not a snapshot ensemble (its card's snapshot weight was 0)")
         best, late = mix.best, mix.late

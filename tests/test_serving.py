@@ -248,8 +248,9 @@ def test_the_api_key_guards_everything_but_the_probes_and_status_shows_no_paths(
 
 
 def test_a_snapshot_ensemble_trains_registers_and_serves_as_one_model(tmp_path, monkeypatch):
-    """The recipe's SFT with a late snapshot: registered as two members, stage 2 on its best member with the late one
-    mixed back in, and the serving holder's precomputed and ANN modes rank as the mix's full_sort_predict does."""
+    """The recipe's SFT with a late snapshot and a Markov prior: registered as two members and the counts, stage 2
+    on its best member with the late one mixed back in and the prior chosen again, and the serving holder's
+    precomputed, cached and ANN modes rank as the model's full_sort_predict does."""
     import itertools
 
     from assets.ingest.pipeline import DatasetSpec, ingest
@@ -257,7 +258,9 @@ def test_a_snapshot_ensemble_trains_registers_and_serves_as_one_model(tmp_path, 
     from serving.catalogue import Catalogue
     from serving.model_holder import ModelHolder
     from training.seqrec import trainer as trainer_module
+    from training.seqrec import transitions
     from training.seqrec.ensemble import SnapshotEnsemble
+    from training.seqrec.transitions import MarkovMixed
 
     from .helpers import dpo_config
 
@@ -272,6 +275,13 @@ def test_a_snapshot_ensemble_trains_registers_and_serves_as_one_model(tmp_path, 
         return 0.3, grids[-1]
 
     monkeypatch.setattr(trainer_module, "choose_late_weight", choose)
+    real_prior, prior_grids = transitions.choose_prior_weight, []
+
+    def choose_prior(*args, **kw):  # likewise: the library's choice runs, a weight of 2 is forced
+        prior_grids.append(real_prior(*args, **kw)[1])
+        return 2.0, prior_grids[-1]
+
+    monkeypatch.setattr(transitions, "choose_prior_weight", choose_prior)
     quiet = lambda *_: None
     cfg = sft_config(epochs=6, batch_size=256, lr=3e-3, snapshot_late=2, patience=1, show_progress=False)
     sft = train_stage(home, "mix", TINY, cfg, "seqrec_sft", log=quiet)
@@ -281,15 +291,17 @@ def test_a_snapshot_ensemble_trains_registers_and_serves_as_one_model(tmp_path, 
     reg = home.registry("mix")
     mv = reg.get(sft["name"], sft["version"])
     assert (mv.path / "late" / "model.safetensors").exists() and mv.card["snapshot"]["late_weight"] == 0.3
+    assert mv.card["markov"]["weight"] == 2.0 and len(prior_grids[0]) == len(transitions.PRIOR_GRID)
     mix, _ = load_model(mv.path)
-    assert isinstance(mix, SnapshotEnsemble)
+    assert isinstance(mix, MarkovMixed) and isinstance(mix.model, SnapshotEnsemble)
     dpo_cfg = dpo_config(epochs=1, batch_size=256, show_progress=False)
     dpo = train_stage(home, "mix", {}, dpo_cfg, reference=(mv.name, mv.version), log=quiet)
-    assert dpo["snapshot"]["late_epochs"] is None
+    assert dpo["snapshot"]["late_epochs"] is None and dpo["markov"]["weight"] == 2.0 and len(prior_grids) == 2
     policy, _ = load_model(reg.get(dpo["name"], dpo["version"]).path)
-    assert isinstance(policy, SnapshotEnsemble)
-    assert all(torch.equal(a, b) for a, b in zip(policy.late.state_dict().values(), mix.late.state_dict().values()))
-    assert not torch.equal(policy.best.item_table("id"), mix.best.item_table("id"))  # stage 2 trained the best member
+    assert isinstance(policy, MarkovMixed) and isinstance(policy.model, SnapshotEnsemble)
+    policy, ens = policy.model, mix.model
+    assert all(torch.equal(a, b) for a, b in zip(policy.late.state_dict().values(), ens.late.state_dict().values()))
+    assert not torch.equal(policy.best.item_table("id"), ens.best.item_table("id"))  # stage 2 trained the best member
     reg.publish(mv)
     cat = Catalogue.load(home.warehouse_path("mix"))
     user = sorted(cat.histories)[3]
@@ -299,11 +311,16 @@ def test_a_snapshot_ensemble_trains_registers_and_serves_as_one_model(tmp_path, 
     scores = raw.copy()
     scores[hist], scores[0] = -np.inf, -np.inf
     offline = np.argsort(-scores, kind="stable")[:10].tolist()
+    with torch.no_grad():  # the prior moves this user's top 5: a serving path that dropped it would rank otherwise
+        plain = mix.model.full_sort_predict(torch.from_numpy(hist[-50:]).view(1, -1))[0].numpy()
+    plain[hist], plain[0] = -np.inf, -np.inf
+    assert np.argsort(-plain, kind="stable")[:5].tolist() != offline[:5]
     for ann in (False, True):
         holder = ModelHolder(reg.root, cat.n_items, histories=None if ann else cat.histories, ann=ann, candidates=50)
-        assert holder.check() and isinstance(holder.current.model, SnapshotEnsemble)
+        assert holder.check() and isinstance(holder.current.model, MarkovMixed)
         if ann:
-            ids, _ = holder.ann_top_batch([(hist, user, 10, True)])[0][0]
+            ids, ann_scores = holder.ann_top_batch([(hist, user, 10, True)])[0][0]
+            assert np.allclose(ann_scores, raw[ids], atol=1e-4)
         else:
             top, _, _ = holder.top(user)
             ids = top[~np.isin(top, hist)][:10]

@@ -7,9 +7,9 @@ import os
 from pathlib import Path
 
 import torch
-from torch import nn
 from safetensors import safe_open
 from safetensors.torch import load, load_file, save_file
+from torch import nn
 
 from .ensemble import SnapshotEnsemble
 from .model import MultimodalSASRec, SeqRecConfig
@@ -26,7 +26,9 @@ def _atomic_write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def save_model(model: MultimodalSASRec | SnapshotEnsemble | MarkovMixed, directory: str | Path, extra: dict | None = None) -> Path:
+def save_model(
+    model: MultimodalSASRec | SnapshotEnsemble | MarkovMixed, directory: str | Path, extra: dict | None = None
+) -> Path:
     """model.safetensors + config.json in directory (written to temp names, then renamed); a snapshot ensemble: its
     best member there, its late member in `late/`, the weight in config.json's "ensemble"; a Markov prior: its
     counts in markov.safetensors, its settings in config.json's "markov"."""

@@ -64,7 +64,9 @@ class TransitionCounts(nn.Module):
         start = self.indptr[items]
         lens = self.indptr[items + 1] - start
         batch = torch.repeat_interleave(torch.arange(len(items), device=items.device), lens)
-        offset = torch.arange(int(lens.sum()), device=items.device) - torch.repeat_interleave(lens.cumsum(0) - lens, lens)
+        offset = torch.arange(int(lens.sum()), device=items.device) - torch.repeat_interleave(
+            lens.cumsum(0) - lens, lens
+        )
         pos = torch.repeat_interleave(start, lens) + offset
         return batch, self.indices[pos], self.values[pos]
 
