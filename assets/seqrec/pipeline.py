@@ -340,6 +340,7 @@ def stage_metadata(out: dict) -> dict:
         **{k: raw(out[k]) for k in SUMMARY_FIELDS},
         "modalities": raw(",".join(out["modalities"])),
         "late_weight": raw(float((out.get("snapshot") or {}).get("late_weight", 0.0))),
+        "markov_weight": raw(float((out.get("markov") or {}).get("weight", 0.0))),
         "test_ndcg@10": raw(float(test["ndcg@10"])),
         "valid_ndcg@10": raw(float(valid["ndcg@10"])),
         "metrics": {"raw_value": markdown_table(pd.DataFrame(table)), "type": "md"},

@@ -13,9 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..metrics import metrics_from_ranks
 from .data import EvalSet
-from .evaluate import ranks_of_scorer
+from .evaluate import best_weight
 from .transitions import without_prior
 
 MIX_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5)  # weights of the late snapshot tried on validation
@@ -106,7 +105,4 @@ def choose_late_weight(best: nn.Module, late: nn.Module, valid: EvalSet, grid=MI
         s_best, s_late = best.full_sort_predict(seq), late.full_sort_predict(seq)
         return ((w, mix(s_best, s_late, w)) for w in grid)
 
-    ranks = ranks_of_scorer(mixes, best, valid)
-    scores = {w: metrics_from_ranks(ranks[w])["ndcg@10"] for w in grid}
-    chosen = max(grid, key=lambda w: (scores[w], -w))
-    return chosen, scores
+    return best_weight(mixes, best, valid, grid)

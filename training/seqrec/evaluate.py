@@ -57,3 +57,11 @@ def _ranks(scores: torch.Tensor, tgt: torch.Tensor, hist: list[np.ndarray] | Non
 
 def evaluate(model, data: EvalSet, **kw) -> dict[str, float]:
     return metrics_from_ranks(full_ranking_ranks(model, data, **kw))
+
+
+def best_weight(mixes, model, valid: EvalSet, grid) -> tuple[float, dict]:
+    """The grid weight whose scores (`mixes(seq)` yields (weight, scores) per batch) have the highest validation
+    NDCG@10, of equals the smaller, and each weight's NDCG@10: one pass over the validation users for the grid."""
+    ranks = ranks_of_scorer(mixes, model, valid)
+    scores = {w: metrics_from_ranks(ranks[w])["ndcg@10"] for w in grid}
+    return max(grid, key=lambda w: (scores[w], -w)), scores

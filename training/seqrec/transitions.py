@@ -15,9 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..metrics import metrics_from_ranks
 from .data import EvalSet
-from .evaluate import ranks_of_scorer
+from .evaluate import best_weight
 
 PRIOR_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0)  # weights g of the prior tried on validation
 
@@ -146,10 +145,7 @@ def choose_prior_weight(
         base, prior = model.full_sort_predict(seq), counts.prior(seq, order, decay)
         return ((g, base + g * prior) for g in grid)
 
-    with torch.no_grad():
-        ranks = ranks_of_scorer(mixes, model, valid)
-    scores = {g: metrics_from_ranks(ranks[g])["ndcg@10"] for g in grid}
-    return max(grid, key=lambda g: (scores[g], -g)), scores
+    return best_weight(mixes, model, valid, grid)
 
 
 def add_markov_prior(
