@@ -16,7 +16,7 @@ import torch
 from recalign.item_index import ItemIndex, ensure_item_index
 from recalign.registry import Registry
 from training.seqrec.checkpoint import load_model
-from training.seqrec.transitions import prior_of
+from training.seqrec.transitions import prior_of, sparse_prior_of
 
 from .histories import LRU
 
@@ -93,6 +93,16 @@ def with_prior(model, scores: torch.Tensor, histories: list[np.ndarray]) -> torc
 
     prior = prior_of(model, torch.from_numpy(left_pad(histories, model.cfg.max_len)))
     return scores if prior is None else scores + prior
+
+
+def plus_prior(ids: np.ndarray, scores: np.ndarray, reached: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The scores of the sorted `ids` plus the prior's value at each of them that it reaches."""
+    pos = np.searchsorted(ids, reached)
+    hit = pos < len(ids)
+    hit[hit] = ids[pos[hit]] == reached[hit]
+    out = scores.copy()
+    out[pos[hit]] += values[hit]
+    return out
 
 
 def without_paths(message: str) -> str:
@@ -252,15 +262,16 @@ class ModelHolder:
         found = loaded.index.candidates(
             torch.stack(queries).numpy(), min(self.n_items, max(self.n_candidates, want)), depth=want
         )
-        priors = prior_of(model, torch.from_numpy(left_pad([h[-max_len:] for h, _, _, _ in jobs], max_len)))
+        priors = sparse_prior_of(model, torch.from_numpy(left_pad([h[-max_len:] for h, _, _, _ in jobs], max_len)))
         out = []
         for row, ((history, _, k, exclude_seen), query, ids) in enumerate(zip(jobs, queries, found)):
             if priors is not None:  # the prior's own candidates: the items its counts reach from this history
-                ids = np.union1d(ids, torch.nonzero(priors[row]).flatten().numpy())
+                ids = np.union1d(ids, priors[row][0])
             if exclude_seen:
                 ids = ids[~np.isin(ids, history)]
-            scores = loaded.fused[torch.tensor(ids)] @ query
-            scores = (scores if priors is None else scores + priors[row, torch.tensor(ids)]).numpy()
+            scores = (loaded.fused[torch.tensor(ids)] @ query).numpy()
+            if priors is not None:
+                scores = plus_prior(ids, scores, *priors[row])
             best = np.argsort(-scores, kind="stable")[:k]
             out.append((ids[best], scores[best]))
         return out, loaded

@@ -125,3 +125,20 @@ def test_a_prior_round_trips_a_checkpoint_with_a_snapshot_ensemble_inside(tmp_pa
     (tmp_path / "m" / MARKOV).unlink()
     with pytest.raises(ValueError, match="transition counts"):
         load_model(tmp_path / "m")
+
+
+def test_the_sparse_prior_holds_the_dense_one_row_by_row():
+    from serving.model_holder import plus_prior
+
+    rng = np.random.default_rng(2)
+    counts = TransitionCounts.from_sequences([rng.integers(1, 31, 10) for _ in range(40)], 30, window=3)
+    seq = torch.tensor([[0, 0, 0], [0, 3, 4], [5, 6, 7], [1, 1, 2]])
+    dense = counts.prior(seq, 3, 0.7)
+    rows = counts.sparse_prior(seq, 3, 0.7)
+    assert len(rows[0][0]) == 0  # an empty history reaches nothing
+    for r, (items, values) in enumerate(rows):
+        assert np.array_equal(items, torch.nonzero(dense[r]).flatten().numpy())
+        assert np.allclose(values, dense[r, items].numpy())
+        ids = np.array([1, 2, 8, 9, 17, 30])  # sorted candidates, some reached
+        want = np.arange(6.0) + dense[r, ids].numpy()
+        assert np.allclose(plus_prior(ids, np.arange(6.0), items, values), want)

@@ -69,13 +69,33 @@ class TransitionCounts(nn.Module):
         pos = torch.repeat_interleave(start, lens) + offset
         return batch, self.indices[pos], self.values[pos]
 
+    def terms(self, seq: torch.Tensor, order: int, decay: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(batch row, item j, decay^k log(1 + C[seq[:, -1 - k], j])) for k < order: markov_prior's non-zero terms."""
+        parts = [self.rows(seq[:, -1 - k]) for k in range(min(order, seq.shape[1]))]
+        if not parts:
+            empty = torch.zeros(0, dtype=torch.long, device=seq.device)
+            return empty, empty, torch.zeros(0, device=seq.device)
+        return (
+            torch.cat([b for b, _, _ in parts]),
+            torch.cat([i for _, i, _ in parts]),
+            torch.cat([v * decay**k for k, (_, _, v) in enumerate(parts)]),
+        )
+
     def prior(self, seq: torch.Tensor, order: int, decay: float) -> torch.Tensor:
         """sum_{k < order} decay^k log(1 + C[seq[:, -1 - k], j]) for every item j, (B, n_items + 1) (markov_prior)."""
         out = torch.zeros(seq.shape[0], self.n_items + 1, device=seq.device)
-        for k in range(min(order, seq.shape[1])):
-            batch, items, values = self.rows(seq[:, -1 - k])
-            out.index_put_((batch, items), values * decay**k, accumulate=True)
-        return out
+        batch, items, values = self.terms(seq, order, decay)
+        return out.index_put_((batch, items), values, accumulate=True)
+
+    def sparse_prior(self, seq: torch.Tensor, order: int, decay: float) -> list[tuple[np.ndarray, np.ndarray]]:
+        """markov_prior row by row as (items, values) over the items it reaches only: a catalogue-sized row is never
+        built (serving's ANN mode)."""
+        batch, items, values = (t.cpu().numpy() for t in self.terms(seq, order, decay))
+        keys, where = np.unique(batch * (self.n_items + 1) + items, return_inverse=True)  # sorted by row, then item
+        rows, cols = np.divmod(keys, self.n_items + 1)
+        vals = np.bincount(where, weights=values, minlength=len(keys)).astype(np.float32)
+        cut = np.searchsorted(rows, np.arange(len(seq) + 1))
+        return [(cols[a:b], vals[a:b]) for a, b in zip(cut[:-1], cut[1:])]
 
 
 class MarkovMixed(nn.Module):
@@ -132,6 +152,13 @@ def without_prior(model: nn.Module) -> nn.Module:
 def prior_of(model: nn.Module, seq: torch.Tensor) -> torch.Tensor | None:
     """What a scoring path from the encoder interface adds: the model's weighted prior of `seq`, or None."""
     return model.prior(seq) if isinstance(model, MarkovMixed) and model.weight > 0 else None
+
+
+def sparse_prior_of(model: nn.Module, seq: torch.Tensor) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """prior_of row by row as (items it reaches, weighted values), or None without a prior."""
+    if not (isinstance(model, MarkovMixed) and model.weight > 0):
+        return None
+    return [(i, model.weight * v) for i, v in model.counts.sparse_prior(seq, model.order, model.decay)]
 
 
 def choose_prior_weight(
