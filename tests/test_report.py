@@ -188,6 +188,7 @@ def test_attribute_ids_decode_to_each_items_categories_and_train(ml_run):
     from recalign.registry import Registry
     from recalign.warehouse import Warehouse
     from training.seqrec.checkpoint import load_model
+    from training.seqrec.ensemble import trained_member
 
     home, real = ml_run[0], ml_run[-1]
     data = load_data(home, "ml100k", 50, ["id"], attributes=True)
@@ -209,6 +210,7 @@ def test_attribute_ids_decode_to_each_items_categories_and_train(ml_run):
         log=lambda *_: None,
     )
     model, _ = load_model(Registry(home.registry_dir("ml100k")).get(out["name"], out["version"]).path)
+    model = trained_member(model)  # the learnt model (under a Markov prior where validation chose one)
     assert model.cfg.attributes and model.cfg.n_attributes == len(names)
     assert model.attr_emb.weight[1:].abs().sum() > 0 and out["test"]["ndcg@10"] > 0
 
@@ -220,9 +222,11 @@ def test_history_mask_hides_exactly_each_real_prefix(ml_run):
     from recalign.registry import Registry
     from training.seqrec.checkpoint import load_model
     from training.seqrec.data import length_buckets, trim
+    from training.seqrec.ensemble import trained_member
 
     home, _, _, _, sft, _, _ = ml_run
     model, meta = load_model(Registry(home.registry_dir("ml100k")).get(sft["name"], sft["version"]).path)
+    model = trained_member(model)
     assert meta["train"]["mask_history"] is True
     data = load_data(home, "ml100k", 50, ["id"])
     idx = length_buckets(data.train_inputs, 64)[:4]

@@ -24,7 +24,7 @@ from training.metrics import metrics_from_ranks
 from training.seqrec.checkpoint import load_model, save_model
 from training.seqrec.data import EvalSet, training_windows
 from training.seqrec.distributed import is_main, rank_and_world
-from training.seqrec.ensemble import SnapshotEnsemble
+from training.seqrec.ensemble import SnapshotEnsemble, trained_member
 from training.seqrec.evaluate import full_ranking_ranks
 from training.seqrec.model import MultimodalSASRec, SeqRecConfig
 from training.seqrec.recipe import get_recipe, run_name
@@ -181,7 +181,7 @@ def train_stage(
             ref_model, late = ref_model.best, ref_model.late
         model = copy.deepcopy(ref_model)
     elif init is not None:
-        model, _ = load_model(registry.get(*init).path)
+        model = trained_member(load_model(registry.get(*init).path)[0])  # the learnt weights, without a prior
     model_cfg = get_recipe("default").model_config(**model_cfg) if model is None else model.cfg.to_dict()
     wanted = list(model_cfg["modalities"])
     if data is None:  # a loaded model carries its own text / image / attribute features
