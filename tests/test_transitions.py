@@ -39,6 +39,10 @@ def test_transition_counts_by_hand():
     assert torch.allclose(two.prior(seq, order=5, decay=0.5), want)  # orders beyond the sequence read nothing
     with pytest.raises(ValueError, match="window"):
         TransitionCounts.from_sequences(seqs, 4, 0)
+    with pytest.raises(ValueError, match="outside 1..4"):  # a corrupted file is refused, not indexed out of range
+        TransitionCounts(two.indptr, two.indices + 2, two.values, 2)
+    with pytest.raises(ValueError, match="NaN"):
+        TransitionCounts(two.indptr, two.indices, two.values * float("nan"), 2)
 
 
 def test_markov_mixed_adds_the_weighted_prior_in_every_scoring_path():

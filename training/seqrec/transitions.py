@@ -1,7 +1,7 @@
 """A count-based higher-order Markov chain beside the sequential model (Fossil, He & McAuley, ICDM 2016, "Fusing
 Similarity Models with Markov Chains for Sparse Sequential Recommendation": the score of the next item adds an
-L-order Markov chain term over the last L items, Eq. 4; here each order's term is the training split's transition
-counts instead of factors):
+L-order Markov chain term over the last L items; here each order's term is the training split's transition counts
+instead of factors):
 
     s(j | x) = s_model(j | x) + g * sum_{k < L} decay^k * log(1 + C_w[x_{t-k}, j])          (markov_prior)
 
@@ -29,6 +29,10 @@ class TransitionCounts(nn.Module):
         self.window = int(window)
         if indptr.ndim != 1 or indptr[-1] != len(indices) or len(indices) != len(values):
             raise ValueError(f"inconsistent transition counts: indptr[-1] {int(indptr[-1])}, {len(indices)} indices")
+        if len(indices) and not (0 < int(indices.min()) and int(indices.max()) < len(indptr) - 1):
+            raise ValueError(f"transition counts name items outside 1..{len(indptr) - 2}")
+        if not torch.isfinite(values).all():
+            raise ValueError("transition counts contain NaN or inf")
         self.register_buffer("indptr", indptr.long())
         self.register_buffer("indices", indices.long())
         self.register_buffer("values", values.float())
