@@ -5,7 +5,8 @@ of interactions (slope of log cost on log interactions); one JSON line.
     python benchmarks/scale.py --home /tmp/scale                  # 1x, 10x, 100x
     python benchmarks/scale.py --home /tmp/scale --scales 1 10    # without 100x
 Per scale: generation; ingestion (land + validate + tables + sequences) seconds and peak RSS; sequences rebuilt
-from the stored interactions; a SASRec (ID, sampled softmax) trained one epoch on the first --train-users users,
+from the stored interactions; the Markov prior's transition counts over every training sequence (build seconds,
+bytes, one user's sparse prior); a SASRec (ID, sampled softmax) trained one epoch on the first --train-users users,
 published (which builds its ANN item index); full-ranking evaluation seconds per 1,000 users; ANN recall@10 of the
 served lists against exact full scoring (history filtered); the API in ANN mode: start-up seconds, RSS after
 start-up and after the load, /v1/recommend p50 / p99 at 16 clients (wrk, users drawn from all users).
@@ -30,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 TARGETS = {"max_exponent": 1.1, "ingest_peak_rss_gb_100x": 24, "recall_at_10": 0.95, "recommend_p99_ms": 50}
-STAGES = ("generate", "ingest", "model", "evaluate", "serve")
+STAGES = ("generate", "ingest", "counts", "model", "evaluate", "serve")
 
 
 def peak_mb() -> float:
@@ -80,6 +81,35 @@ def stage_ingest(settings, scale: float, args) -> dict:
         "rejected": md["rejected"],
         "reconciled": md["reconciled"],
         "evaluable_users": stats["evaluable_users"],
+    }
+
+
+def stage_counts(settings, scale: float, args) -> dict:
+    """The Markov prior's transition counts over the whole training split (what a model trained on every user
+    carries): build seconds, stored entries and bytes, one user's sparse prior (serving's ANN mode)."""
+    import torch
+
+    from recalign.warehouse import load_sequences
+    from training.seqrec.trainer import SeqRecTrainConfig
+    from training.seqrec.transitions import TransitionCounts
+
+    cfg = SeqRecTrainConfig(show_progress=False)
+    seq = load_sequences(settings.warehouse(spec(scale).dataset))
+    t0 = time.perf_counter()
+    counts = TransitionCounts.from_sequences(seq.train, seq.n_items, cfg.markov_window)
+    seconds = time.perf_counter() - t0
+    histories = [s[-50:] for s in seq.train[:1000] if len(s)]
+    t0 = time.perf_counter()
+    for h in histories:
+        counts.sparse_prior(torch.from_numpy(h).view(1, -1), cfg.markov_order, cfg.markov_decay)
+    per_user_ms = 1000 * (time.perf_counter() - t0) / max(len(histories), 1)
+    return {
+        "seconds": round(seconds, 2),
+        "interactions": int(sum(map(len, seq.train)) + (seq.valid > 0).sum() + (seq.test > 0).sum()),
+        "entries": len(counts.values),
+        "bytes": sum(b.numel() * b.element_size() for b in counts.buffers()),
+        "sparse_prior_ms_per_user": round(per_user_ms, 3),
+        "peak_rss_mb": peak_mb(),
     }
 
 
@@ -262,6 +292,8 @@ COSTS = {
     "ingest_seconds": ("ingest", "seconds"),
     "ingest_peak_rss_mb": ("ingest", "peak_rss_mb"),
     "sequences_seconds": ("ingest", "sequences_seconds"),
+    "transition_counts_seconds": ("counts", "seconds"),
+    "transition_counts_bytes": ("counts", "bytes"),
     "eval_seconds_per_1000_users": ("evaluate", "seconds_per_1000_users"),
     "serving_startup_seconds": ("serve", "startup_seconds"),
     "serving_rss_mb": ("serve", "rss_after_startup_mb"),
@@ -309,7 +341,10 @@ def main() -> None:
         base = min(args.scales)
         users_only = {st: run_stage(args, st, base, args.users_only * base) for st in ("ingest", "model", "serve")}
         print(json.dumps({"users_only": users_only}, default=str), file=sys.stderr)
-    sizes = [per_scale[s].get("ingest", {}).get("interactions", 0) for s in args.scales]
+    sizes = [
+        per_scale[s].get("ingest", {}).get("interactions") or per_scale[s].get("counts", {}).get("interactions", 0)
+        for s in args.scales
+    ]
     costs = {name: [per_scale[s].get(st, {}).get(f) for s in args.scales] for name, (st, f) in COSTS.items()}
     exponents = {name: exponent(sizes, c) for name, c in costs.items()}
     out = {
