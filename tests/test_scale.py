@@ -262,3 +262,25 @@ def test_api_serves_by_ann_with_nothing_per_user_loaded(scaled, scaled_model, tm
         assert len(r["items"]) == 5 and not {3, 5, 8} & {i["item_id"] for i in r["items"]}
     finally:
         svc.stop()
+
+
+def test_scale_benchmark_counts_stage_measures_the_whole_training_split(scaled, monkeypatch):
+    """benchmarks/scale.py's `counts` stage: the Markov prior's counts over every training sequence, as built
+    for a model, with their size and the interactions they are measured against."""
+    from types import SimpleNamespace
+
+    from recalign.warehouse import load_sequences
+    from training.seqrec.transitions import TransitionCounts
+
+    from .helpers import load_benchmark
+
+    home, md = scaled
+    bench = load_benchmark("scale")
+    monkeypatch.setattr(bench, "spec", lambda scale: SimpleNamespace(dataset="scaled"))
+    out = bench.stage_counts(home, SCALE, None)
+    seq = load_sequences(home.warehouse("scaled"))
+    direct = TransitionCounts.from_sequences(seq.train, seq.n_items, 3)
+    assert out["entries"] == len(direct.values) > 0
+    assert out["bytes"] == 8 * (len(direct.indptr) + len(direct.indices)) + 4 * len(direct.values)
+    assert out["interactions"] == md["interactions"]
+    assert out["seconds"] >= 0 and out["sparse_prior_ms_per_user"] > 0
