@@ -270,6 +270,7 @@ def test_scale_benchmark_counts_stage_measures_the_whole_training_split(scaled, 
     from types import SimpleNamespace
 
     from recalign.warehouse import load_sequences
+    from training.seqrec.trainer import SeqRecTrainConfig
     from training.seqrec.transitions import TransitionCounts
 
     from .helpers import load_benchmark
@@ -279,7 +280,7 @@ def test_scale_benchmark_counts_stage_measures_the_whole_training_split(scaled, 
     monkeypatch.setattr(bench, "spec", lambda scale: SimpleNamespace(dataset="scaled"))
     out = bench.stage_counts(home, SCALE, None)
     seq = load_sequences(home.warehouse("scaled"))
-    direct = TransitionCounts.from_sequences(seq.train, seq.n_items, 3)
+    direct = TransitionCounts.from_sequences(seq.train, seq.n_items, SeqRecTrainConfig.markov_window)
     assert out["entries"] == len(direct.values) > 0
     assert out["bytes"] == 8 * (len(direct.indptr) + len(direct.indices)) + 4 * len(direct.values)
     assert out["interactions"] == md["interactions"]
